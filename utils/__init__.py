@@ -1,0 +1,1 @@
+"""Shared building blocks: augmentation, losses, schedules, data, checkpoints, plotting."""
