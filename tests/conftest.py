@@ -1,0 +1,49 @@
+"""Test-suite guards: offline (only loopback sockets), seeded, small thread pools."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+_LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
+_real_connect = socket.socket.connect
+_real_create_connection = socket.create_connection
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, tuple) and address:
+        host = str(address[0])
+        return host.startswith(_LOOPBACK_PREFIXES) or host == "0.0.0.0"
+    return isinstance(address, (str, bytes))  # unix sockets are local
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+        raise OSError(f"network access blocked in tests: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_create_connection(address, *args, **kwargs):
+    if not _is_loopback(address):
+        raise OSError(f"network access blocked in tests: {address!r}")
+    return _real_create_connection(address, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect
+socket.create_connection = _guarded_create_connection
+
+# Subprocesses started by tests (scripts run end to end) inherit these.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
