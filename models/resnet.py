@@ -1,0 +1,59 @@
+"""ResNet-18 backbones from torchvision, with the CIFAR stem for small images.
+
+    from models import build_backbone
+    backbone = build_backbone(stem="cifar")   # (B, 3, 32, 32) -> h: (B, 512)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from utils.errors import DataMissingError
+
+FEATURE_DIM = 512  # width of ResNet-18's pooled features h
+STEMS = ("cifar", "imagenet")
+IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision caches the ImageNet ResNet-18 weights ($TORCH_HOME/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS.url)
+
+
+def _load_imagenet_state_dict() -> dict:
+    path = imagenet_weights_path()
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return IMAGENET_WEIGHTS.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # no network, proxy, partial download ...
+        raise DataMissingError(
+            f"ImageNet ResNet-18 weights not found at {path} and could not be downloaded "
+            f"({type(exc).__name__}); download {IMAGENET_WEIGHTS.url} and place it at that path"
+        ) from exc
+
+
+def build_backbone(stem: str = "cifar", pretrained: bool = False) -> nn.Module:
+    """torchvision ResNet-18 without its classifier: x (B, 3, H, W) -> h (B, 512).
+
+    stem="cifar": 3x3 stride-1 first convolution and no max-pool, for 32-64 px images
+    (the usual SimCLR CIFAR variant). stem="imagenet": torchvision's 7x7 stride-2 conv and
+    max-pool, required with `pretrained=True` (torchvision's ImageNet weights).
+    """
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    if pretrained and stem != "imagenet":
+        raise ValueError("ImageNet weights need the ImageNet stem")
+    net = resnet18(weights=None)
+    if pretrained:
+        net.load_state_dict(_load_imagenet_state_dict())
+    if stem == "cifar":
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    net.feature_dim = FEATURE_DIM
+    return net
