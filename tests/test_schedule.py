@@ -1,0 +1,58 @@
+"""Schedules: endpoints, monotonicity, multiplier semantics, per-iteration stepping."""
+import math
+
+import pytest
+import torch
+
+from utils.schedule import cosine_lr, cosine_multiplier, cosine_scheduler
+
+
+def _run(total, base=0.6, final=1e-3, warmup=0, period=None):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base)
+    sched = cosine_scheduler(opt, total, base, final, warmup, period)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_endpoints_are_exact():
+    lrs = _run(100)
+    assert lrs[0] == pytest.approx(0.6)
+    assert lrs[-1] == pytest.approx(1e-3)  # the floor lands on the last step, not after it
+
+
+def test_real_peak_is_base_lr_not_its_square():
+    # The original's LambdaLR returned an absolute lr, giving a peak of 0.6 * 0.6 = 0.36.
+    assert max(_run(50)) == pytest.approx(0.6)
+    assert cosine_multiplier(0.6, 1e-3, 50)(0) == pytest.approx(1.0)
+
+
+def test_monotone_non_increasing_after_warmup():
+    lrs = _run(200, warmup=20)
+    after = lrs[20:]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert lrs[19] == pytest.approx(0.6)
+    assert lrs[0] == pytest.approx(0.6 / 20)
+    assert all(a < b for a, b in zip(lrs[:20], lrs[1:20]))
+
+
+def test_midpoint_is_closed_form():
+    total = 101
+    lr = cosine_lr(50, 1.0, 0.0, total)
+    assert lr == pytest.approx(0.5)
+    assert cosine_lr(25, 1.0, 0.0, total) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_period_then_hold_at_floor():
+    lrs = _run(30, base=0.01, final=0.0, period=10)
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[9] == pytest.approx(0.0, abs=1e-12)
+    assert all(lr == pytest.approx(0.0, abs=1e-12) for lr in lrs[9:])
+
+
+def test_single_step_run_uses_base_lr():
+    assert _run(1) == [pytest.approx(0.6)]

@@ -1,0 +1,67 @@
+"""Learning-rate schedules as pure functions of the iteration, wrapped in LambdaLR.
+
+A LambdaLR multiplies the optimizer's base lr by what its function returns, so the function
+returns a *multiplier* (the original project returned an absolute lr and got 0.6 x 0.6).
+
+    sched = cosine_scheduler(optimizer, total_steps=1000, base_lr=0.6, final_lr=1e-3)
+    for step in range(1000): ...; optimizer.step(); sched.step()   # stepped per iteration
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def cosine_lr(
+    step: int,
+    base_lr: float,
+    final_lr: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    period_steps: int | None = None,
+) -> float:
+    """Absolute lr at iteration `step` (0-based).
+
+    Linear warmup from base_lr/warmup_steps to base_lr over the first `warmup_steps`, then a
+    half cosine from base_lr to final_lr that lands on final_lr exactly at the last step of
+    the period (`period_steps`, by default the rest of the run, i.e. step total_steps-1), then
+    stays at final_lr.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = (period_steps if period_steps is not None else total_steps - warmup_steps) - 1
+    if span <= 0:
+        return final_lr if period_steps is not None or total_steps > 1 else base_lr
+    progress = min(1.0, (step - warmup_steps) / span)
+    return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_multiplier(
+    base_lr: float, final_lr: float, total_steps: int, warmup_steps: int = 0, period_steps: int | None = None
+) -> Callable[[int], float]:
+    """The LambdaLR function: step -> cosine_lr(step) / base_lr."""
+    if base_lr <= 0:
+        raise ValueError(f"base_lr must be > 0, got {base_lr}")
+
+    def multiplier(step: int) -> float:
+        return cosine_lr(step, base_lr, final_lr, total_steps, warmup_steps, period_steps) / base_lr
+
+    return multiplier
+
+
+def cosine_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    base_lr: float,
+    final_lr: float,
+    warmup_steps: int = 0,
+    period_steps: int | None = None,
+) -> LambdaLR:
+    """A LambdaLR following `cosine_lr`; `base_lr` must be the optimizer's lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr
+        group["initial_lr"] = base_lr
+    return LambdaLR(optimizer, cosine_multiplier(base_lr, final_lr, total_steps, warmup_steps, period_steps))
