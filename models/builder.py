@@ -1,0 +1,28 @@
+"""Build the pretraining model from a plain-dict spec (the one stored in checkpoints).
+
+    spec = {"train_type": "simclr", "stem": "cifar", "proj_hidden_dim": 512, "proj_dim": 128}
+    model = build_model(spec)
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from models.heads import PretrainModel, ProjectionHead
+from models.resnet import build_backbone
+
+TRAIN_TYPES = ("simclr", "supervised")
+
+
+def build_model(spec: dict, pretrained: bool = False) -> PretrainModel:
+    """PretrainModel from spec keys train_type, stem, num_classes (supervised), proj_hidden_dim, proj_dim.
+
+    `pretrained` loads torchvision's ImageNet weights into the backbone (ImageNet stem only).
+    """
+    backbone = build_backbone(spec["stem"], pretrained=pretrained)
+    if spec["train_type"] == "simclr":
+        head: nn.Module = ProjectionHead(backbone.feature_dim, spec["proj_hidden_dim"], spec["proj_dim"])
+    elif spec["train_type"] == "supervised":
+        head = nn.Linear(backbone.feature_dim, spec["num_classes"])
+    else:
+        raise ValueError(f"train_type must be one of {TRAIN_TYPES}, got {spec['train_type']!r}")
+    return PretrainModel(backbone, head)

@@ -1,0 +1,150 @@
+"""Datasets as in-memory uint8 arrays, seeded stratified subsets, and the per-image Dataset.
+
+Every dataset (CIFAR-10/100, Tiny-ImageNet, synthetic, folder) is read into the same form,
+`ImageArrays` (images uint8 (N, H, W, 3), labels int64 (N,), class names), so both data paths
+use it: the DataLoader path (PIL transforms in workers) and the device path (one uint8 tensor
+on the accelerator).
+
+    arrays = load_split("cifar10", "train", data_dir="data")
+    idx = stratified_subset(arrays.labels, fraction=0.5, seed=0)
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.constants import DATASETS, canonical_dataset
+from utils.errors import UserError
+
+DEFAULT_FOLDER_IMAGE_SIZE = 64
+
+
+@dataclass
+class ImageArrays:
+    """One split of a dataset held as arrays."""
+
+    images: np.ndarray  # uint8 (N, H, W, 3); may be a read-only memory map
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+
+def load_split(
+    dataset: str, split: str, data_dir: str | Path = "data", download: bool = True, image_size: int | None = None
+) -> ImageArrays:
+    """Load the "train" or "test" split of a dataset (Tiny-ImageNet's labelled "val" serves as test).
+
+    Raises DataMissingError (one line: dataset, path, command to run) when the data is absent
+    and cannot be fetched.
+    """
+    name = canonical_dataset(dataset)
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "synthetic":
+        from utils.synthetic import load_synthetic
+
+        x, y, classes = load_synthetic(split)
+    elif name in ("cifar10", "cifar100"):
+        from utils.cifar import load_cifar
+
+        x, y, classes = load_cifar(name, data_dir, train=split == "train", download=download)
+    elif name == "tiny-imagenet":
+        from utils.tinyimagenet import load_tiny_imagenet
+
+        x, y, classes = load_tiny_imagenet(data_dir, "train" if split == "train" else "val", download=download)
+    else:  # folder
+        from utils.folder import load_image_folder
+
+        x, y, classes = load_image_folder(data_dir, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
+    return ImageArrays(np.asarray(x) if not isinstance(x, np.memmap) else x, np.asarray(y, dtype=np.int64), list(classes))
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified `fraction` of the data.
+
+    Each class is shuffled once by a generator seeded with (seed, class) and its first
+    round(fraction * n_class) members (at least one) are kept, so for one seed the subsets are
+    nested: the 10 % subset lies inside the 50 % one, which lies inside the full set.
+    """
+    if not 0 < fraction <= 1:
+        raise UserError(f"--data_scale must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    if fraction == 1:
+        return np.arange(len(labels))
+    keep = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        order = np.random.default_rng([seed, int(cls)]).permutation(members)
+        keep.append(order[: max(1, int(round(fraction * len(members))))])
+    return np.sort(np.concatenate(keep))
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified (train, val) index split: `val_fraction` of every class goes to val."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"validation fraction must be in (0, 1), got {val_fraction}")
+    labels = np.asarray(labels)
+    val = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        order = np.random.default_rng([seed, int(cls), 1]).permutation(members)
+        val.append(order[: max(1, int(round(val_fraction * len(members))))])
+    val_idx = np.sort(np.concatenate(val))
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def indices_sha256(indices: np.ndarray) -> str:
+    """Fingerprint of a subset (int64 little-endian bytes), recorded in checkpoints."""
+    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of one sample's augmentation in one epoch: a pure function, so runs resume exactly."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class ArrayDataset(Dataset):
+    """Per-image Dataset over `ImageArrays` for the DataLoader path.
+
+    `transform` maps an HWC uint8 array to a tensor (or a tuple of views). When `seed` is
+    given, each sample's augmentation is seeded by (seed, epoch, index) (call `set_epoch`),
+    which makes augmentations independent of worker count and resumable mid-epoch.
+    """
+
+    def __init__(self, arrays: ImageArrays, indices: np.ndarray | None, transform: Callable, seed: int | None = None):
+        self.arrays = arrays
+        self.indices = np.arange(len(arrays)) if indices is None else np.asarray(indices)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        j = int(self.indices[i])
+        if self.seed is not None:
+            torch.manual_seed(sample_seed(self.seed, self.epoch, j))
+        return self.transform(self.arrays.images[j]), int(self.arrays.labels[j])
