@@ -37,6 +37,14 @@ def _load_imagenet_state_dict() -> dict:
         ) from exc
 
 
+def imagenet_classifier(in_dim: int = FEATURE_DIM) -> nn.Linear:
+    """torchvision's ImageNet ResNet-18 classifier (512 -> 1000), weights loaded."""
+    fc = nn.Linear(in_dim, 1000)
+    state = _load_imagenet_state_dict()
+    fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+    return fc
+
+
 def build_backbone(stem: str = "cifar", pretrained: bool = False) -> nn.Module:
     """torchvision ResNet-18 without its classifier: x (B, 3, H, W) -> h (B, 512).
 

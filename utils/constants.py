@@ -46,7 +46,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 # Spellings accepted on the command line for the original project's vocabulary.
-DATASET_ALIASES = {"imagenet": "tiny-imagenet", "tinyimagenet": "tiny-imagenet", "tiny_imagenet": "tiny-imagenet"}
+DATASET_ALIASES = {"imagenet": "tiny-imagenet"}
 DATASET_CHOICES = sorted(set(DATASETS) | set(DATASET_ALIASES))
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import signal
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -26,6 +28,13 @@ Batch = tuple[list[torch.Tensor], torch.Tensor]
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step, rank, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: workers must not die before the main process
+    # has written last.pth; it shuts them down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -68,6 +77,7 @@ class LoaderBatches:
             drop_last=True,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,  # workers must see this epoch's set_epoch
+            worker_init_fn=_ignore_stop_signals if self.workers else None,
         )
         for images, labels in loader:
             views = list(images) if isinstance(images, (list, tuple)) else [images]

@@ -10,8 +10,12 @@ by 2N (Algorithm 1). Each of the 2N anchors has 1 positive and 2N-2 negatives.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from utils.distributed import all_gather_with_grad, get_rank
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -38,4 +42,54 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     logits = logits.masked_fill(self_mask, float("-inf"))  # k != i in the denominator
     idx = torch.arange(n, device=z.device)
     targets = torch.cat([idx + n, idx])  # anchor i's positive is i+N, and i+N's is i
+    return F.cross_entropy(logits, targets)
+
+
+def gathered_nt_xent_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.5,
+    gather_fn: Callable[[torch.Tensor], torch.Tensor] = all_gather_with_grad,
+) -> torch.Tensor:
+    """NT-Xent over the global batch of all ranks, for this rank's anchors.
+
+    Args:
+        z1, z2: (n, D) this rank's projections of the two views (n equal on every rank).
+        temperature: the softmax temperature t (> 0).
+        gather_fn: concatenates a (n, ...) tensor from every rank along dim 0 in rank order.
+            The default carries gradients back to their owner; tests inject faulty ones.
+    Returns:
+        Scalar: the mean over this rank's 2n anchors of eq. (1), each against all 2N - 1
+        other global candidates (N = world_size * n). Single process: equals `nt_xent_loss`.
+
+    Global layout (as in `nt_xent_loss` on the concatenated batch): z = cat(z1_all, z2_all),
+    (2N, D). Rank r's anchors are z1 rows [r*n, (r+1)*n) and z2 rows N + [r*n, (r+1)*n); the
+    positive of z1 row g is N + g and vice versa, and each anchor masks its own global column.
+    The mean over ranks of this loss is the global loss; as DDP averages gradients over ranks
+    and the gather's backward sums them, the parameter gradients equal those of the
+    single-process loss on the concatenated batch.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"z1 and z2 must both be (n, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = z1.shape[0]
+    if n == 0:
+        raise ValueError("gathered_nt_xent_loss needs at least one pair per rank")
+    # One collective for both views: (n, 2, D) -> (N, 2, D), rank order kept along dim 0.
+    gathered = gather_fn(torch.stack([z1, z2], dim=1))
+    if gathered.dim() != 3 or gathered.shape[1:] != (2, z1.shape[1]) or gathered.shape[0] % n:
+        raise ValueError(f"gather returned {tuple(gathered.shape)} for a ({n}, 2, {z1.shape[1]}) input")
+    big_n = gathered.shape[0]
+    world_size = big_n // n
+    rank = get_rank() if world_size > 1 else 0
+    z = F.normalize(torch.cat([gathered[:, 0], gathered[:, 1]], dim=0).float(), dim=1)  # (2N, D)
+    local = torch.arange(n, device=z.device) + rank * n  # this rank's rows within each view
+    anchor_rows = torch.cat([local, local + big_n])  # (2n,) global indices of the anchors
+    anchors = z if world_size == 1 else z.index_select(0, anchor_rows)  # (2n, D)
+    logits = anchors @ z.t() / temperature  # (2n, 2N), float32
+    self_mask = torch.zeros(2 * n, 2 * big_n, dtype=torch.bool, device=z.device)
+    self_mask[torch.arange(2 * n, device=z.device), anchor_rows] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))  # k != i in the denominator
+    targets = torch.cat([local + big_n, local])  # z1 row g pairs with z2 row g, at column N + g
     return F.cross_entropy(logits, targets)

@@ -1,0 +1,550 @@
+"""Pretrain ResNet-18 by SimCLR or supervised learning, and save checkpoints and curves.
+
+    python train.py                                              # SimCLR on CIFAR-10 (the original recipe)
+    python train.py --train_type supervised --dataset cifar100 --epochs 100 --pretrained false
+    python train.py --train_type supervised --dataset imagenet --epochs 0 --pretrained true   # ImageNet weights
+    python train.py --dataset synthetic --data_scale 0.25 --epochs 3 --batch_size 100 --device cpu   # offline
+    torchrun --standalone --nproc_per_node 4 train.py ...        # DistributedDataParallel, --batch_size is global
+
+The run directory (--run_dir, default checkpoints/<train_type>-<dataset>-<UTC time>) receives
+config.json, metrics.csv, curves.png, train.log, last.pth (every epoch) and final.pth. A run
+whose directory holds an unfinished last.pth resumes where it stopped (same flags).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from models import TRAIN_TYPES, build_model
+from models.resnet import imagenet_classifier
+from utils.augment import (BatchSimCLRAugment, BatchSupervisedAugment, TwoViews, simclr_view_transform,
+                           supervised_train_transform)
+from utils.checkpoint import FORMAT, plain, save_checkpoint
+from utils.cli import HelpFormatter, common_parser, non_negative_int, positive_int, str2bool
+from utils.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
+                             canonical_dataset)
+from utils.datasets import indices_sha256, load_split, stratified_subset
+from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
+                               per_rank_batch_size, sync_bn_supported)
+from utils.errors import NonFiniteLossError, UserError, run_cli
+from utils.io import atomic_write_csv, atomic_write_json
+from utils.loaders import DeviceBatches, LoaderBatches
+from utils.losses import gathered_nt_xent_loss, nt_xent_loss
+from utils.plotting import plot_panels
+from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
+                           setup_logging)
+from utils.rundir import environment_info, prepare_run_dir
+from utils.schedule import cosine_scheduler
+
+# Per-train-type defaults, reproducing the original recipes (../shared/ORIGINAL.md).
+DEFAULTS = {
+    "simclr": dict(batch_size=512, learning_rate=0.6, epochs=1000, optimizer="sgd", weight_decay=1e-6,
+                   min_lr=1e-3, lr_period_epochs=None),
+    "supervised": dict(batch_size=128, learning_rate=1e-3, epochs=100, optimizer="adam", weight_decay=1e-4,
+                       min_lr=0.0, lr_period_epochs=50),
+}
+METRIC_FIELDS = ["epoch", "loss", "train_acc", "knn_acc", "lr", "images_per_s", "seconds", "skipped_steps"]
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM received; last.pth has been written."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
+    g = p.add_argument_group("what to train")
+    g.add_argument("--train_type", default="simclr", choices=["simclr", "selfsupervised", "supervised"],
+                   help="simclr (alias selfsupervised) or supervised")
+    g.add_argument("--dataset", default="cifar10", choices=DATASET_CHOICES,
+                   help="pretraining data; imagenet = Tiny-ImageNet data (or ImageNet weights with --pretrained true)")
+    g.add_argument("--pretrained", type=str2bool, default=False,
+                   help="start from torchvision's ImageNet ResNet-18 weights (ImageNet stem, 224 px)")
+    g.add_argument("--data_scale", type=float, default=1.0,
+                   help="fraction of the training set, a seeded class-stratified subset (nested across scales)")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="training resolution [dataset's native size; 224 with --pretrained true]" + by_type)
+    g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
+                   help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
+    g.add_argument("--proj_hidden_dim", type=positive_int, default=512, help="SimCLR projection MLP hidden width")
+    g.add_argument("--proj_dim", type=positive_int, default=128, help="SimCLR projection output width (z)")
+    g.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
+    g.add_argument("--blur", action="store_true", help="add SimCLR's Gaussian blur (off for 32 px images)")
+
+    o = p.add_argument_group("optimisation (defaults differ by --train_type: simclr | supervised)")
+    o.add_argument("--epochs", type=non_negative_int, default=None,
+                   help="[1000 | 100]; 0 saves the initial model as final.pth (how the ImageNet baseline is made)" + by_type)
+    o.add_argument("--batch_size", type=int, default=None, help="global batch [512 | 128]" + by_type)
+    o.add_argument("--learning_rate", "--lr", type=float, default=None, help="peak lr [0.6 | 0.001]" + by_type)
+    o.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
+                   help="[sgd with momentum | adam]" + by_type)
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight_decay", type=float, default=None, help="[1e-6 | 1e-4]" + by_type)
+    o.add_argument("--min_lr", type=float, default=None, help="cosine floor, absolute [1e-3 | 0]" + by_type)
+    o.add_argument("--lr_period_epochs", type=positive_int, default=None,
+                   help="cosine half-period in epochs, then hold at --min_lr [whole run | 50]" + by_type)
+    o.add_argument("--warmup_epochs", type=float, default=0.0, help="linear warmup length in epochs")
+    o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="auto: bf16 autocast on CUDA (fp16+GradScaler without bf16), fp32 on CPU")
+    o.add_argument("--nan_policy", default="stop", choices=["stop", "skip"],
+                   help="on a NaN/inf loss: stop (keep the last good last.pth) or skip the step")
+    o.add_argument("--max_nan_skips", type=positive_int, default=10, help="with skip: stop after this many in a row")
+
+    s = p.add_argument_group("speed")
+    s.add_argument("--aug", default="auto", choices=["auto", "gpu", "cpu"],
+                   help="gpu: data resident on the device, batched augmentation there; cpu: PIL transforms in "
+                        "DataLoader workers; auto: gpu on CUDA, cpu elsewhere")
+    s.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model (pays off on long GPU runs)")
+    s.add_argument("--channels_last", type=str2bool, default=True, help="NHWC memory format (faster on CPU and GPU)")
+    s.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise repeatable)")
+    s.add_argument("--sync_bn", type=str2bool, default=None,
+                   help="SyncBatchNorm across GPUs [on for multi-GPU SimCLR; never on CPU]" + by_type)
+
+    r = p.add_argument_group("outputs and resuming")
+    r.add_argument("--run_dir", default=None, help="output folder [checkpoints/<train_type>-<dataset>-<UTC time>]" + by_type)
+    r.add_argument("--resume", action="store_true", help="resume from --run_dir/last.pth (automatic when configs match)")
+    r.add_argument("--overwrite", action="store_true", help="discard what --run_dir holds and start again")
+    r.add_argument("--save_every", type=non_negative_int, default=0, help="also keep epoch_NNNN.pth every N epochs (0: off)")
+    r.add_argument("--save_at", type=positive_int, nargs="*", default=[], help="also keep epoch_NNNN.pth at these epochs")
+    r.add_argument("--knn_every", type=non_negative_int, default=0,
+                   help="kNN accuracy (k=200, t=0.1) on the test split every N epochs (0: off)")
+    r.add_argument("--log_every", type=positive_int, default=20, help="steps between progress updates")
+    r.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    args = p.parse_args(argv)
+
+    args.train_type = "simclr" if args.train_type == "selfsupervised" else args.train_type
+    args.dataset = canonical_dataset(args.dataset)
+    for key, value in DEFAULTS[args.train_type].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Catch bad values before any work starts (one-line UserError each)."""
+    if not 0 < args.data_scale <= 1:
+        raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
+    if args.batch_size <= 0:
+        raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
+    if args.learning_rate <= 0:
+        raise UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.temperature <= 0:
+        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    if args.min_lr < 0 or args.min_lr > args.learning_rate:
+        raise UserError(f"--min_lr must be in [0, --learning_rate], got {args.min_lr}")
+    if args.image_size is not None and args.image_size < 8:
+        raise UserError(f"--image_size must be >= 8, got {args.image_size}")
+    if args.pretrained and args.stem == "cifar":
+        raise UserError("--pretrained true loads ImageNet weights, which need --stem imagenet (or auto)")
+
+
+def describe_data(args: argparse.Namespace) -> dict:
+    """Resolution, stem and normalisation decided once; stored in the checkpoint for test.py."""
+    info = DATASETS[args.dataset]
+    if args.pretrained:
+        image_size = args.image_size or IMAGENET_IMAGE_SIZE
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        image_size = args.image_size or info.image_size or 64
+        mean, std = info.mean, info.std
+    stem = args.stem if args.stem != "auto" else ("imagenet" if args.pretrained or image_size > 64 else "cifar")
+    return {"dataset": "imagenet" if args.pretrained and args.epochs == 0 else args.dataset,
+            "image_size": image_size, "mean": list(mean), "std": list(std), "stem": stem}
+
+
+# --- the two objectives: one loop, a "batch -> loss" function picked from a dict ---------------
+
+def simclr_objective(model, views, labels, args, distributed):
+    """NT-Xent on the two views; both go through one forward so BatchNorm sees all 2N images."""
+    _, z = model(torch.cat(views))
+    z1, z2 = z.chunk(2)
+    loss_fn = gathered_nt_xent_loss if distributed else nt_xent_loss
+    return loss_fn(z1, z2, args.temperature), None
+
+
+def supervised_objective(model, views, labels, args, distributed):
+    """Cross-entropy on one augmented view; also returns the number of correct predictions."""
+    _, logits = model(views[0])
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
+
+
+OBJECTIVES = {"simclr": simclr_objective, "supervised": supervised_objective}
+
+
+def build_batches(args, arrays, indices, data, env, device, local_bs):
+    """The training batches for --aug: device-resident + batched aug, or PIL in DataLoader workers."""
+    n_views = 2 if args.train_type == "simclr" else 1
+    size, mean, std = data["image_size"], data["mean"], data["std"]
+    use_gpu_path = args.aug == "gpu" or (args.aug == "auto" and device.type == "cuda")
+    if use_gpu_path:
+        augment = (BatchSimCLRAugment(size, mean, std, blur=args.blur) if n_views == 2
+                   else BatchSupervisedAugment(size, mean, std))
+        return DeviceBatches(arrays, indices, augment, n_views, args.batch_size, args.seed, env, device,
+                             args.channels_last)
+    if n_views == 2:
+        transform = TwoViews(simclr_view_transform(size, mean, std, blur=args.blur))
+    else:
+        transform = supervised_train_transform(size, mean, std, native_size=arrays.image_size)
+    return LoaderBatches(arrays, indices, transform, local_bs, args.seed, env, device, args.workers, args.channels_last)
+
+
+def make_optimizer(args, model, device):
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Fused kernels on CUDA, multi-tensor (foreach) elsewhere: one launch per group, not per tensor.
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.learning_rate, momentum=args.momentum,
+                               weight_decay=args.weight_decay, **fast)
+    cls = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=args.learning_rate, weight_decay=args.weight_decay, **fast)
+
+
+def make_checkpoint(args, model, data, spec, subset, epoch, step, finished, extra=None) -> dict:
+    raw = model.module if isinstance(model, DistributedDataParallel) else model
+    raw = getattr(raw, "_orig_mod", raw)
+    ckpt = {
+        "format": FORMAT,
+        "model": spec,
+        "data": {"dataset": data["dataset"], "image_size": data["image_size"], "mean": data["mean"],
+                 "std": data["std"], "classes": data.get("classes"), "data_scale": args.data_scale,
+                 "subset_sha256": subset.get("sha256"), "num_train": subset.get("num_train")},
+        "backbone": {k: v.detach().cpu() for k, v in raw.backbone.state_dict().items()},
+        "head": {k: v.detach().cpu() for k, v in raw.head.state_dict().items()},
+        "epoch": epoch, "step": step, "finished": finished, "config": plain(vars(args)),
+    }
+    if extra:
+        ckpt["train_state"] = extra
+    return ckpt
+
+
+def write_metrics(run_dir: Path, history: list[dict], args) -> None:
+    atomic_write_csv(run_dir / "metrics.csv", history, METRIC_FIELDS)
+    epochs = [row["epoch"] for row in history]
+    panels = [("pretraining loss", {"train loss": [row["loss"] for row in history]}),
+              ("learning rate", {"lr (end of epoch)": [row["lr"] for row in history]})]
+    if args.train_type == "supervised":
+        panels.insert(1, ("train accuracy (%)", {"train": [row.get("train_acc") for row in history]}))
+    if any(row.get("knn_acc") is not None for row in history):
+        panels.insert(1, ("kNN accuracy on the test split (%)", {"kNN": [row.get("knn_acc") for row in history]}))
+    if epochs:
+        plot_panels(run_dir / "curves.png", epochs, panels,
+                    title=f"{args.train_type} pretraining on {args.dataset} (data_scale {args.data_scale})")
+
+
+def knn_monitor(model, arrays_train, indices, arrays_test, data, device) -> float:
+    """Weighted kNN accuracy (%) of the backbone's features: train subset as memory, test split as queries."""
+    from utils.features import extract_features
+    from utils.knn import knn_accuracy
+
+    raw = model.module if isinstance(model, DistributedDataParallel) else model
+    raw = getattr(raw, "_orig_mod", raw)
+    size, mean, std = data["image_size"], data["mean"], data["std"]
+    train_h = extract_features(raw.backbone, arrays_train.images[indices], size, mean, std, device)
+    test_h = extract_features(raw.backbone, arrays_test.images, size, mean, std, device)
+    train_y = torch.as_tensor(arrays_train.labels[indices], device=device)
+    test_y = torch.as_tensor(arrays_test.labels, device=device)
+    return knn_accuracy(train_h, train_y, test_h, test_y, arrays_train.num_classes)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves last.pth at the end of the current step and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    env = init_distributed(device.type)
+    try:
+        return _train(args, device, env)
+    finally:
+        cleanup_distributed()
+
+
+def _train(args, device, env) -> dict:
+    if env.is_distributed and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+    local_bs = per_rank_batch_size(args.batch_size, env.world_size)
+    set_deterministic(args.deterministic)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or f"checkpoints/{args.train_type}-{args.dataset}-{stamp}")
+    args.run_dir = str(run_dir)
+    config = plain(vars(args))
+    resume_ckpt = None
+    if env.is_main:
+        resume_ckpt = prepare_run_dir(run_dir, config, args.resume, args.overwrite)
+    barrier()
+    setup_logging(run_dir / "train.log" if env.is_main else None, quiet=args.quiet or not env.is_main)
+    data = describe_data(args)
+
+    # Data: rank 0 fetches/prepares first, the others then read what it left on disk.
+    imagenet_baseline = args.pretrained and args.epochs == 0  # torchvision's weights as they are: no data needed
+    classes_unknown = args.train_type == "supervised" and DATASETS[args.dataset].num_classes is None
+    arrays = indices = arrays_test = None
+    subset: dict = {}
+    if (args.epochs > 0 or classes_unknown) and not imagenet_baseline:
+        if env.is_main:
+            arrays = load_split(args.dataset, "train", args.data_dir, image_size=args.image_size)
+        barrier()
+        if not env.is_main:
+            arrays = load_split(args.dataset, "train", args.data_dir, download=False, image_size=args.image_size)
+        indices = stratified_subset(arrays.labels, args.data_scale, args.seed)
+        subset = {"sha256": indices_sha256(indices), "num_train": int(len(indices))}
+        data["classes"] = arrays.classes
+        if args.epochs > 0 and args.batch_size > len(indices):
+            raise UserError(f"--batch_size {args.batch_size} is larger than the training set "
+                            f"({len(indices)} images at --data_scale {args.data_scale})")
+        if args.knn_every:
+            arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
+
+    # Model: built identically on every rank from the seed.
+    seed_everything(args.seed)
+    num_classes = len(data["classes"]) if data.get("classes") else DATASETS[args.dataset].num_classes
+    keep_imagenet_head = imagenet_baseline and args.train_type == "supervised"
+    if keep_imagenet_head:
+        num_classes = 1000  # torchvision's ImageNet classifier is kept as the head
+    spec = {"train_type": args.train_type, "stem": data["stem"], "num_classes": num_classes,
+            "proj_hidden_dim": args.proj_hidden_dim, "proj_dim": args.proj_dim, "feature_dim": 512,
+            "pretrained": bool(args.pretrained)}
+    model = build_model(spec, pretrained=args.pretrained)
+    if keep_imagenet_head:
+        model.head = imagenet_classifier()
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    if args.epochs == 0:
+        final = run_dir / "final.pth"
+        if env.is_main:
+            atomic_write_json(run_dir / "config.json", {"args": config, "env": environment_info()})
+            save_checkpoint(final, make_checkpoint(args, model, data, spec, subset, 0, 0, True))
+            LOG.info("--epochs 0: saved the initial model (%s) to %s",
+                     "ImageNet weights" if args.pretrained else "random init", final)
+        return {"run_dir": str(run_dir), "final": str(final), "history": []}
+
+    batches = build_batches(args, arrays, indices, data, env, device, local_bs)
+    steps_per_epoch = batches.steps_per_epoch
+    total_steps = steps_per_epoch * args.epochs
+    sync_bn = args.sync_bn if args.sync_bn is not None else (env.is_distributed and args.train_type == "simclr")
+    if env.is_distributed:
+        if sync_bn and sync_bn_supported(device.type):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(args, model, device)
+    scheduler = cosine_scheduler(
+        optimizer, total_steps, args.learning_rate, args.min_lr, warmup_steps=round(args.warmup_epochs * steps_per_epoch),
+        period_steps=args.lr_period_epochs * steps_per_epoch if args.lr_period_epochs else None)
+    precision = args.precision if args.precision != "auto" else (
+        ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32")
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise UserError(f"--precision {precision} needs CUDA here (bf16 on this CPU was measured 17x slower)")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    check_every = 1 if device.type == "cpu" else args.log_every  # a host sync is free on CPU, costly on GPU
+    train_model = torch.compile(model) if args.compile else model
+
+    # Resume: model, optimizer, scheduler, scaler, RNG, history and position within the epoch.
+    history: list[dict] = []
+    start_epoch, start_step, global_step, carry = 0, 0, 0, None
+    if env.is_distributed:
+        resume_ckpt = broadcast_object(resume_ckpt)
+    if resume_ckpt is not None:
+        state = resume_ckpt["train_state"]
+        raw = model.module if isinstance(model, DistributedDataParallel) else model
+        raw.backbone.load_state_dict(resume_ckpt["backbone"])
+        raw.head.load_state_dict(resume_ckpt["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        history = list(state["history"])
+        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], resume_ckpt["step"]
+        carry = state.get("partial")
+        LOG.info("resuming %s at epoch %d, step %d", run_dir / "last.pth", start_epoch + 1, start_step)
+    if env.is_main:
+        atomic_write_json(run_dir / "config.json", {"args": config, "env": environment_info(),
+                                                    "world_size": env.world_size, "precision": precision,
+                                                    "steps_per_epoch": steps_per_epoch, "data": data | {"classes": None}})
+    LOG.info("%s on %s: %d images, %d steps/epoch, global batch %d (%d per rank x %d), lr %g, %s, %s, aug %s",
+             args.train_type, args.dataset, subset["num_train"], steps_per_epoch, args.batch_size, local_bs,
+             env.world_size, args.learning_rate, device, precision, type(batches).__name__)
+    writer = _tensorboard(args, run_dir) if env.is_main else None
+
+    def checkpoint_state(epoch, step_in_epoch, partial):
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partial}
+
+    objective = OBJECTIVES[args.train_type]
+    nan_run = 0
+    with StopFlag() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            train_model.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen, skipped, seconds_before = 0, 0, 0.0
+            if carry is not None and epoch == start_epoch:
+                loss_sum += carry["loss_sum"].to(device)
+                correct += carry["correct"].to(device)
+                seen, skipped, seconds_before = carry["seen"], carry["skipped"], carry["seconds"]
+            first = start_step if epoch == start_epoch else 0
+            recent: list[torch.Tensor] = []  # losses since the last finiteness check
+            bar = tqdm(batches.epoch(epoch, first), total=steps_per_epoch, initial=first, leave=False,
+                       disable=args.quiet or not env.is_main, desc=f"epoch {epoch + 1}/{args.epochs}")
+            for step, (views, labels) in enumerate(bar, start=first):
+                with amp():
+                    loss, n_correct = objective(train_model, views, labels, args, env.is_distributed)
+                if args.nan_policy == "skip" and not torch.isfinite(loss):
+                    skipped, nan_run = skipped + 1, nan_run + 1
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    if nan_run >= args.max_nan_skips:
+                        raise NonFiniteLossError(f"{nan_run} non-finite losses in a row at epoch {epoch + 1}, "
+                                                 f"step {step + 1}; last good checkpoint: {run_dir / 'last.pth'}")
+                    continue
+                nan_run = 0
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                global_step += 1
+                loss_sum += loss.detach().float() * labels.shape[0]  # no host sync inside the step
+                recent.append(loss.detach())
+                if n_correct is not None:
+                    correct += n_correct
+                seen += labels.shape[0]
+                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                    _check_finite(recent, epoch, step, run_dir)  # the loop's only sync, every check_every steps
+                    recent = []
+                if (step + 1) % args.log_every == 0 or step + 1 == steps_per_epoch:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                                    img_s=f"{seen * env.world_size / (time.perf_counter() - t0 + 1e-9):.0f}")
+                if _stop_requested(stop, env, step, args, device):
+                    _check_finite(recent, epoch, step, run_dir)
+                    partial = {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
+                               "skipped": skipped, "seconds": seconds_before + time.perf_counter() - t0}
+                    if env.is_main:
+                        save_checkpoint(run_dir / "last.pth", make_checkpoint(
+                            args, model, data, spec, subset, epoch, global_step, False,
+                            checkpoint_state(epoch, step + 1, partial)))
+                    bar.close()
+                    raise Interrupted(f"stopped by signal {stop.signum} at epoch {epoch + 1}, step {step + 1}; "
+                                      f"saved {run_dir / 'last.pth'}. Resume with the same command")
+            bar.close()
+            # Epoch end: the only place the loop waits for the device.
+            loss_total = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)]))
+            seconds = seconds_before + time.perf_counter() - t0
+            n_seen = max(1.0, loss_total[2].item())
+            row = {"epoch": epoch + 1, "loss": round(loss_total[0].item() / n_seen, 6),
+                   "train_acc": round(100 * loss_total[1].item() / n_seen, 4) if args.train_type == "supervised" else None,
+                   "knn_acc": None, "lr": optimizer.param_groups[0]["lr"],
+                   "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
+                   "skipped_steps": skipped}
+            if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs) and env.is_main:
+                row["knn_acc"] = round(knn_monitor(model, arrays, indices, arrays_test, data, device), 4)
+            history.append(row)
+            if env.is_main:
+                save_checkpoint(run_dir / "last.pth", make_checkpoint(
+                    args, model, data, spec, subset, epoch + 1, global_step, False,
+                    checkpoint_state(epoch + 1, 0, None)))
+                if (args.save_every and (epoch + 1) % args.save_every == 0) or (epoch + 1) in args.save_at:
+                    save_checkpoint(run_dir / f"epoch_{epoch + 1:04d}.pth",
+                                    make_checkpoint(args, model, data, spec, subset, epoch + 1, global_step, False))
+                write_metrics(run_dir, history, args)
+                if writer is not None:
+                    for key in ("loss", "train_acc", "knn_acc", "lr", "images_per_s"):
+                        if row.get(key) is not None:
+                            writer.add_scalar(f"pretrain/{key}", row[key], epoch + 1)
+            LOG.info("epoch %d/%d  loss %.4f%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, args.epochs, row["loss"],
+                     f"  train acc {row['train_acc']:.2f}%" if row["train_acc"] is not None else "",
+                     f"  kNN acc {row['knn_acc']:.2f}%" if row["knn_acc"] is not None else "",
+                     row["lr"], row["images_per_s"], row["seconds"])
+            barrier()
+
+    final = run_dir / "final.pth"
+    if env.is_main:
+        save_checkpoint(final, make_checkpoint(args, model, data, spec, subset, args.epochs, global_step, True))
+        if writer is not None:
+            writer.close()
+        LOG.info("done: %s", final)
+    barrier()
+    return {"run_dir": str(run_dir), "final": str(final), "history": history}
+
+
+def _check_finite(recent: list[torch.Tensor], epoch: int, last_step: int, run_dir: Path) -> None:
+    """Raise naming the first non-finite loss among `recent` (the steps up to `last_step`)."""
+    if not recent:
+        return
+    finite = torch.isfinite(torch.stack(recent).float()).cpu()
+    if not bool(finite.all()):
+        step = last_step - len(recent) + 1 + int((~finite).nonzero()[0])
+        raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}; the last good checkpoint "
+                                 f"is kept: {run_dir / 'last.pth'} (lower --learning_rate, or --nan_policy skip)")
+
+
+def _stop_requested(stop: StopFlag, env, step: int, args, device: torch.device) -> bool:
+    """Single process: the flag itself. Distributed: agreed by all ranks every log_every steps."""
+    if not env.is_distributed:
+        return bool(stop.signum)
+    if (step + 1) % args.log_every:
+        return False
+    return all_reduce_sum(torch.tensor([float(bool(stop.signum))], device=device)).item() > 0
+
+
+def _tensorboard(args, run_dir: Path):
+    if not args.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        LOG.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); continuing without it")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Command-line entry: Interrupted exits 130 after last.pth is saved."""
+    try:
+        main(argv)
+    except Interrupted as exc:
+        print(str(exc), flush=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    run_cli(cli)
