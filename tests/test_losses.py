@@ -1,0 +1,84 @@
+"""NT-Xent against a naive loop written from SimCLR's Algorithm 1, and closed forms."""
+import math
+
+import pytest
+import torch
+
+from utils.losses import nt_xent_loss
+
+
+def naive_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
+    """Algorithm 1 of Chen et al. (2020), literally: loops over pairs, float64."""
+    z = torch.cat([z1, z2]).double()
+    n2 = z.shape[0]
+    n = n2 // 2
+
+    def sim(u, v):
+        return torch.dot(u, v) / (u.norm() * v.norm())
+
+    def ell(i, j):
+        num = torch.exp(sim(z[i], z[j]) / t)
+        den = sum(torch.exp(sim(z[i], z[k]) / t) for k in range(n2) if k != i)
+        return -torch.log(num / den)
+
+    total = sum(ell(k, k + n) + ell(k + n, k) for k in range(n))
+    return total / n2
+
+
+@pytest.mark.parametrize("n,d,t", [(2, 3, 0.5), (5, 8, 0.5), (7, 4, 0.1), (4, 16, 1.0)])
+def test_matches_algorithm_1(n, d, t):
+    g = torch.Generator().manual_seed(n * 100 + d)
+    z1, z2 = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    assert nt_xent_loss(z1, z2, t).item() == pytest.approx(naive_nt_xent(z1, z2, t).item(), rel=1e-5)
+
+
+def test_gradient_matches_reference():
+    g = torch.Generator().manual_seed(3)
+    z1 = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = naive_nt_xent(z1, z2, 0.5)
+    ga = torch.autograd.grad(ref, (z1, z2))
+    ours = nt_xent_loss(z1, z2, 0.5)
+    gb = torch.autograd.grad(ours, (z1, z2))
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("n,t", [(1, 0.5), (4, 0.5), (8, 0.1)])
+def test_orthogonal_identical_pairs_closed_form(n, t):
+    # z1 = z2 = one-hot rows: the positive has similarity 1, all 2N-2 negatives 0, so
+    # loss = -log(e^{1/t} / (e^{1/t} + (2N-2))) = log(1 + (2N-2) e^{-1/t}).
+    z = torch.eye(n, 16)[:n]
+    expected = math.log(1 + (2 * n - 2) * math.exp(-1 / t))
+    assert nt_xent_loss(z, z.clone(), t).item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_opposite_pairs_closed_form():
+    # Two pairs on one axis: z1 = [e, -e], z2 = [e, -e]. Anchor e: positive e (sim 1), negatives
+    # -e (sim -1) twice... computed by hand for t = 1: -log(e / (e + 2 e^{-1})).
+    e = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    expected = -math.log(math.e / (math.e + 2 * math.exp(-1)))
+    assert nt_xent_loss(e, e.clone(), 1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_scale_invariant_and_symmetric():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    base = nt_xent_loss(z1, z2)
+    assert nt_xent_loss(3 * z1, 0.1 * z2).item() == pytest.approx(base.item(), rel=1e-5)
+    assert nt_xent_loss(z2, z1).item() == pytest.approx(base.item(), rel=1e-5)
+
+
+def test_stable_at_low_temperature():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    loss = nt_xent_loss(z1, z2, temperature=0.005)  # exp(1/t) = exp(200) overflows float32
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(naive_nt_xent(z1, z2, 0.005).item(), rel=1e-4)
+
+
+def test_rejects_bad_shapes_and_temperature():
+    with pytest.raises(ValueError):
+        nt_xent_loss(torch.randn(4, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError):
+        nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0)
