@@ -16,12 +16,24 @@ LOG = logging.getLogger("simclr")
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU. 'cuda' without a GPU is a user error."""
+    """'auto' -> CUDA when present, else CPU. A malformed name, or a GPU that is not there, is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA GPU is available (use --device cpu or auto)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} was requested but no CUDA GPU is available (use --device cpu or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name} was requested but MPS is not available (use --device cpu or auto)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: only auto, cpu, cuda[:N] (and mps) are supported")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -50,12 +62,15 @@ def autocast_context(device: torch.device, enabled: bool = True):
 
 def setup_logging(log_file: str | os.PathLike | None = None, quiet: bool = False) -> logging.Logger:
     """One line per event to stdout (and to `log_file` if given)."""
-    LOG.handlers.clear()
-    LOG.setLevel(logging.WARNING if quiet else logging.INFO)
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+        handler.close()
+    LOG.setLevel(logging.INFO)
     LOG.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)
+    stream.setLevel(logging.WARNING if quiet else logging.INFO)  # quiet silences the console, not the log file
     LOG.addHandler(stream)
     if log_file is not None:
         fh = logging.FileHandler(log_file, encoding="utf-8")

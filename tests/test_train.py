@@ -1,0 +1,110 @@
+"""train.py end to end on the offline synthetic dataset, in-process (train.main)."""
+import csv
+import json
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+import train
+from models.resnet import imagenet_weights_path
+from utils.constants import IMAGENET_MEAN
+from utils.datasets import load_split, stratified_subset, indices_sha256
+
+TINY = ["--dataset", "synthetic", "--data_scale", "0.05", "--batch_size", "50", "--epochs", "1",
+        "--device", "cpu", "--workers", "0", "--quiet"]
+
+
+@pytest.mark.parametrize("train_type", ["simclr", "supervised"])
+def test_one_epoch_writes_every_file(tmp_path, train_type):
+    run = tmp_path / "run"
+    result = train.main(TINY + ["--train_type", train_type, "--run_dir", str(run)])
+    for name in ("config.json", "metrics.csv", "curves.png", "train.log", "last.pth", "final.pth"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert result["final"] == str(run / "final.pth")
+
+    ckpt = torch.load(run / "final.pth", weights_only=True)
+    assert ckpt["finished"] is True and ckpt["epoch"] == 1
+    assert ckpt["model"]["train_type"] == train_type and ckpt["model"]["stem"] == "cifar"
+    assert ckpt["data"]["dataset"] == "synthetic" and ckpt["data"]["image_size"] == 32
+    assert len(ckpt["data"]["mean"]) == 3 and ckpt["data"]["num_train"] == 100
+    labels = load_split("synthetic", "train").labels
+    assert ckpt["data"]["subset_sha256"] == indices_sha256(stratified_subset(labels, 0.05, 0))
+    assert "train_state" not in ckpt
+    assert any(k.startswith("layer4.") for k in ckpt["backbone"])
+    if train_type == "supervised":
+        assert ckpt["model"]["num_classes"] == 10 and ckpt["head"]["weight"].shape == (10, 512)
+    else:
+        assert ckpt["head"]["net.3.weight"].shape == (128, 512)
+
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert {"optimizer", "scheduler", "rng", "history"} <= set(last["train_state"])
+
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1"]
+    assert float(rows[0]["loss"]) > 0 and float(rows[0]["images_per_s"]) > 0
+    assert (rows[0]["train_acc"] != "") == (train_type == "supervised")
+    config = json.load(open(run / "config.json"))
+    assert config["args"]["train_type"] == train_type and "torch" in config["env"]
+
+
+def test_selfsupervised_is_simclr_and_defaults_follow_train_type():
+    args = train.parse_args(["--train_type", "selfsupervised"])
+    assert args.train_type == "simclr"
+    assert (args.batch_size, args.learning_rate, args.optimizer, args.min_lr) == (512, 0.6, "sgd", 1e-3)
+    sup = train.parse_args(["--train_type", "supervised", "--dataset", "imagenet"])
+    assert (sup.batch_size, sup.learning_rate, sup.lr_period_epochs) == (128, 1e-3, 50)
+    assert sup.dataset == "tiny-imagenet"
+
+
+def test_help_lists_every_flag_with_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--train_type", "--dataset", "--pretrained", "--epochs", "--batch_size", "--learning_rate",
+                 "--data_scale", "--device", "--temperature", "--weight_decay", "--seed", "--workers",
+                 "--data_dir", "--run_dir", "--image_size", "--knn_every", "--aug", "--resume"):
+        assert flag in text, flag
+    assert "default: 0.5" in text and "[512 | 128]" in text
+
+
+def test_epochs_zero_pretrained_imagenet_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    reference = resnet18(weights=None)
+    path = imagenet_weights_path()
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    run = tmp_path / "imagenet"
+    train.main(["--train_type", "supervised", "--dataset", "imagenet", "--epochs", "0", "--pretrained", "true",
+                "--run_dir", str(run), "--data_dir", str(tmp_path / "no-data"), "--device", "cpu", "--quiet"])
+    ckpt = torch.load(run / "final.pth", weights_only=True)
+    assert ckpt["model"]["stem"] == "imagenet" and ckpt["model"]["pretrained"] is True
+    assert ckpt["data"]["image_size"] == 224 and ckpt["data"]["mean"] == pytest.approx(list(IMAGENET_MEAN))
+    assert ckpt["data"]["dataset"] == "imagenet"
+    assert torch.equal(ckpt["backbone"]["layer3.0.conv1.weight"], reference.layer3[0].conv1.weight)
+    assert torch.equal(ckpt["head"]["weight"], reference.fc.weight)  # ImageNet classifier kept
+    assert not (tmp_path / "no-data").exists()  # no dataset was needed
+
+
+def test_epochs_zero_random_init_simclr(tmp_path):
+    run = tmp_path / "init"
+    train.main(["--dataset", "synthetic", "--epochs", "0", "--run_dir", str(run), "--device", "cpu", "--quiet"])
+    ckpt = torch.load(run / "final.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["model"]["train_type"] == "simclr"
+
+
+@pytest.mark.slow
+def test_simclr_loss_falls_and_supervised_learns(tmp_path):
+    run = tmp_path / "simclr"
+    hist = train.main(["--dataset", "synthetic", "--data_scale", "0.1", "--batch_size", "50", "--epochs", "3",
+                       "--learning_rate", "0.3", "--device", "cpu", "--workers", "0", "--quiet",
+                       "--run_dir", str(run)])["history"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+
+    sup = train.main(["--train_type", "supervised", "--dataset", "synthetic", "--data_scale", "0.25",
+                      "--batch_size", "50", "--epochs", "3", "--device", "cpu", "--workers", "0", "--quiet",
+                      "--knn_every", "3", "--run_dir", str(tmp_path / "sup")])["history"]
+    # Well above chance (10 %) on the held-out test split after a few hundred steps' worth of images.
+    assert sup[-1]["knn_acc"] > 30
+    assert sup[-1]["train_acc"] > sup[0]["train_acc"]
