@@ -6,13 +6,24 @@ tensor (3, S, S) normalised with the given mean/std.
 
     from utils.augment import simclr_view_transform
     t = simclr_view_transform(image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+
+The batched transforms at the end of the file (BatchSimCLRAugment, BatchSupervisedAugment,
+batch_eval_transform) do the same on a whole uint8 batch (B, 3, H, W) with pure torch ops on
+whatever device the batch lives on, drawing per-sample parameters from the same distributions:
+
+    aug = BatchSimCLRAugment(image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    x1, x2 = aug(x_uint8, generator=g), aug(x_uint8, generator=g)   # (B, 3, 32, 32) float32
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
@@ -86,3 +97,457 @@ class TwoViews:
 
     def __call__(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(image), self.transform(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched augmentation on tensors
+#
+# The same augmentations as above on a whole batch at once, with pure torch ops, so that they
+# run where the batch lives (GPU or CPU) without DataLoader workers. Every image in the batch
+# draws its own parameters (crop box, flip, jitter factors and order, grayscale, blur sigma)
+# from the distributions torchvision's transforms use; all draws come from `generator` when one
+# is given, so a batch's views are a pure function of its seed. Nothing here reads a value back
+# to the host (no .item(), no boolean indexing), so the ops queue up asynchronously on CUDA.
+#
+# Colour ops work on float batches in [0, 1] and follow torchvision's tensor semantics
+# (transforms.functional.adjust_*), which the tests check image by image. The PIL path differs
+# only in rounding to uint8 between ops.
+# ---------------------------------------------------------------------------------------------
+
+# ITU-R 601-2 luma transform, the weights of torchvision's rgb_to_grayscale (and PIL's "L").
+GRAYSCALE_WEIGHTS = (0.2989, 0.587, 0.114)
+# torchvision.transforms.RandomResizedCrop.get_params draws up to this many boxes before
+# falling back to a central crop.
+CROP_ATTEMPTS = 10
+# torchvision.transforms.GaussianBlur(sigma=(0.1, 2.0)) as used by SimCLR (Appendix A).
+SIMCLR_BLUR_SIGMA = (0.1, 2.0)
+# Order of the colour-jitter ops in the per-sample permutation (torchvision: fn_idx 0..3).
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+
+
+def _per_sample(factor: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample factor (B,) (or a scalar) shaped (B, 1, 1, 1) to broadcast over x (B, C, H, W)."""
+    if not isinstance(factor, torch.Tensor):
+        return torch.full((x.shape[0], 1, 1, 1), float(factor), dtype=x.dtype, device=x.device)
+    return factor.to(dtype=x.dtype).reshape(-1, 1, 1, 1)
+
+
+def _blend(x: torch.Tensor, ref: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's _blend for float images: clamp(factor * x + (1 - factor) * ref, 0, 1)."""
+    return (factor * x + (1.0 - factor) * ref).clamp_(0.0, 1.0)
+
+
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma of a float batch: x (B, 3, H, W) -> (B, 1, H, W), ITU-R 601-2 weights."""
+    r, g, b = x.unbind(dim=1)
+    wr, wg, wb = GRAYSCALE_WEIGHTS
+    gray = r * wr  # one new plane, then accumulated in place (fewer temporaries)
+    return gray.add_(g, alpha=wg).add_(b, alpha=wb).unsqueeze(1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Multiply by a per-sample factor (B,) and clamp: x (B, 3, H, W) float in [0, 1] -> same."""
+    return (x * _per_sample(factor, x)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Blend each image with the mean of its grayscale version: x (B, 3, H, W) -> same."""
+    mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(x, mean, _per_sample(factor, x))
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Blend each image with its grayscale version: x (B, 3, H, W) -> same."""
+    return _blend(x, rgb_to_grayscale(x), _per_sample(factor, x))
+
+
+def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tensor:
+    """Shift the HSV hue of each image by hue_factor (B,) in [-0.5, 0.5] turns: (B, 3, H, W) -> same.
+
+    H is torchvision's _rgb2hsv hue (max channel r > g > b on ties) in sixths of a turn; the
+    way back uses the closed form channel_n = V - C * clamp(min(k, 4 - k), 0, 1),
+    k = (n + 6 H) mod 6, n = 5, 3, 1 for R, G, B, with V = max and C = max - min (= V * S),
+    which equals torchvision's sector-by-sector _hsv2rgb. V and C do not change.
+    Written with float arithmetic only (boolean masks and torch.where are several times
+    slower than float ops on CPU) and mostly in place (each new CPU temporary costs page faults).
+    """
+    # amax / amin, not aminmax: the latter is 10x slower over the channel dim on CPU.
+    maxc = x.amax(dim=1, keepdim=True)  # (B, 1, H, W)
+    chroma = x.amin(dim=1, keepdim=True).neg_().add_(maxc)
+    # 1.0 on the channel that holds the max, else 0.0 (sign is exact); ties go to r, then g.
+    at_max = torch.sub(x, maxc).sign_().add_(1.0)
+    is_r, is_g, is_b = at_max.unbind(dim=1)
+    is_g.addcmul_(is_g, is_r, value=-1.0)
+    is_b.fill_(1.0).sub_(is_r).sub_(is_g)
+    # C * hue in sixths, in (-C, 5C]: g - b if R is max, b - r + 2C if G, r - g + 4C if B.
+    r, g, b = x.unbind(dim=1)
+    c = chroma.squeeze(1)
+    num = torch.empty_like(x)
+    torch.sub(g, b, out=num[:, 0])
+    torch.sub(b, r, out=num[:, 1]).add_(c, alpha=2.0)
+    torch.sub(r, g, out=num[:, 2]).add_(c, alpha=4.0)
+    h6 = num.mul_(at_max).sum(dim=1, keepdim=True)
+    # Grey pixels (C = 0) have h6 = 0; any positive divisor keeps them grey and NaN-free.
+    h6.div_(chroma.clamp_min(torch.finfo(x.dtype).tiny)).add_(_per_sample(hue_factor, x), alpha=6.0)
+    # n = 5, 3, 1 made on the device (a torch.tensor([...]) would be a host -> device copy).
+    sectors = torch.arange(5, 0, -2, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = torch.add(h6, sectors, out=at_max)  # (B, 3, H, W), reusing at_max's memory
+    tmp = torch.mul(k, 1.0 / 6.0, out=num).floor_().mul_(6.0)
+    k.sub_(tmp)  # k mod 6 (torch.remainder is much slower on CPU)
+    torch.mul(k, -1.0, out=tmp).add_(4.0)  # 4 - k
+    ramp = torch.minimum(k, tmp, out=k).clamp_(0.0, 1.0)
+    return ramp.mul_(chroma).neg_().add_(maxc)  # V - C * ramp
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur each image with its own Gaussian: x (B, C, H, W) float, sigma (B,) -> (B, C, H, W).
+
+    Same kernel and reflect padding as torchvision's gaussian_blur, applied separably (rows,
+    then columns) as one grouped convolution over the batch.
+    """
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    bsz, channels, height, width = x.shape
+    half = (kernel_size - 1) * 0.5
+    pos = torch.linspace(-half, half, kernel_size, dtype=x.dtype, device=x.device)
+    pdf = torch.exp(-0.5 * (pos / sigma.to(x.dtype).reshape(-1, 1)) ** 2)  # (B, k)
+    kernel = (pdf / pdf.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B*C, k)
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, bsz * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kernel.view(-1, 1, 1, kernel_size), groups=bsz * channels)  # along W
+    y = F.conv2d(y, kernel.view(-1, 1, kernel_size, 1), groups=bsz * channels)  # along H
+    return y.view(bsz, channels, height, width)
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, generator, device) -> torch.Tensor:
+    """U[low, high) draws of the given shape from `generator` on `device`."""
+    return torch.rand(shape, generator=generator, device=device) * (high - low) + low
+
+
+def sample_resized_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = SIMCLR_CROP_SCALE,
+    ratio: tuple[float, float] = SIMCLR_CROP_RATIO,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Per-sample RandomResizedCrop boxes: -> (B, 4) int64 rows (top i, left j, h, w).
+
+    Same distribution as torchvision's RandomResizedCrop.get_params, vectorised: each sample
+    draws CROP_ATTEMPTS candidate (area, log aspect ratio) pairs and keeps the first that fits,
+    else the same central-crop fallback; the offset is uniform over the valid positions.
+    """
+    area = float(height * width)
+    shape = (batch, CROP_ATTEMPTS)
+    target_area = area * _uniform(shape, scale[0], scale[1], generator, device)
+    aspect = torch.exp(_uniform(shape, math.log(ratio[0]), math.log(ratio[1]), generator, device))
+    # torch.round rounds half to even, like Python's round() in get_params.
+    w = torch.round(torch.sqrt(target_area * aspect)).long()
+    h = torch.round(torch.sqrt(target_area / aspect)).long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # index of the first fitting candidate
+    found = fits.any(dim=1)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    # Central-crop fallback, a function of the image shape only (torchvision's rule).
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fb_w, fb_h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fb_w, fb_h = int(round(height * max(ratio))), height
+    else:
+        fb_w, fb_h = width, height
+    w = torch.where(found, w, fb_w)
+    h = torch.where(found, h, fb_h)
+    u = torch.rand((batch, 2), generator=generator, device=device)
+    # floor(U * n) is uniform on {0, ..., n-1}, like torch.randint(0, n) in get_params
+    # (the clamp only guards against float rounding).
+    i = torch.minimum((u[:, 0] * (height - h + 1)).long(), height - h)
+    j = torch.minimum((u[:, 1] * (width - w + 1)).long(), width - w)
+    i = torch.where(found, i, (height - fb_h) // 2)
+    j = torch.where(found, j, (width - fb_w) // 2)
+    return torch.stack([i, j, h, w], dim=1)
+
+
+def _resample_weights(
+    start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample 1-D resampling matrices: (B, out_size, in_size), rows sum to 1.
+
+    Output pixel k of sample b reads the window [start, start + length) of the input with
+    the triangle (bilinear) filter, widened by the downscale factor when the window is larger
+    than the output: PIL's and torch's antialiased bilinear resize of the cropped image.
+    Pixels outside the window get weight 0 (the crop), and the weights are renormalised,
+    which at the edges is the same as clamping. flip (B,) bool reverses the output order.
+    """
+    scale = (length / out_size).unsqueeze(1)  # (B, 1): input pixels per output pixel
+    support = scale.clamp(min=1.0).unsqueeze(2)  # (B, 1, 1)
+    k = torch.arange(out_size, dtype=start.dtype, device=start.device).expand(start.shape[0], out_size)
+    if flip is not None:
+        k = torch.where(flip.unsqueeze(1), out_size - 1 - k, k)
+    centre = start.unsqueeze(1) + (k + 0.5) * scale  # (B, out) in pixel-edge coordinates
+    pix = torch.arange(in_size, dtype=start.dtype, device=start.device) + 0.5  # pixel centres
+    weights = torch.sub(pix, centre.unsqueeze(2))  # (B, out, in)
+    weights.abs_().div_(support).neg_().add_(1.0).clamp_(min=0.0)
+    inside = (pix >= start.unsqueeze(1)) & (pix < (start + length).unsqueeze(1))  # (B, in)
+    weights.mul_(inside.unsqueeze(1))
+    # The pixel under each centre is inside the window with weight >= 0.5: no division by 0.
+    return weights.div_(weights.sum(dim=2, keepdim=True))
+
+
+def resized_crop(
+    x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Crop box (i, j, h, w) of each image, resize it to size x size (bilinear), optionally flip.
+
+    x: (B, C, H, W) float, boxes: (B, 4) (top, left, height, width), flip: (B,) bool or None
+    -> (B, C, size, size). The resize is separable, so it is two batched matrix products with
+    per-sample resampling matrices (_resample_weights): the same result as
+    torchvision.transforms.functional.resized_crop(..., antialias=True) per image, for the
+    cost of a few small matmuls, with the horizontal flip folded into the column matrix.
+    """
+    bsz, channels, height, width = x.shape
+    i, j, h, w = boxes.to(x.dtype).unbind(dim=1)
+    rows = _resample_weights(i, h, height, size)  # (B, S, H)
+    cols = _resample_weights(j, w, width, size, flip).transpose(1, 2)  # (B, W, S)
+    y = torch.bmm(x.reshape(bsz, channels * height, width), cols).view(bsz, channels, height, size)
+    return torch.matmul(rows.unsqueeze(1), y)  # (B, 1, S, H) @ (B, C, H, S) -> (B, C, S, S)
+
+
+def color_jitter(
+    x: torch.Tensor,
+    brightness: torch.Tensor,
+    contrast: torch.Tensor,
+    saturation: torch.Tensor,
+    hue: torch.Tensor,
+    order: torch.Tensor,
+    apply: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """torchvision's ColorJitter with explicit per-sample parameters, on a float batch.
+
+    x: (B, 3, H, W) in [0, 1]; brightness, contrast, saturation, hue: (B,) factors;
+    order: (B, 4) a permutation of 0..3 per sample, the order the ops run in (0 brightness,
+    1 contrast, 2 saturation, 3 hue: torchvision's fn_idx); apply: (B,) bool, False leaves the
+    image unchanged. Returns a new (B, 3, H, W) tensor.
+
+    Brightness, contrast and saturation are blends (with black, the grey mean, the grey image),
+    so one blend per step covers all three with a per-sample reference and factor (factor 1 is
+    the identity). The hue shift is the expensive op, so it runs once, in the middle of the
+    schedule blend, blend, blend, HUE, blend, blend, blend: each image puts the ops it runs
+    before its hue shift into the first three steps and the rest into the last three.
+    """
+    keep = torch.ones_like(brightness, dtype=torch.bool) if apply is None else apply.bool()
+    order = order.long()
+    factors = torch.stack([brightness, contrast, saturation], dim=1).to(x.dtype)  # (B, 3)
+    hue_pos = (order == _HUE).int().argmax(dim=1, keepdim=True)  # (B, 1) where the hue op sits
+    steps = torch.arange(3, device=x.device).unsqueeze(0)  # (1, 3)
+    # Step s before the hue runs order[:, s] if s < hue_pos; step s after it runs
+    # order[:, hue_pos + 1 + s] if that exists; otherwise the step is the identity (-1).
+    before = torch.where(steps < hue_pos, order[:, :3], -1)
+    after_idx = hue_pos + 1 + steps
+    after = torch.where(after_idx < 4, order.gather(1, after_idx.clamp(max=3)), -1)
+    before = torch.where(keep.unsqueeze(1), before, -1)
+    after = torch.where(keep.unsqueeze(1), after, -1)
+    x = x.clone()  # the steps below work in place
+
+    def blend_step(op: torch.Tensor) -> None:
+        factor = factors.gather(1, op.clamp(min=0).unsqueeze(1)).squeeze(1)
+        factor = torch.where(op < 0, 1.0, factor)
+        # Reference image: grey mean (contrast), grey image (saturation), black (brightness,
+        # and the identity step, whose factor 1 ignores it); mixed with float weights.
+        gray = rgb_to_grayscale(x)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True) * _per_sample(op == _CONTRAST, gray)
+        ref = gray.mul_(_per_sample(op == _SATURATION, gray)).add_(mean)
+        # torchvision's _blend f * x + (1 - f) * ref, as x + (1 - f) (ref - x): exactly x for f = 1.
+        x.lerp_(ref, _per_sample(1.0 - factor, x)).clamp_(0.0, 1.0)
+
+    for s in range(3):
+        blend_step(before[:, s])
+    # lerp with weight 0 / 1 is exactly x / the shifted image: a where() without bool planes.
+    x.lerp_(adjust_hue(x, hue), _per_sample(keep, x))
+    for s in range(3):
+        blend_step(after[:, s])
+    return x
+
+
+def _normalise_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel, in place: x (B, 3, H, W) float -> x."""
+    mean_t, std_t = _channel_stats(tuple(float(m) for m in mean), tuple(float(s) for s in std), x.device)
+    return x.sub_(mean_t).div_(std_t)
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached per device: building them each call would copy host -> device every batch.
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+        torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+    )
+
+
+def _full_precision(x: torch.Tensor):
+    """Autocast off for the batch's device: the transforms compute in float32 even when called
+    inside a bf16 autocast region (bf16 crops and blurs would lose 8 bits of pixel precision)."""
+    if x.device.type in ("cuda", "cpu"):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) in 0..255 (or float in [0, 1]) -> a new float32 tensor in [0, 1]."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a batch (B, 3, H, W), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if x.is_floating_point():
+        return x.to(torch.float32, copy=True)  # a copy: later steps work in place
+    raise ValueError(f"expected uint8 or float images, got {x.dtype}")
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear antialiased resize to size x size (torchvision's tensor Resize) if needed."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def batch_eval_transform(
+    x: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 (B, 3, S, S): resize (bilinear, antialias) if H != S, normalise."""
+    with _full_precision(x):
+        return _normalise_batch(_resize(_to_float(x), image_size), mean, std)
+
+
+# On CPU, batched ops are applied to chunks of about this many pixels per image plane
+# (64 images at 32 x 32): the fastest of 16-256 images per chunk measured on 2 cores.
+CPU_CHUNK_PIXELS = 64 * 32 * 32
+
+
+def _cpu_chunk(x: torch.Tensor) -> int:
+    """Images per chunk for CPU batches of x (B, C, H, W)."""
+    return max(1, CPU_CHUNK_PIXELS // (x.shape[-2] * x.shape[-1]))
+
+
+class BatchSimCLRAugment:
+    """One random SimCLR view per image of a batch, on the batch's device.
+
+    Crop (scale 0.08-1, ratio 3/4-4/3), flip (p=0.5), colour jitter (p=0.8, random op order),
+    grayscale (p=0.2), optional blur (p=0.5, sigma 0.1-2), normalise: the PIL pipeline of
+    simclr_view_transform with per-sample parameters. Call it twice (or on the batch
+    concatenated with itself) for the two views x1, x2. `sample_params` and `apply` split
+    the call into drawing the parameters and using them, so that tests can inspect them.
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], blur: bool = False):
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.blur = blur
+        self.kernel_size = blur_kernel_size(self.image_size)
+
+    def sample_params(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample parameters of one view, all on `device`: a dict of (B,) tensors except
+        boxes (B, 4) int64 (top, left, h, w) and order (B, 4) int64 (jitter op order)."""
+        bsz, dev = batch, device
+        boxes = sample_resized_crop_boxes(bsz, height, width, generator=generator, device=dev)
+        flip = torch.rand(bsz, generator=generator, device=dev) < 0.5
+        b, c, s, h = SIMCLR_JITTER
+        params = {
+            "boxes": boxes,
+            "flip": flip,
+            "jitter": torch.rand(bsz, generator=generator, device=dev) < SIMCLR_JITTER_P,
+            "order": torch.rand((bsz, 4), generator=generator, device=dev).argsort(dim=1),
+            "brightness": _uniform((bsz,), max(0.0, 1 - b), 1 + b, generator, dev),
+            "contrast": _uniform((bsz,), max(0.0, 1 - c), 1 + c, generator, dev),
+            "saturation": _uniform((bsz,), max(0.0, 1 - s), 1 + s, generator, dev),
+            "hue": _uniform((bsz,), -h, h, generator, dev),
+            "gray": torch.rand(bsz, generator=generator, device=dev) < SIMCLR_GRAYSCALE_P,
+        }
+        if self.blur:
+            params["blur"] = torch.rand(bsz, generator=generator, device=dev) < SIMCLR_BLUR_P
+            params["sigma"] = _uniform((bsz,), *SIMCLR_BLUR_SIGMA, generator, dev)
+        return params
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x: uint8 (B, 3, H, W), params from sample_params -> float32 (B, 3, S, S) normalised.
+
+        On CPU the batch is processed in chunks of a few tens of images (a loop over chunks,
+        not samples): the temporaries then stay in cache and in the heap, instead of being
+        fresh mmap'ed pages that fault in on every op (measured 1.4x faster on 2 cores).
+        Every op is per image, so the result does not depend on the chunking.
+        """
+        chunk = _cpu_chunk(x) if x.device.type == "cpu" else x.shape[0]
+        with _full_precision(x):
+            if chunk >= x.shape[0]:
+                return self._apply(x, params)
+            out = torch.empty((x.shape[0], 3, self.image_size, self.image_size), dtype=torch.float32)
+            for start in range(0, x.shape[0], chunk):
+                part = slice(start, start + chunk)
+                out[part] = self._apply(x[part], {k: v[part] for k, v in params.items()})
+            return out
+
+    def _apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = resized_crop(_to_float(x), params["boxes"], self.image_size, params["flip"])
+        x = color_jitter(
+            x,
+            brightness=params["brightness"],
+            contrast=params["contrast"],
+            saturation=params["saturation"],
+            hue=params["hue"],
+            order=params["order"],
+            apply=params["jitter"],
+        )
+        # lerp with a per-sample weight of 0 or 1 is an exact per-sample select.
+        x.lerp_(rgb_to_grayscale(x).expand_as(x), _per_sample(params["gray"], x))
+        if self.blur:
+            x.lerp_(gaussian_blur(x, params["sigma"], self.kernel_size), _per_sample(params["blur"], x))
+        return _normalise_batch(x, self.mean, self.std)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x: uint8 (B, 3, H, W) on any device -> float32 (B, 3, S, S) normalised."""
+        params = self.sample_params(x.shape[0], x.shape[-2], x.shape[-1], generator, x.device)
+        return self.apply(x, params)
+
+
+def supervised_padding(image_size: int) -> int:
+    """Reflect padding of the supervised random crop: 4 px at 32 px, scaled with the size."""
+    return max(1, round(SUPERVISED_CROP_PADDING * image_size / 32))
+
+
+class BatchSupervisedAugment:
+    """supervised_train_transform on a batch: resize if needed, padded random crop, flip, normalise."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.padding = supervised_padding(self.image_size)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x: uint8 (B, 3, H, W) on any device -> float32 (B, 3, S, S) normalised, laid out
+        channels_last in memory (what the gather produces, and what a channels_last model wants)."""
+        dev = x.device
+        size, pad = self.image_size, self.padding
+        x = _resize(_to_float(x), size)
+        bsz = x.shape[0]
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        # Offsets uniform on {0, ..., 2 pad}, like RandomCrop's randint(0, h - th + 1).
+        offsets = (torch.rand((bsz, 2), generator=generator, device=dev) * (2 * pad + 1)).long().clamp_(max=2 * pad)
+        flip = torch.rand(bsz, generator=generator, device=dev) < 0.5
+        steps = torch.arange(size, device=dev)
+        rows = offsets[:, :1] + steps  # (B, S)
+        cols = offsets[:, 1:] + torch.where(flip[:, None], size - 1 - steps, steps)  # flip by reading backwards
+        batch = torch.arange(bsz, device=dev)
+        # One gather does the crop and the flip; advanced indices first -> (B, S, S, C).
+        out = padded[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return _normalise_batch(out, self.mean, self.std)
