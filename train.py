@@ -7,29 +7,38 @@
     torchrun --standalone --nproc_per_node 4 train.py ...        # DistributedDataParallel, --batch_size is global
 
 The run directory (--run_dir, default checkpoints/<train_type>-<dataset>-<UTC time>) receives
-config.json, metrics.csv, curves.png, train.log, last.pth (every epoch) and final.pth. A run
-whose directory holds an unfinished last.pth resumes where it stopped (same flags).
+config.json, metrics.csv, curves.png, train.log, last.pth (every epoch) and final.pth, each
+written atomically. Runs survive interruptions:
+- Ctrl-C / SIGTERM save last.pth at the end of the current step and exit 130 / 143; a SIGKILL
+  loses at most the current epoch. The same command with the same --run_dir resumes exactly
+  (model, optimizer, schedule, RNG and data order: bitwise the same weights as an uninterrupted
+  run on CPU with --deterministic). Flags that change what is computed cannot change on resume
+  (refused, naming them); --overwrite starts over.
+- A NaN/inf loss stops the run (exit 3) and keeps the last good last.pth (--nan_policy skip).
+- A bad flag or input exits 2 with one line before any work; --debug (or SIMCLR_DEBUG=1) shows
+  the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models import TRAIN_TYPES, build_model
+from models import build_model
 from models.resnet import imagenet_classifier
 from utils.augment import (BatchSimCLRAugment, BatchSupervisedAugment, TwoViews, simclr_view_transform,
                            supervised_train_transform)
-from utils.checkpoint import FORMAT, plain, save_checkpoint
+from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
 from utils.cli import HelpFormatter, common_parser, non_negative_int, positive_int, str2bool
 from utils.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                              canonical_dataset)
@@ -43,7 +52,7 @@ from utils.losses import gathered_nt_xent_loss, nt_xent_loss
 from utils.plotting import plot_panels
 from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
                            setup_logging)
-from utils.rundir import environment_info, prepare_run_dir
+from utils.rundir import clear_run_dir, environment_info, prepare_run_dir, unlock_run_dir
 from utils.schedule import cosine_scheduler
 
 # Per-train-type defaults, reproducing the original recipes (../shared/ORIGINAL.md).
@@ -54,10 +63,17 @@ DEFAULTS = {
                        min_lr=0.0, lr_period_epochs=50),
 }
 METRIC_FIELDS = ["epoch", "loss", "train_acc", "knn_acc", "lr", "images_per_s", "seconds", "skipped_steps"]
+# Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
+# process send itself that signal right after optimizer step N (counted from the run's start).
+TEST_SIGNAL_ENV = "SIMCLR_TEST_SIGNAL_AT_STEP"
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM received; last.pth has been written."""
+    """SIGINT/SIGTERM received; last.pth has been written. The command exits 128 + signum."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,6 +164,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--image_size must be >= 8, got {args.image_size}")
     if args.pretrained and args.stem == "cifar":
         raise UserError("--pretrained true loads ImageNet weights, which need --stem imagenet (or auto)")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one of them")
+    if args.warmup_epochs < 0:
+        raise UserError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
 
 
 def describe_data(args: argparse.Namespace) -> dict:
@@ -290,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return _train(args, device, env)
     finally:
+        if args.run_dir:
+            unlock_run_dir(Path(args.run_dir))
         cleanup_distributed()
 
 
@@ -298,6 +320,10 @@ def _train(args, device, env) -> dict:
         device = torch.device("cuda", env.local_rank)
     local_bs = per_rank_batch_size(args.batch_size, env.world_size)
     set_deterministic(args.deterministic)
+    precision = args.precision if args.precision != "auto" else (
+        ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32")
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise UserError(f"--precision {precision} needs CUDA here (bf16 on this CPU was measured 17x slower)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or f"checkpoints/{args.train_type}-{args.dataset}-{stamp}")
     args.run_dir = str(run_dir)
@@ -344,12 +370,15 @@ def _train(args, device, env) -> dict:
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.overwrite and env.is_main:  # every input is checked by now: the old run may go
+        clear_run_dir(run_dir)
+        setup_logging(run_dir / "train.log", quiet=args.quiet)
 
     if args.epochs == 0:
         final = run_dir / "final.pth"
         if env.is_main:
             atomic_write_json(run_dir / "config.json", {"args": config, "env": environment_info()})
-            save_checkpoint(final, make_checkpoint(args, model, data, spec, subset, 0, 0, True))
+            _save(final, make_checkpoint(args, model, data, spec, subset, 0, 0, True))
             LOG.info("--epochs 0: saved the initial model (%s) to %s",
                      "ImageNet weights" if args.pretrained else "random init", final)
         return {"run_dir": str(run_dir), "final": str(final), "history": []}
@@ -366,10 +395,6 @@ def _train(args, device, env) -> dict:
     scheduler = cosine_scheduler(
         optimizer, total_steps, args.learning_rate, args.min_lr, warmup_steps=round(args.warmup_epochs * steps_per_epoch),
         period_steps=args.lr_period_epochs * steps_per_epoch if args.lr_period_epochs else None)
-    precision = args.precision if args.precision != "auto" else (
-        ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32")
-    if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise UserError(f"--precision {precision} needs CUDA here (bf16 on this CPU was measured 17x slower)")
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -384,8 +409,8 @@ def _train(args, device, env) -> dict:
     if resume_ckpt is not None:
         state = resume_ckpt["train_state"]
         raw = model.module if isinstance(model, DistributedDataParallel) else model
-        raw.backbone.load_state_dict(resume_ckpt["backbone"])
-        raw.head.load_state_dict(resume_ckpt["head"])
+        load_state_strict(raw.backbone, resume_ckpt["backbone"], "resume backbone")
+        load_state_strict(raw.head, resume_ckpt["head"], "resume head")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -393,11 +418,13 @@ def _train(args, device, env) -> dict:
         history = list(state["history"])
         start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], resume_ckpt["step"]
         carry = state.get("partial")
-        LOG.info("resuming %s at epoch %d, step %d", run_dir / "last.pth", start_epoch + 1, start_step)
+        LOG.info("resuming from %s: epoch %d, %d of %d steps done", run_dir / "last.pth", start_epoch + 1,
+                 start_step, steps_per_epoch)
     if env.is_main:
         atomic_write_json(run_dir / "config.json", {"args": config, "env": environment_info(),
                                                     "world_size": env.world_size, "precision": precision,
                                                     "steps_per_epoch": steps_per_epoch, "data": data | {"classes": None}})
+    LOG.info("run directory %s (to resume after a crash: the same command with --run_dir %s)", run_dir, run_dir)
     LOG.info("%s on %s: %d images, %d steps/epoch, global batch %d (%d per rank x %d), lr %g, %s, %s, aug %s",
              args.train_type, args.dataset, subset["num_train"], steps_per_epoch, args.batch_size, local_bs,
              env.world_size, args.learning_rate, device, precision, type(batches).__name__)
@@ -410,6 +437,7 @@ def _train(args, device, env) -> dict:
 
     objective = OBJECTIVES[args.train_type]
     nan_run = 0
+    test_signal = _test_signal_hook()
     with StopFlag() as stop:
         for epoch in range(start_epoch, args.epochs):
             train_model.train()
@@ -433,8 +461,8 @@ def _train(args, device, env) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                     if nan_run >= args.max_nan_skips:
-                        raise NonFiniteLossError(f"{nan_run} non-finite losses in a row at epoch {epoch + 1}, "
-                                                 f"step {step + 1}; last good checkpoint: {run_dir / 'last.pth'}")
+                        raise NonFiniteLossError(f"{nan_run} non-finite losses in a row (--max_nan_skips) at epoch "
+                                                 f"{epoch + 1}, step {step + 1}; {_last_good(run_dir)}")
                     continue
                 nan_run = 0
                 optimizer.zero_grad(set_to_none=True)
@@ -451,6 +479,8 @@ def _train(args, device, env) -> dict:
                 if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
                     _check_finite(recent, epoch, step, run_dir)  # the loop's only sync, every check_every steps
                     recent = []
+                if test_signal and global_step == test_signal[0]:
+                    os.kill(os.getpid(), test_signal[1])
                 if (step + 1) % args.log_every == 0 or step + 1 == steps_per_epoch:
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                                     img_s=f"{seen * env.world_size / (time.perf_counter() - t0 + 1e-9):.0f}")
@@ -459,12 +489,13 @@ def _train(args, device, env) -> dict:
                     partial = {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
                                "skipped": skipped, "seconds": seconds_before + time.perf_counter() - t0}
                     if env.is_main:
-                        save_checkpoint(run_dir / "last.pth", make_checkpoint(
+                        _save(run_dir / "last.pth", make_checkpoint(
                             args, model, data, spec, subset, epoch, global_step, False,
                             checkpoint_state(epoch, step + 1, partial)))
                     bar.close()
-                    raise Interrupted(f"stopped by signal {stop.signum} at epoch {epoch + 1}, step {step + 1}; "
-                                      f"saved {run_dir / 'last.pth'}. Resume with the same command")
+                    raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at epoch {epoch + 1}, step "
+                                      f"{step + 1}/{steps_per_epoch}; saved {run_dir / 'last.pth'}. To resume, run "
+                                      f"the same command with --run_dir {run_dir}", stop.signum)
             bar.close()
             # Epoch end: the only place the loop waits for the device.
             loss_total = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)]))
@@ -479,12 +510,12 @@ def _train(args, device, env) -> dict:
                 row["knn_acc"] = round(knn_monitor(model, arrays, indices, arrays_test, data, device), 4)
             history.append(row)
             if env.is_main:
-                save_checkpoint(run_dir / "last.pth", make_checkpoint(
+                _save(run_dir / "last.pth", make_checkpoint(
                     args, model, data, spec, subset, epoch + 1, global_step, False,
                     checkpoint_state(epoch + 1, 0, None)))
                 if (args.save_every and (epoch + 1) % args.save_every == 0) or (epoch + 1) in args.save_at:
-                    save_checkpoint(run_dir / f"epoch_{epoch + 1:04d}.pth",
-                                    make_checkpoint(args, model, data, spec, subset, epoch + 1, global_step, False))
+                    _save(run_dir / f"epoch_{epoch + 1:04d}.pth",
+                          make_checkpoint(args, model, data, spec, subset, epoch + 1, global_step, False))
                 write_metrics(run_dir, history, args)
                 if writer is not None:
                     for key in ("loss", "train_acc", "knn_acc", "lr", "images_per_s"):
@@ -498,7 +529,7 @@ def _train(args, device, env) -> dict:
 
     final = run_dir / "final.pth"
     if env.is_main:
-        save_checkpoint(final, make_checkpoint(args, model, data, spec, subset, args.epochs, global_step, True))
+        _save(final, make_checkpoint(args, model, data, spec, subset, args.epochs, global_step, True))
         if writer is not None:
             writer.close()
         LOG.info("done: %s", final)
@@ -513,8 +544,31 @@ def _check_finite(recent: list[torch.Tensor], epoch: int, last_step: int, run_di
     finite = torch.isfinite(torch.stack(recent).float()).cpu()
     if not bool(finite.all()):
         step = last_step - len(recent) + 1 + int((~finite).nonzero()[0])
-        raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}; the last good checkpoint "
-                                 f"is kept: {run_dir / 'last.pth'} (lower --learning_rate, or --nan_policy skip)")
+        raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}; {_last_good(run_dir)} "
+                                 "(lower --learning_rate, or --nan_policy skip)")
+
+
+def _save(path: Path, ckpt: dict) -> None:
+    """save_checkpoint; a full disk or a vanished folder becomes one line (the previous file stays whole)."""
+    try:
+        save_checkpoint(path, ckpt)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous {path.name}, if any, "
+                        "is unchanged") from None
+
+
+def _last_good(run_dir: Path) -> str:
+    last = run_dir / "last.pth"
+    return f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint was written yet"
+
+
+def _test_signal_hook() -> tuple[int, int] | None:
+    """(step, signal) from TEST_SIGNAL_ENV, or None (always None outside the tests)."""
+    spec = os.environ.get(TEST_SIGNAL_ENV, "").strip()
+    if not spec:
+        return None
+    step, _, name = spec.partition(":")
+    return int(step), int(getattr(signal, "SIG" + (name or "KILL").upper()))
 
 
 def _stop_requested(stop: StopFlag, env, step: int, args, device: torch.device) -> bool:
@@ -538,12 +592,12 @@ def _tensorboard(args, run_dir: Path):
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Command-line entry: Interrupted exits 130 after last.pth is saved."""
+    """Command-line entry: after SIGINT/SIGTERM (last.pth saved) exit 128 + signum, i.e. 130 or 143."""
     try:
         main(argv)
     except Interrupted as exc:
-        print(str(exc), flush=True)
-        raise SystemExit(130) from None
+        print(f"interrupted: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + exc.signum) from None
 
 
 if __name__ == "__main__":

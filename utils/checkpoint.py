@@ -13,6 +13,8 @@ Loading uses `torch.load(weights_only=True)` only: a pickle that would run code 
 from __future__ import annotations
 
 import io
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -35,32 +37,69 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by train.py, or raise a one-line UserError saying what is wrong."""
+    """Read a checkpoint written by train.py, or raise a one-line UserError saying what is wrong.
+
+    Only `torch.load(weights_only=True)` is used, so a pickle that would call a function
+    (`os.system`, `open`, ...) is refused before anything runs. The zip members' CRC-32s are
+    checked first, so bytes damaged in transfer are reported instead of loaded as weights.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise UserError(f"checkpoint path is a directory, expected a .pth file: {path}")
-    if path.stat().st_size == 0:
-        raise UserError(f"checkpoint is empty (0 bytes): {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        raise UserError(f"checkpoint is empty (0 bytes): {path}")
+    damaged = _damaged_zip_member(path)
+    if damaged:
+        raise UserError(f"{path} is corrupt: {damaged} (re-copy or re-create the file)")
+    try:
+        with warnings.catch_warnings():
+            # The weights-only unpickler warns about pickle protocols before refusing a file;
+            # the refusal below is the message the user needs, not that warning.
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise UserError(_describe_load_failure(path, exc)) from exc
+        raise UserError(_describe_load_failure(path, exc)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"dict without format {FORMAT!r}"
-        raise UserError(f"{path} is not a checkpoint written by this project's train.py (found {found})")
+        found = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"a dict without format {FORMAT!r}"
+        hint = " (a bare state_dict?)" if isinstance(ckpt, dict) and ckpt and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()) else ""
+        raise UserError(f"{path} is not a checkpoint written by this project's train.py (found {found}{hint})")
     return ckpt
+
+
+def _damaged_zip_member(path: Path) -> str | None:
+    """Name of the first zip member whose CRC-32 does not match (torch.load does not check), or None."""
+    if not zipfile.is_zipfile(path):
+        return None  # not a zip (legacy format, or not a checkpoint at all): torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        return f"unreadable zip archive ({type(exc).__name__})"
+    return f"CRC mismatch in {bad}" if bad else None
 
 
 def _describe_load_failure(path: Path, exc: Exception) -> str:
     text = str(exc)
-    if "Weights only load failed" in text or "Unsupported global" in text or "unsupported" in text.lower():
-        return (f"refusing to load {path}: it contains pickled objects other than tensors and plain "
-                f"values (it could run code); only checkpoints written by train.py are accepted")
+    blocked = re.search(r"GLOBAL ([\w.]+)", text)
+    if blocked:
+        return (f"refusing to load {path}: its pickle would call {blocked.group(1)} (code execution); only "
+                f"tensors and plain values are accepted, as in checkpoints written by train.py")
+    if "Weights only load failed" in text:
+        return (f"refusing to load {path}: it is not a PyTorch checkpoint of tensors and plain values "
+                f"(corrupt, or a pickle of another kind)")
     if not zipfile.is_zipfile(path):
         return f"{path} is not a readable PyTorch checkpoint (truncated or corrupt file)"
-    return f"{path} is truncated or corrupt ({type(exc).__name__}: {text.splitlines()[0][:120] if text else ''})"
+    first = text.splitlines()[0][:120] if text else ""
+    return f"{path} is truncated or corrupt ({type(exc).__name__}: {first})"
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,7 +5,10 @@ Every script runs its `main` through `run_cli`, so a `UserError` raised anywhere
     error: <message>
 
 on stderr with exit status 2. Set `--debug` or the environment variable `SIMCLR_DEBUG=1`
-to see the full traceback instead.
+to see the full traceback instead. Exit codes: 0 done, 2 user error, 3 non-finite loss (the
+last good checkpoint is kept), 130 / 143 stopped by Ctrl-C / SIGTERM, 1 a bug (traceback).
+
+    python train.py --data_scale 0      # error: --data_scale must be in (0, 1], got 0.0   (exit 2)
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import sys
 from typing import Callable, Sequence
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_NON_FINITE = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 DEBUG_ENV = "SIMCLR_DEBUG"
 
 
@@ -38,7 +42,7 @@ def debug_enabled(argv: Sequence[str] | None = None) -> bool:
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run `main(argv)` as a command: user errors exit 2 with one line, Ctrl-C exits 130."""
+    """Run `main(argv)` as a command: user errors exit 2 and a NaN loss 3, with one line; Ctrl-C exits 130."""
     try:
         main(argv)
     except UserError as exc:
@@ -50,7 +54,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         if debug_enabled(argv):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(EXIT_NON_FINITE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

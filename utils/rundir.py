@@ -2,9 +2,14 @@
 
 A run directory holds config.json, metrics.csv, curves.png, train.log, last.pth (written every
 epoch and on Ctrl-C/SIGTERM) and final.pth (written at the end, which marks the run finished).
+While a run uses it, the directory is locked (`.lock`, released when the process ends, even
+by SIGKILL), so a second run started with the same --run_dir is refused instead of clobbering it.
+
+    python train.py --dataset synthetic --run_dir R ...   # prepare_run_dir(R, config, resume, overwrite)
 """
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import subprocess
@@ -15,6 +20,7 @@ import torchvision
 
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.io import remove_stale_temp_files
 
 # Arguments that change what is computed. The rest (device, workers, logging, ...) may differ
 # between a run and its resumption.
@@ -23,6 +29,8 @@ IGNORED_FOR_RESUME = {
     "log_every", "compile", "knn_every", "save_every", "save_at", "nan_policy", "max_nan_skips",
 }
 RUN_FILES = ("last.pth", "final.pth", "metrics.csv", "curves.png", "config.json", "train.log")
+LOCK_FILE = ".lock"
+_LOCKS: dict[str, int] = {}  # resolved run directory -> open file descriptor holding its lock
 
 
 def environment_info() -> dict:
@@ -47,25 +55,26 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 def prepare_run_dir(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> dict | None:
-    """Create/check the run directory; return the last.pth checkpoint to resume from, or None.
+    """Create, lock and check the run directory; return the last.pth checkpoint to resume from, or None.
 
     - holds final.pth (a finished run): refused unless --overwrite;
     - holds last.pth of an unfinished run: resumed when the config matches (automatically,
       or with --resume); a differing config is refused, naming the keys, unless --overwrite;
     - --resume with nothing to resume from is an error.
+    Nothing is deleted here: with --overwrite the caller calls `clear_run_dir` once the other
+    inputs have been checked, so a typo in another flag does not cost the previous run.
     """
+    run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
+        raise UserError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
     if not os.access(run_dir, os.W_OK):
         raise UserError(f"run directory {run_dir} is not writable")
+    lock_run_dir(run_dir)
+    remove_stale_temp_files(run_dir)  # left by a kill during an atomic write; safe under the lock
     last, final = run_dir / "last.pth", run_dir / "final.pth"
     if overwrite:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for old in run_dir.glob("epoch_*.pth"):
-            old.unlink()
         return None
     if final.exists():
         raise UserError(f"{run_dir} already holds a finished run (final.pth); use a new --run_dir or --overwrite")
@@ -73,7 +82,10 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool, overwrite: bool) 
         if resume:
             raise UserError(f"--resume: no last.pth in {run_dir} to resume from")
         return None
-    ckpt = load_checkpoint(last)
+    try:
+        ckpt = load_checkpoint(last)
+    except UserError as exc:
+        raise UserError(f"cannot resume: {exc}; use --overwrite to start again") from None
     if "train_state" not in ckpt:
         raise UserError(f"{last} holds no training state to resume from; use --overwrite to start again")
     diffs = config_differences(ckpt.get("config", {}), config)
@@ -81,3 +93,52 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool, overwrite: bool) 
         raise UserError(f"{last} was made with another config ({'; '.join(diffs)}); "
                         "use the same flags, a new --run_dir, or --overwrite")
     return ckpt
+
+
+def clear_run_dir(run_dir: Path) -> list[Path]:
+    """Delete a previous run's files (--overwrite): run files, epoch_*.pth; return what was removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for path in [run_dir / name for name in RUN_FILES] + sorted(run_dir.glob("epoch_*.pth")):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on `run_dir` for this process's lifetime (or until `unlock_run_dir`).
+
+    UserError when another process holds it, or when a file cannot be created there.
+    """
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _LOCKS:
+        return
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"run directory {run_dir} is not writable: {exc.strerror or exc}") from None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the rest still works
+        _LOCKS[key] = fd
+        return
+    try:
+        # A POSIX record lock (lockf), not flock: it belongs to this process only, so DataLoader
+        # workers forked from it do not hold it on after a SIGKILL of the main process.
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise UserError(f"run directory {run_dir} is in use by another training process; wait for it to "
+                            "end or use another --run_dir") from None
+        # file systems without lock support (some network mounts): carry on unlocked
+    _LOCKS[key] = fd
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    """Release the lock taken by `prepare_run_dir` (a no-op when not held)."""
+    fd = _LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)

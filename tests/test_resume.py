@@ -1,0 +1,201 @@
+"""Runs that survive (issue 8): exact resume after SIGTERM/SIGINT/SIGKILL, and the NaN guard.
+
+Kill-and-resume: `python train.py` runs as a subprocess and, through the test hook
+SIMCLR_TEST_SIGNAL_AT_STEP ("N:SIG": send SIG to itself after optimizer step N), is stopped by
+SIGTERM or SIGINT (which save last.pth mid-epoch and exit 128 + signum), then killed by SIGKILL
+in the middle of epoch 2, then run again to the end. Its final.pth must equal, tensor by tensor
+(torch.equal), that of one uninterrupted run with the same seed, and so must metrics.csv's losses.
+
+    python -m pytest tests/test_resume.py -q
+"""
+import csv
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from utils.checkpoint import load_checkpoint
+from utils.errors import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+# 30 synthetic images (3 per class), batches of 10: 3 steps per epoch, 6 in all; 8 px keeps it cheap.
+STEPS_PER_EPOCH = 3
+TINY = ["--dataset", "synthetic", "--data_scale", "0.015", "--batch_size", "10", "--epochs", "2",
+        "--device", "cpu", "--image_size", "8", "--quiet", "--seed", "3"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 cores shared with other jobs, two threads were measured 30x slower
+    (spinning OpenMP workers), and the same thread count in every run keeps results bit-comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(run_dir: Path, flags: list[str], signal_at: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop(train.TEST_SIGNAL_ENV, None)
+    if signal_at:
+        env[train.TEST_SIGNAL_ENV] = signal_at
+    return subprocess.run([sys.executable, "train.py", *TINY, *flags, "--run_dir", str(run_dir)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _train_state(run_dir: Path) -> tuple[int, int, int]:
+    ckpt = load_checkpoint(run_dir / "last.pth")
+    assert ckpt["finished"] is False
+    return ckpt["train_state"]["epoch"], ckpt["train_state"]["step_in_epoch"], ckpt["step"]
+
+
+# (flags shared by every run of the path, flags of the first run, its signal, the second run's flags)
+PATHS = {
+    # DataLoader path (PIL augmentation in workers), SimCLR: SIGTERM mid-epoch 1, then SIGKILL mid-epoch 2
+    # in a run with 2 workers (workers may differ between a run and its resumption).
+    "dataloader-simclr": (["--aug", "cpu", "--workers", "0", "--deterministic"], "TERM", 2, ["--workers", "2"]),
+    # Device path (batched augmentation on the device, here the CPU), supervised: SIGINT after the last
+    # step of epoch 1 (a checkpoint at step 3 of 3), then SIGKILL mid-epoch 2.
+    "device-supervised": (["--aug", "gpu", "--workers", "0", "--deterministic", "--train_type", "supervised"],
+                          "INT", 3, []),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", list(PATHS))
+def test_signal_then_sigkill_then_resume_is_bitwise_identical(tmp_path, path):
+    flags, first_signal, first_step, second_flags = PATHS[path]
+    reference = tmp_path / "reference"
+    done = _train(reference, flags)
+    assert done.returncode == 0, done.stderr
+
+    run = tmp_path / "interrupted"
+    # 1. SIGTERM / SIGINT: last.pth at the end of the current step, a message on how to resume, exit 128 + signum.
+    stopped = _train(run, flags, f"{first_step}:{first_signal}")
+    signum = getattr(signal, f"SIG{first_signal}")
+    assert stopped.returncode == 128 + signum, stopped.stderr
+    assert (f"stopped by SIG{first_signal} at epoch 1, step {first_step}/{STEPS_PER_EPOCH}" in stopped.stderr
+            and f"To resume, run the same command with --run_dir {run}" in stopped.stderr)
+    assert "Traceback" not in stopped.stderr
+    assert _train_state(run) == (0, first_step, first_step) and not (run / "final.pth").exists()
+
+    # 2. The same command resumes from there; SIGKILL (no chance to save) hits in the middle of epoch 2.
+    killed = _train(run, flags + second_flags, f"{STEPS_PER_EPOCH + 2}:KILL")
+    assert killed.returncode == -signal.SIGKILL
+    log = (run / "train.log").read_text()
+    assert f"epoch 1, {first_step} of {STEPS_PER_EPOCH} steps done" in log
+    assert _train_state(run) == (1, 0, STEPS_PER_EPOCH) and not (run / "final.pth").exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+    # 3. Once more: resumes from the end of epoch 1 and finishes.
+    finished = _train(run, flags)
+    assert finished.returncode == 0, finished.stderr
+    assert f"epoch 2, 0 of {STEPS_PER_EPOCH} steps done" in (run / "train.log").read_text()
+
+    a, b = load_checkpoint(reference / "final.pth"), load_checkpoint(run / "final.pth")
+    assert a["step"] == b["step"] == 2 * STEPS_PER_EPOCH and b["finished"] is True
+    for part in ("backbone", "head"):
+        assert a[part].keys() == b[part].keys()
+        different = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert not different, f"{part}: {different[:5]}"
+    ref_rows, run_rows = _rows(reference), _rows(run)
+    for key in ("epoch", "loss", "train_acc", "lr", "skipped_steps"):
+        assert [r[key] for r in ref_rows] == [r[key] for r in run_rows], key
+
+
+# --- NaN guard, in-process: the objective is wrapped to return NaN at chosen calls -----------------
+
+IN_PROCESS = TINY + ["--workers", "0", "--aug", "gpu"]
+
+
+def _nan_objective(monkeypatch, nan_at, on_call=None):
+    """Replace the SimCLR objective: the loss of the calls in `nan_at(call)` is NaN (graph kept)."""
+    original = train.OBJECTIVES["simclr"]
+    calls = {"n": 0}
+
+    def objective(model, views, labels, args, distributed):
+        calls["n"] += 1
+        if on_call:
+            on_call(calls["n"], model)
+        loss, extra = original(model, views, labels, args, distributed)
+        return (loss * math.nan if nan_at(calls["n"]) else loss), extra
+
+    monkeypatch.setitem(train.OBJECTIVES, "simclr", objective)
+    return calls
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    seen = {}
+
+    def on_call(n, model):
+        if n == STEPS_PER_EPOCH + 1:  # first step of epoch 2: last.pth is the epoch-1 one
+            seen["last"] = _sha(run / "last.pth")
+
+    _nan_objective(monkeypatch, lambda n: n >= STEPS_PER_EPOCH + 2, on_call)
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, IN_PROCESS + ["--run_dir", str(run)])
+    err = capsys.readouterr().err
+    assert info.value.code == 3
+    assert err.strip() == (f"error: non-finite loss at epoch 2, step 2; the last good checkpoint is kept: "
+                           f"{run / 'last.pth'} (lower --learning_rate, or --nan_policy skip)")
+    assert _sha(run / "last.pth") == seen["last"]
+    ckpt = load_checkpoint(run / "last.pth")
+    assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["step_in_epoch"]) == (1, 0)
+    assert all(torch.isfinite(v.float()).all() for v in ckpt["backbone"].values())
+    assert not (run / "final.pth").exists()
+
+
+def test_nan_in_first_epoch_says_no_checkpoint_yet(tmp_path, monkeypatch):
+    _nan_objective(monkeypatch, lambda n: n == 2)
+    with pytest.raises(train.NonFiniteLossError, match="epoch 1, step 2; no checkpoint was written yet"):
+        train.main(IN_PROCESS + ["--run_dir", str(tmp_path / "run")])
+
+
+def test_nan_skip_drops_steps_counts_them_and_stops_after_max_in_a_row(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    snapshots = {}
+
+    def on_call(n, model):
+        snapshots[n] = [p.detach().clone() for p in model.parameters()]
+
+    # Epoch 1: step 2 is NaN (skipped). Epoch 2: step 1 fine, then NaN for ever: stop after 2 in a row.
+    _nan_objective(monkeypatch, lambda n: n == 2 or n >= STEPS_PER_EPOCH + 2, on_call)
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, IN_PROCESS + ["--run_dir", str(run), "--nan_policy", "skip", "--max_nan_skips", "2"])
+    assert info.value.code == 3
+    assert capsys.readouterr().err.strip().startswith(
+        "error: 2 non-finite losses in a row (--max_nan_skips) at epoch 2, step 3; the last good checkpoint is kept")
+    # The skipped step changed no parameter; the others did.
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[2], snapshots[3]))
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))
+    rows = _rows(run)
+    assert [(r["epoch"], r["skipped_steps"]) for r in rows] == [("1", "1")]
+    assert load_checkpoint(run / "last.pth")["step"] == STEPS_PER_EPOCH - 1  # optimizer steps taken
+
+
+def test_reused_run_dir_drops_temp_files_left_by_a_kill(tmp_path):
+    """A SIGKILL during an atomic save leaves a hidden temp file; the next run in that folder removes it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / ".last.pth.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    (run / "notes.tmp").write_text("not ours")
+    train.main(TINY + ["--workers", "0", "--epochs", "0", "--run_dir", str(run)])
+    assert not stale.exists() and (run / "notes.tmp").exists() and (run / "final.pth").exists()
