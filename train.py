@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
@@ -329,8 +330,20 @@ def _train(args, device, env) -> dict:
     args.run_dir = str(run_dir)
     config = plain(vars(args))
     resume_ckpt = None
+    new_dir = not run_dir.exists()
     if env.is_main:
         resume_ckpt = prepare_run_dir(run_dir, config, args.resume, args.overwrite)
+    try:
+        return _run(args, device, env, run_dir, config, resume_ckpt, local_bs, precision)
+    except UserError:
+        # A run that stopped on bad input before writing anything leaves no empty folder behind.
+        if env.is_main and new_dir and not any(run_dir.glob("*.pth")) and not (run_dir / "metrics.csv").exists():
+            unlock_run_dir(run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: int, precision: str) -> dict:
     barrier()
     setup_logging(run_dir / "train.log" if env.is_main else None, quiet=args.quiet or not env.is_main)
     data = describe_data(args)
