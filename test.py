@@ -1,0 +1,281 @@
+"""Linear Classification Protocol for a checkpoint written by train.py (or fine-tuning, kept apart).
+
+    python test.py --model_path R/final.pth                               # linear probe on CIFAR-100
+    python test.py --model_path R/final.pth --dataset synthetic --device cpu --test_num_epochs 30
+    python test.py --train_type supervised --dataset cifar100 --test_num_epochs 100 --train_dataset cifar10 --model_path X.pth
+    python test.py --model_path R/final.pth --finetune                   # fine-tuning: a different protocol
+
+Linear protocol: the checkpoint's projection head / classifier is dropped; the ResNet-18 backbone
+is frozen (no gradients and eval mode, so BatchNorm statistics stay put); a new head
+(--head_layers 1: one linear layer, the standard protocol; 2: two stacked linear layers, as the
+original README describes) is trained on the train split of --dataset and the test split is
+evaluated every epoch for reporting only (nothing is chosen by it; --val_split holds out part of
+train for choosing epochs or hyperparameters). The preprocessing comes from the checkpoint:
+images are resized to its image size and normalised with its mean/std. Features are computed
+once and the head trains on them in memory (--augment: recomputed each epoch with crop + flip).
+Before the head, features are standardised per dimension with fixed train-split statistics
+(--feature_norm standardize: a BatchNorm without affine parameters, frozen; the classifier stays
+linear) so one lr suits every checkpoint. Afterwards the backbone is checked bit-identical to the
+checkpoint; the run fails otherwise.
+
+Defaults follow the original project, by checkpoint type (each flag overrides):
+  SimCLR:                     batch 32, SGD momentum 0.9, lr 0.075, cosine to 1e-3 over all epochs
+  supervised / ImageNet:      batch 128, two stages with a fresh SGD (momentum 0.9) each: stage 1
+                              lr 0.01, stage 2 lr 0.001 (--test_learning_rate sets stage 1, stage 2
+                              gets a tenth), each a cosine to 0 with a 50-epoch period; the epochs
+                              are split half/half, stage 1 taking the odd one. Head only in both.
+
+--finetune trains the whole network on augmented images (what the original actually measured).
+Its outputs are named fine-tune everywhere (finetune.json, finetune_curves.png, a default run
+folder finetune-<dataset>) and are never linear results.
+
+Outputs in --run_dir (default: eval-<dataset> beside the checkpoint): eval.json, eval_curves.png,
+eval.log; the last printed line is `test loss 1.2345, test accuracy 67.89%`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models import build_backbone, build_probe_head
+from models.resnet import FEATURE_DIM
+from utils.checkpoint import load_checkpoint, load_state_strict, strip_prefixes
+from utils.cli import HelpFormatter, common_parser, positive_int
+from utils.constants import DATASET_CHOICES, canonical_dataset
+from utils.errors import UserError, run_cli
+from utils.io import atomic_write_json
+from utils.plotting import plot_panels
+from utils.probe import (FEATURE_NORMS, FINETUNE, LINEAR, SCHEDULES, Preprocess, load_probe_data, log_epoch,
+                         make_config, run_finetune, run_linear_probe)
+from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
+
+EVAL_DATASETS = ["cifar100", "cifar10", "tiny-imagenet", "imagenet", "synthetic", "folder"]
+TRAIN_TYPE_ALIASES = {"selfsupervised": "simclr"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
+    g.add_argument("--dataset", default="cifar100", choices=EVAL_DATASETS,
+                   help="evaluation data (imagenet = Tiny-ImageNet)")
+    g.add_argument("--test_num_epochs", type=positive_int, default=100, help="epochs of head training")
+    g.add_argument("--batch_size", type=positive_int, default=None,
+                   help="head training batch size [32 SimCLR, 128 supervised/ImageNet]" + by_type)
+    g.add_argument("--test_learning_rate", "--learning_rate", dest="test_learning_rate", type=float, default=None,
+                   help="initial lr [0.075 SimCLR; 0.01 for stage 1 of two, stage 2 a tenth]" + by_type)
+    g.add_argument("--schedule", default="auto", choices=["auto", *SCHEDULES],
+                   help="auto: cosine for SimCLR checkpoints, two-stage for supervised/ImageNet ones")
+    g.add_argument("--weight_decay", type=float, default=0.0, help="SGD weight decay on the head")
+    g.add_argument("--head_layers", type=int, default=1, choices=[1, 2],
+                   help="1: one linear layer (standard); 2: two stacked linear layers (the original README)")
+    g.add_argument("--feature_norm", default="standardize", choices=list(FEATURE_NORMS),
+                   help="standardize: fixed per-dimension (h - mean) / std from the train features in front of the "
+                        "head (no trainable parameters; still linear); none: raw features")
+    g.add_argument("--augment", action="store_true",
+                   help="recompute train features every epoch with random crop + flip (slower)")
+    g.add_argument("--val_split", type=float, default=0.0,
+                   help="fraction of the train split held out as validation (0: none)")
+    g.add_argument("--finetune", action="store_true",
+                   help="train the WHOLE network instead (fine-tuning, not linear evaluation; outputs say so)")
+    g.add_argument("--train_type", default=None, choices=["simclr", "selfsupervised", "supervised"],
+                   help="optional: the checkpoint says what it is; a disagreement is only warned about")
+    g.add_argument("--train_dataset", default=None, choices=DATASET_CHOICES,
+                   help="optional: pretraining dataset, checked against the checkpoint (warning only)")
+    g.add_argument("--run_dir", default=None,
+                   help="output folder [eval-<dataset> beside the checkpoint; finetune-<dataset> with --finetune]"
+                   + by_type)
+    g.add_argument("--quiet", action="store_true", help="no per-epoch lines (the final line is still printed)")
+    args = p.parse_args(argv)
+    args.dataset = canonical_dataset(args.dataset)
+    if args.train_type is not None:
+        args.train_type = TRAIN_TYPE_ALIASES.get(args.train_type, args.train_type)
+    if not 0 <= args.val_split < 1:
+        raise UserError(f"--val_split must be in [0, 1), got {args.val_split}")
+    return args
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_checkpoint(ckpt: dict, path: Path) -> dict:
+    """What test.py needs from a checkpoint, checked for presence (one-line UserError otherwise)."""
+    try:
+        model, data = ckpt["model"], ckpt["data"]
+        info = {"train_type": model["train_type"], "stem": model["stem"], "pretrained": bool(model.get("pretrained")),
+                "feature_dim": int(model.get("feature_dim") or FEATURE_DIM), "train_dataset": data["dataset"],
+                "image_size": int(data["image_size"]), "mean": [float(v) for v in data["mean"]],
+                "std": [float(v) for v in data["std"]], "epoch": ckpt.get("epoch"),
+                "finished": ckpt.get("finished"), "data_scale": data.get("data_scale")}
+        if not isinstance(ckpt.get("backbone"), dict):
+            raise KeyError("backbone")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} lacks what linear evaluation needs ({type(exc).__name__}: {exc})") from None
+    # torchvision's ImageNet weights saved as they are (train.py --epochs 0 --pretrained true).
+    info["imagenet_weights"] = info["pretrained"] and (
+        info["epoch"] == 0 or str(info["train_dataset"]).startswith("imagenet"))
+    return info
+
+
+def warn_flag_mismatches(args: argparse.Namespace, info: dict) -> None:
+    """--train_type / --train_dataset are optional; the checkpoint wins, with a warning naming its value."""
+    if args.train_type is not None and args.train_type != info["train_type"]:
+        LOG.warning("warning: --train_type %s disagrees with the checkpoint, which is a %s checkpoint; using %s",
+                    args.train_type, info["train_type"], info["train_type"])
+    if args.train_dataset is not None:
+        said, has = args.train_dataset, info["train_dataset"]
+        same = canonical_dataset(said) == canonical_dataset(has) or (
+            said == "imagenet" and (has.startswith("imagenet") or info["imagenet_weights"]))
+        if not same:
+            LOG.warning("warning: --train_dataset %s disagrees with the checkpoint, which was pretrained on %s; "
+                        "using the checkpoint's preprocessing", said, has)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    protocol = FINETUNE if args.finetune else LINEAR
+    stem_name = "finetune" if args.finetune else "eval"
+    model_path = Path(args.model_path)
+    ckpt = load_checkpoint(model_path)  # one-line UserError for missing/empty/corrupt/unsafe files
+    sha = file_sha256(model_path)
+    info = describe_checkpoint(ckpt, model_path)
+    run_dir = Path(args.run_dir) if args.run_dir else model_path.resolve().parent / f"{stem_name}-{args.dataset}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
+    setup_logging(run_dir / f"{stem_name}.log", quiet=args.quiet)
+    try:
+        return _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t_start, argv)
+    finally:
+        for handler in list(LOG.handlers):  # close eval.log: main may run many times in one process
+            handler.flush()
+            if isinstance(handler, logging.FileHandler):
+                LOG.removeHandler(handler)
+                handler.close()
+
+
+def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t_start, argv) -> dict:
+    warn_flag_mismatches(args, info)
+    if info["finished"] is False:
+        LOG.warning("warning: %s is from an unfinished run (epoch %s)", model_path, info["epoch"])
+
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    backbone = build_backbone(info["stem"])  # the checkpoint's head (projection or classifier) is dropped
+    reference = strip_prefixes(ckpt["backbone"])
+    load_state_strict(backbone, reference, "backbone")
+    backbone = backbone.to(device, memory_format=torch.channels_last)
+
+    config = make_config(info["train_type"], args.test_num_epochs, args.batch_size, args.test_learning_rate,
+                         args.schedule, args.weight_decay, imagenet_weights=info["imagenet_weights"])
+    preprocess = Preprocess(info["image_size"], tuple(info["mean"]), tuple(info["std"]))
+    data = load_probe_data(args.dataset, args.data_dir, info["image_size"], args.val_split, args.seed)
+    head = build_probe_head(info["feature_dim"], data.num_classes, layers=args.head_layers)
+    label = "fine-tune" if args.finetune else "linear probe"
+    LOG.info("%s of %s (%s, %s stem) on %s: %d train / %d val / %d test images, %d classes, %s px, %s schedule, "
+             "batch %d, device %s", label, model_path, info["train_type"], info["stem"], args.dataset,
+             len(data.train_labels), data.sizes()["num_val"], len(data.test_labels), data.num_classes,
+             info["image_size"], config.schedule, config.batch_size, device)
+    on_epoch = log_epoch(config.epochs, label)
+    if args.finetune:
+        result = run_finetune(backbone, head, data, config, preprocess, device, seed=args.seed, on_epoch=on_epoch)
+    else:
+        result = run_linear_probe(backbone, head, data, config, preprocess, device, augment=args.augment,
+                                  seed=args.seed, reference_state=reference, feature_norm=args.feature_norm,
+                                  on_epoch=on_epoch)
+
+    report = build_report(args, protocol, model_path, sha, info, data, config, result, device,
+                          time.perf_counter() - t_start, argv)
+    atomic_write_json(run_dir / f"{stem_name}.json", report)
+    plot_curves(run_dir / f"{stem_name}_curves.png", report, model_path)
+    prefix = "fine-tune " if args.finetune else ""
+    LOG.info("wrote %s", run_dir / f"{stem_name}.json")
+    for handler in LOG.handlers:
+        handler.flush()  # log lines first: the result must be the last line printed
+    print(f"{prefix}test loss {report['test_loss']:.4f}, test accuracy {report['test_accuracy']:.2f}%", flush=True)
+    return report
+
+
+def build_report(args, protocol, model_path, sha, info, data, config, result, device, seconds_total, argv) -> dict:
+    """The eval.json / finetune.json content."""
+    hist = result.history
+    last = hist[-1]
+    extra = dict(result.extra)
+    col = {k: [row.get(k) for row in hist] for k in hist[0]}
+    report = {
+        "protocol": protocol,
+        "what": ("linear evaluation: frozen backbone (no gradients, eval mode), new head trained on its features"
+                 if protocol == LINEAR else "fine-tuning: the WHOLE network trained; not a linear-probe result"),
+        "test_loss": last["test_loss"], "test_accuracy": last["test_acc"], "test_images_evaluated": last["test_count"],
+        "reported_epoch": last["epoch"],
+        "selection": "none: the final epoch is reported; the test split is never used to choose anything",
+    }
+    if "val_loss" in last:
+        best = max(hist, key=lambda r: r["val_acc"])
+        report.update(val_loss=last["val_loss"], val_accuracy=last["val_acc"], best_val_epoch=best["epoch"],
+                      best_val_accuracy=best["val_acc"])
+    report["history"] = {
+        "epoch": col["epoch"], "stage": col["stage"], "lr": col["lr"],
+        "train_loss": col["train_loss"], "train_accuracy": col["train_acc"],
+        "test_loss": col["test_loss"], "test_accuracy": col["test_acc"],
+        **({"val_loss": col["val_loss"], "val_accuracy": col["val_acc"]} if "val_loss" in last else {}),
+    }
+    report["hyperparameters"] = {
+        **config.to_dict(), "head": f"{args.head_layers} linear layer(s)", "head_layers": args.head_layers,
+        "trained": "head only" if protocol == LINEAR else "backbone and head",
+        "train_features": ("recomputed every epoch with random crop + flip" if protocol == FINETUNE or args.augment
+                           else "computed once (evaluation transform) and cached"),
+        "augment": bool(args.augment or protocol == FINETUNE), "seed": args.seed, "val_split": args.val_split,
+        "loss": "cross-entropy", "feature_norm": extra.pop("feature_norm", "none"),
+    }
+    size, native = info["image_size"], data.native_size
+    resize = f"resize {native} -> {size} px (bilinear, antialias), " if native != size else ""
+    report["preprocessing"] = {
+        "source": "checkpoint", "image_size": info["image_size"], "mean": info["mean"], "std": info["std"],
+        "stem": info["stem"], "native_image_size": data.native_size,
+        "policy": f"{resize}scale to [0, 1], normalise with the checkpoint's mean/std",
+    }
+    report["checkpoint"] = {"path": str(model_path.resolve()), "sha256": sha, **{k: info[k] for k in (
+        "train_type", "train_dataset", "stem", "pretrained", "imagenet_weights", "epoch", "finished", "data_scale")}}
+    report["dataset"] = {"name": args.dataset, **data.sizes()}
+    report["seconds"] = {"features": result.seconds_features, "training": result.seconds_training,
+                         "total": seconds_total}
+    if protocol == FINETUNE:
+        report["seconds"]["features_note"] = "upload of the images to the device; features are recomputed each epoch"
+    report["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    report.update(extra)
+    report["command"] = ["test.py", *(sys.argv[1:] if argv is None else argv)]
+    report["torch"] = torch.__version__
+    return report
+
+
+def plot_curves(path: Path, report: dict, model_path: Path) -> None:
+    """The four curves the original looked at: train loss / accuracy, test loss / accuracy (val if any)."""
+    h = report["history"]
+    name = "fine-tune" if report["protocol"] == FINETUNE else "probe"
+    test_series = lambda key: {"test": h[f"test_{key}"], **({"val": h[f"val_{key}"]} if f"val_{key}" in h else {})}
+    panels = [(f"{name} train loss", {"train": h["train_loss"]}),
+              (f"{name} train accuracy (%)", {"train": h["train_accuracy"]}),
+              ("test loss" + (" (and val)" if "val_loss" in h else ""), test_series("loss")),
+              ("test accuracy (%)" + (" (and val)" if "val_loss" in h else ""), test_series("accuracy"))]
+    what = ("Fine-tune (whole network, NOT linear)" if report["protocol"] == FINETUNE
+            else f"Linear probe (frozen backbone, {report['hyperparameters']['head_layers']}-layer head)")
+    plot_panels(path, h["epoch"], panels, title=f"{what}: {model_path.name} on {report['dataset']['name']}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,608 @@
+"""Linear evaluation (frozen backbone, cached features) and fine-tuning, kept apart.
+
+The Linear Classification Protocol: the pretrained backbone is frozen (no gradients *and* eval
+mode, so BatchNorm statistics do not move), a new head is trained on its features h, and the
+test split is evaluated for reporting only. Frozen features never change, so they are computed
+once and the head trains on the cached (N, 512) matrix on the device; each probe epoch then
+costs a small fraction of the feature pass. After probing, the backbone's parameters and
+buffers are compared bit for bit with the checkpoint's (`verify_backbone_unchanged`), and every
+optimizer is checked to hold the head's parameters only (`check_optimizer_params`). By default
+the features are standardised per dimension with fixed train-split statistics before the head
+(`Standardize`, no trainable parameters), so one lr suits backbones whose features differ in scale.
+
+Fine-tuning (`run_finetune`) trains the whole network on augmented images; it is a different
+protocol with its own outputs and is never reported as a linear result.
+
+Schedules (the original project's, see ../shared/ORIGINAL.md):
+- "cosine" (SimCLR checkpoints): one stage, SGD momentum 0.9, cosine from lr 0.075 down to
+  1e-3 over all epochs, batch size 32.
+- "two-stage" (supervised and ImageNet-weight checkpoints): batch size 128, stage 1 at lr 0.01
+  then stage 2 at lr 0.001 (a fresh SGD each), each a cosine with a 50-epoch period; the epochs
+  are split half and half, stage 1 taking the odd one (ceil(E/2), floor(E/2)).
+
+    from utils.probe import make_config, run_linear_probe
+    config = make_config("simclr", epochs=100)
+    result = run_linear_probe(backbone, head, data, config, preprocess, device)
+
+Run its tests with `python -m pytest tests/test_probe.py -q`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.augment import BatchSupervisedAugment
+from utils.datasets import load_split, stratified_split
+from utils.errors import NonFiniteLossError, UserError
+from utils.features import extract_features
+from utils.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
+from utils.runtime import LOG, autocast_context
+from utils.schedule import cosine_lr, cosine_scheduler
+
+LINEAR, FINETUNE = "linear", "fine-tune"
+COSINE, TWO_STAGE = "cosine", "two-stage"
+SCHEDULES = (COSINE, TWO_STAGE)
+
+# The original project's probe settings (its README, section 3.1).
+SIMCLR_BATCH_SIZE = 32
+SIMCLR_LR = 0.075
+SIMCLR_FINAL_LR = 1e-3  # "from the initial lr down to the minimum 1e-3", as in its pretraining
+SUPERVISED_BATCH_SIZE = 128
+TWO_STAGE_LR = 0.01  # stage 1; stage 2 uses TWO_STAGE_LR * TWO_STAGE_DECAY = 0.001
+TWO_STAGE_DECAY = 0.1
+TWO_STAGE_PERIOD_EPOCHS = 50  # "cosine annealing with a period of 50"
+TWO_STAGE_FINAL_LR = 0.0  # torch's CosineAnnealingLR anneals to eta_min = 0 by default
+MOMENTUM = 0.9  # SGD momentum of the original's SimCLR runs; used for every stage
+EVAL_BATCH_SIZE = 4096  # rows of cached features per evaluation matmul
+# Head steps on cached features are tiny (32 x 512 @ 512 x C); on a CPU shared with other work,
+# torch's thread pool made them 10x slower (30 epochs of 2,000 features: 1.1 s with 1 thread,
+# 11.1 s with 2, on 2 loaded cores), so the probe's steps run single-threaded on CPU.
+PROBE_CPU_THREADS = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration: which schedule, which hyperparameters
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Stage:
+    """One optimizer's run: `epochs` epochs of SGD, cosine from `lr` to `final_lr`.
+
+    The cosine spans `period_epochs` (then holds final_lr) or, when None, the whole stage.
+    """
+
+    epochs: int
+    lr: float
+    final_lr: float
+    period_epochs: int | None = None
+
+
+@dataclass
+class ProbeConfig:
+    """Hyperparameters of a probe (or fine-tune) run; `stages` run one after the other."""
+
+    schedule: str
+    batch_size: int
+    stages: list[Stage]
+    momentum: float = MOMENTUM
+    weight_decay: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["epochs"] = self.epochs
+        d["optimizer"] = "SGD"
+        return d
+
+
+def default_schedule(train_type: str, imagenet_weights: bool = False) -> str:
+    """"cosine" for SimCLR checkpoints, "two-stage" for supervised ones and ImageNet weights."""
+    return TWO_STAGE if train_type == "supervised" or imagenet_weights else COSINE
+
+
+def split_epochs(epochs: int) -> tuple[int, int]:
+    """Epochs of the two stages: half and half, stage 1 taking the odd one (ceil, floor)."""
+    first = (epochs + 1) // 2
+    return first, epochs - first
+
+
+def make_config(
+    train_type: str,
+    epochs: int,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    schedule: str = "auto",
+    weight_decay: float = 0.0,
+    imagenet_weights: bool = False,
+    momentum: float = MOMENTUM,
+) -> ProbeConfig:
+    """The original's defaults for this checkpoint type, with any given value overriding them.
+
+    With two stages, `lr` sets stage 1 and stage 2 runs at lr * 0.1 (0.01 -> 0.001).
+    """
+    if epochs <= 0:
+        raise UserError(f"--test_num_epochs must be > 0, got {epochs}")
+    if schedule == "auto":
+        schedule = default_schedule(train_type, imagenet_weights)
+    if schedule not in SCHEDULES:
+        raise UserError(f"schedule must be one of {SCHEDULES} or auto, got {schedule!r}")
+    if lr is not None and lr <= 0:
+        raise UserError(f"--test_learning_rate must be > 0, got {lr}")
+    if batch_size is not None and batch_size <= 0:
+        raise UserError(f"--batch_size must be > 0, got {batch_size}")
+    if weight_decay < 0:
+        raise UserError(f"--weight_decay must be >= 0, got {weight_decay}")
+    if schedule == COSINE:
+        base = SIMCLR_LR if lr is None else lr
+        stages = [Stage(epochs, base, min(SIMCLR_FINAL_LR, base), None)]
+        bs = SIMCLR_BATCH_SIZE if batch_size is None else batch_size
+        notes = [f"one cosine from lr {base:g} to {min(SIMCLR_FINAL_LR, base):g} over all {epochs} epochs"]
+    else:
+        base = TWO_STAGE_LR if lr is None else lr
+        e1, e2 = split_epochs(epochs)
+        stages = [Stage(e1, base, TWO_STAGE_FINAL_LR, TWO_STAGE_PERIOD_EPOCHS)]
+        if e2:
+            stages.append(Stage(e2, base * TWO_STAGE_DECAY, TWO_STAGE_FINAL_LR, TWO_STAGE_PERIOD_EPOCHS))
+        bs = SUPERVISED_BATCH_SIZE if batch_size is None else batch_size
+        notes = [f"epochs split half/half between the stages (stage 1 takes the odd one): {e1} + {e2}",
+                 f"each stage: fresh SGD, cosine from its lr to {TWO_STAGE_FINAL_LR:g} with a "
+                 f"{TWO_STAGE_PERIOD_EPOCHS}-epoch period (held at the end of the period)"]
+    return ProbeConfig(schedule, bs, stages, momentum, weight_decay, notes)
+
+
+def scheduled_lr(config: ProbeConfig, step: int, steps_per_epoch: int) -> float:
+    """The lr the probe uses at global iteration `step` (0-based): a pure function for tests and docs."""
+    for stage in config.stages:
+        stage_steps = stage.epochs * steps_per_epoch
+        if step < stage_steps:
+            period = stage.period_epochs * steps_per_epoch if stage.period_epochs else None
+            return cosine_lr(step, stage.lr, stage.final_lr, stage_steps, period_steps=period)
+        step -= stage_steps
+    raise ValueError("step is past the end of the schedule")
+
+
+class Standardize(nn.Module):
+    """Fixed per-dimension standardisation (h - mean) / sqrt(var + eps): (B, D) -> (B, D).
+
+    BatchNorm1d without affine parameters, frozen at statistics of the probe's training
+    features (as MAE's linear probe does). It has no trainable parameters, and composed with a
+    linear layer it is still a linear classifier of h; it makes one lr work whatever the scale
+    of a backbone's features (a random-init backbone in eval mode gives features ~10x larger
+    than a trained one, and SGD at lr 0.075 diverges on them).
+    """
+
+    EPS = 1e-5  # BatchNorm1d's default eps
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.detach().float().clone())
+        self.register_buffer("scale", (var.detach().float() + self.EPS).rsqrt())
+
+    @classmethod
+    def fit(cls, h: torch.Tensor) -> "Standardize":
+        """Statistics of features h (N, D) (population variance, as BatchNorm uses)."""
+        return cls(h.mean(dim=0), h.var(dim=0, unbiased=False))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.mean) * self.scale
+
+
+FEATURE_NORMS = ("standardize", "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Freezing and the guard
+# ---------------------------------------------------------------------------------------------
+
+class FrozenBackboneError(RuntimeError):
+    """The frozen backbone changed, or an optimizer held more than the head: a bug, never user error."""
+
+
+def freeze_backbone(backbone: nn.Module) -> None:
+    """No gradients for any parameter *and* eval mode (BatchNorm uses and keeps its running statistics)."""
+    backbone.requires_grad_(False)
+    backbone.eval()
+
+
+def verify_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> int:
+    """Raise FrozenBackboneError unless every parameter and buffer equals `reference` bit for bit.
+
+    `reference` is the state dict the backbone was loaded from. Returns the number of tensors checked.
+    """
+    state = backbone.state_dict()
+    if set(state) != set(reference):
+        raise FrozenBackboneError(f"backbone tensors differ from the checkpoint's: "
+                                  f"{sorted(set(state) ^ set(reference))[:6]}")
+    changed = [k for k, v in state.items()
+               if v.shape != reference[k].shape or not torch.equal(v.detach().cpu(), reference[k].cpu())]
+    if changed:
+        raise FrozenBackboneError(
+            f"linear evaluation changed the frozen backbone ({len(changed)} of {len(state)} tensors, e.g. "
+            f"{', '.join(changed[:4])}): its numbers would not be linear-probe results; nothing was written")
+    return len(state)
+
+
+def optimizer_parameters(backbone: nn.Module, head: nn.Module) -> list[nn.Parameter]:
+    """What the linear probe's optimizer gets: the head's parameters, never the backbone's."""
+    return list(head.parameters())
+
+
+def check_optimizer_params(optimizer: torch.optim.Optimizer, allowed: Sequence[nn.Parameter], what: str) -> None:
+    """Raise FrozenBackboneError unless the optimizer holds exactly the `allowed` parameters."""
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    want = {id(p) for p in allowed}
+    if held != want:
+        raise FrozenBackboneError(f"the optimizer holds {len(held - want)} parameters outside the {what} "
+                                  f"and misses {len(want - held)} of it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Preprocess:
+    """The checkpoint's preprocessing: images resized to image_size, normalised with mean/std."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass
+class ProbeData:
+    """The evaluation dataset in memory: uint8 images (N, H, W, 3) and int64 labels per split."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def native_size(self) -> int:
+        return int(self.train_images.shape[1])
+
+    def sizes(self) -> dict:
+        return {"num_train": len(self.train_labels), "num_val": 0 if self.val_labels is None else len(self.val_labels),
+                "num_test": len(self.test_labels), "num_classes": self.num_classes,
+                "native_image_size": self.native_size}
+
+
+def load_probe_data(dataset: str, data_dir: str | Path, image_size: int, val_split: float = 0.0,
+                    seed: int = 0) -> ProbeData:
+    """Train and test splits of `dataset`; with val_split > 0 a seeded stratified part of train is held out."""
+    if not 0 <= val_split < 1:
+        raise UserError(f"--val_split must be in [0, 1), got {val_split}")
+    train = load_split(dataset, "train", data_dir, image_size=image_size)
+    test = load_split(dataset, "test", data_dir, image_size=image_size)
+    if train.classes != test.classes:
+        raise UserError(f"{dataset}: train and test splits have different classes")
+    data = ProbeData(train.images, train.labels, test.images, test.labels, list(train.classes))
+    if val_split > 0:
+        tr, va = stratified_split(train.labels, val_split, seed)
+        data.train_images, data.train_labels = train.images[tr], train.labels[tr]
+        data.val_images, data.val_labels = train.images[va], train.labels[va]
+    return data
+
+
+def _images_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, 3) copied once to the device (the augmenting paths read it every epoch)."""
+    return torch.from_numpy(np.array(images, copy=True)).to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop shared by the probe and fine-tuning
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate_head(head: nn.Module, h: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> dict:
+    """Mean cross-entropy and accuracy (%) of head on features h (N, D) with labels y (N,).
+
+    Every row is counted exactly once; `count` (= N) is returned so callers can check it.
+    """
+    was_training = head.training
+    head.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=h.device)
+    correct = torch.zeros((), dtype=torch.long, device=h.device)
+    count = 0
+    for start in range(0, h.shape[0], batch_size):
+        hb, yb = h[start:start + batch_size], y[start:start + batch_size]
+        logits = head(hb).float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == yb).sum()
+        count += hb.shape[0]
+    head.train(was_training)
+    if count == 0:
+        raise ValueError("nothing to evaluate")
+    return {"loss": loss_sum.item() / count, "acc": 100.0 * correct.item() / count, "count": count}
+
+
+def fit(
+    params: list[nn.Parameter],
+    batch_logits: Callable[[torch.Tensor], torch.Tensor],
+    train_y: torch.Tensor,
+    config: ProbeConfig,
+    evaluate: Callable[[], dict[str, dict]],
+    generator: torch.Generator,
+    begin_epoch: Callable[[int], None] | None = None,
+    what: str = "head",
+    on_epoch: Callable[[dict], None] | None = None,
+    allowed: Sequence[nn.Parameter] | None = None,
+    cpu_step_threads: int | None = None,
+) -> list[dict]:
+    """Train `params` stage by stage with SGD + per-iteration cosine; one history row per epoch.
+
+    batch_logits(idx (B,) on the device) -> logits (B, C) for those training samples;
+    evaluate() -> {"test": {"loss", "acc", "count"}, "val": ...}; begin_epoch(epoch) runs first
+    in every epoch (e.g. to recompute augmented features). A row's "lr" is the lr of the
+    epoch's first step. The order of the N samples is a fresh permutation from `generator`
+    each epoch; the last batch may be smaller (no sample is dropped). Each stage's optimizer is checked to hold exactly `allowed` (default: `params`).
+    On CPU, `cpu_step_threads` caps torch's threads during the optimisation steps (see
+    PROBE_CPU_THREADS); begin_epoch and evaluate run with the caller's setting.
+    """
+    device = train_y.device
+    n = int(train_y.shape[0])
+    bs = config.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    history: list[dict] = []
+    epoch = 0
+    for stage_index, stage in enumerate(config.stages, start=1):
+        if stage.epochs == 0:
+            continue
+        optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        check_optimizer_params(optimizer, params if allowed is None else allowed, what)
+        period = stage.period_epochs * steps_per_epoch if stage.period_epochs else None
+        scheduler = cosine_scheduler(optimizer, stage.epochs * steps_per_epoch, stage.lr, stage.final_lr,
+                                     period_steps=period)
+        for _ in range(stage.epochs):
+            if begin_epoch is not None:
+                begin_epoch(epoch)
+            lr_first = optimizer.param_groups[0]["lr"]
+            perm = torch.randperm(n, generator=generator).to(device)
+            # Sums stay on the device: one host sync per epoch, not per step.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            threads = torch.get_num_threads()
+            if cpu_step_threads and device.type == "cpu":
+                torch.set_num_threads(min(threads, cpu_step_threads))
+            try:
+                for start in range(0, n, bs):
+                    idx = perm[start:start + bs]
+                    y = train_y[idx]
+                    logits = batch_logits(idx).float()
+                    loss = F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    loss_sum += loss.detach().double() * idx.shape[0]
+                    correct += (logits.detach().argmax(dim=1) == y).sum()
+            finally:
+                torch.set_num_threads(threads)
+            train_loss = loss_sum.item() / n
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(f"{what} training loss became {train_loss} in epoch {epoch + 1}; "
+                                         f"try a smaller --test_learning_rate")
+            row = {"epoch": epoch + 1, "stage": stage_index, "lr": lr_first,
+                   "train_loss": train_loss, "train_acc": 100.0 * correct.item() / n}
+            for split, result in evaluate().items():
+                row[f"{split}_loss"], row[f"{split}_acc"], row[f"{split}_count"] = (
+                    result["loss"], result["acc"], result["count"])
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            epoch += 1
+    return history
+
+
+def log_epoch(total_epochs: int, label: str) -> Callable[[dict], None]:
+    """One log line per epoch: lr, train loss/acc, val and test loss/acc."""
+    def log(row: dict) -> None:
+        val = f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%" if "val_loss" in row else ""
+        LOG.info("%s epoch %d/%d (stage %d) lr %.5f | train loss %.4f acc %.2f%%%s | test loss %.4f acc %.2f%%",
+                 label, row["epoch"], total_epochs, row["stage"], row["lr"], row["train_loss"], row["train_acc"],
+                 val, row["test_loss"], row["test_acc"])
+    return log
+
+
+@dataclass
+class ProbeResult:
+    """What a probe or fine-tune run produced: per-epoch history, timings, checks."""
+
+    protocol: str
+    history: list[dict]
+    seconds_features: float
+    seconds_training: float
+    extra: dict = field(default_factory=dict)
+    head: nn.Module | None = None  # the trained head (with its Standardize in front, if any)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two protocols
+# ---------------------------------------------------------------------------------------------
+
+def run_linear_probe(
+    backbone: nn.Module,
+    head: nn.Module,
+    data: ProbeData,
+    config: ProbeConfig,
+    preprocess: Preprocess,
+    device: torch.device,
+    augment: bool = False,
+    seed: int = 0,
+    reference_state: dict[str, torch.Tensor] | None = None,
+    feature_batch_size: int = 512,
+    knn: bool = True,
+    feature_norm: str = "standardize",
+    on_epoch: Callable[[dict], None] | None = None,
+) -> ProbeResult:
+    """Linear Classification Protocol: train `head` on the frozen backbone's features.
+
+    Default: features of every split are computed once with the evaluation transform and the
+    head trains on them (cached). augment=True recomputes the train features every epoch with
+    a padded random crop + flip (val/test features stay cached: the backbone does not change).
+    feature_norm="standardize" puts a fixed `Standardize` (statistics of the first epoch's train
+    features) in front of `head`; the result's `head` is then Sequential(Standardize, head).
+    Afterwards the backbone is checked bit-identical to `reference_state` (the checkpoint's
+    tensors; by default a copy taken on entry). Also reports weighted kNN accuracy on the cached
+    features (k=200, t=0.1) unless knn=False or augment=True.
+    """
+    if feature_norm not in FEATURE_NORMS:
+        raise UserError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+    if reference_state is None:
+        reference_state = {k: v.detach().clone().cpu() for k, v in backbone.state_dict().items()}
+    freeze_backbone(backbone)
+    backbone.to(device)
+    head.to(device).train()
+    size, mean, std = preprocess.image_size, preprocess.mean, preprocess.std
+
+    def features(images, augmenter=None, generator=None, label=None):
+        return extract_features(backbone, images, size, mean, std, device, batch_size=feature_batch_size,
+                                augment=augmenter, generator=generator, progress=label).clone()
+
+    _sync(device)
+    t0 = time.perf_counter()
+    test_h = features(data.test_images, label="test features")
+    val_h = features(data.val_images, label="val features") if data.val_labels is not None else None
+    train_h = None if augment else features(data.train_images, label="train features")
+    _sync(device)
+    seconds_features = time.perf_counter() - t0
+
+    train_y = torch.as_tensor(data.train_labels, dtype=torch.long, device=device)
+    test_y = torch.as_tensor(data.test_labels, dtype=torch.long, device=device)
+    val_y = None if data.val_labels is None else torch.as_tensor(data.val_labels, dtype=torch.long, device=device)
+
+    params = optimizer_parameters(backbone, head)
+    current = {"h": train_h}
+    begin_epoch = None
+    _sync(device)
+    t1 = time.perf_counter()
+    if augment:
+        train_images = _images_on(data.train_images, device)
+        augmenter = BatchSupervisedAugment(size, mean, std)
+        aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        current["h"] = features(train_images, augmenter, aug_gen)  # epoch 1's features
+
+        def begin_epoch(epoch: int) -> None:
+            if epoch > 0:
+                current["h"] = features(train_images, augmenter, aug_gen)
+
+    probe_head = head  # the trainable part; the only parameters any optimizer may hold
+    if feature_norm == "standardize":
+        head = nn.Sequential(Standardize.fit(current["h"]).to(device), head)
+
+    def evaluate() -> dict:
+        out = {}
+        if val_h is not None:
+            out["val"] = evaluate_head(head, val_h, val_y)
+        out["test"] = evaluate_head(head, test_h, test_y)
+        return out
+
+    gen = torch.Generator().manual_seed(seed)
+    history = fit(params, lambda idx: head(current["h"][idx]), train_y, config, evaluate, gen,
+                  begin_epoch=begin_epoch, what="probe head", on_epoch=on_epoch,
+                  allowed=list(probe_head.parameters()), cpu_step_threads=PROBE_CPU_THREADS)
+    _sync(device)
+    seconds_training = time.perf_counter() - t1
+
+    checked = verify_backbone_unchanged(backbone, reference_state)
+    extra = {"guard": {"backbone_bit_identical": True, "tensors_checked": checked,
+                       "optimizer_params": "head only (checked for every stage)",
+                       "backbone_requires_grad": any(p.requires_grad for p in backbone.parameters()),
+                       "backbone_mode": "train" if backbone.training else "eval"},
+             "feature_norm": feature_norm}
+    if knn and train_h is not None:
+        acc = knn_accuracy(train_h, train_y, test_h, test_y, data.num_classes)
+        extra["knn"] = {"k": KNN_K, "temperature": KNN_TEMPERATURE, "test_acc": acc,
+                        "features": "cached eval-transform features, probe train split as memory"}
+    return ProbeResult(LINEAR, history, seconds_features, seconds_training, extra, head)
+
+
+def run_finetune(
+    backbone: nn.Module,
+    head: nn.Module,
+    data: ProbeData,
+    config: ProbeConfig,
+    preprocess: Preprocess,
+    device: torch.device,
+    seed: int = 0,
+    feature_batch_size: int = 512,
+    channels_last: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> ProbeResult:
+    """Fine-tuning (NOT linear evaluation): backbone and head trained together on augmented images.
+
+    Every parameter gets gradients and the backbone runs in train mode (BatchNorm statistics
+    move); each epoch's val/test splits are evaluated in eval mode with the evaluation transform.
+    """
+    backbone.requires_grad_(True)
+    backbone.to(device).train()
+    head.to(device).train()
+    size, mean, std = preprocess.image_size, preprocess.mean, preprocess.std
+    augmenter = BatchSupervisedAugment(size, mean, std)
+    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    t0 = time.perf_counter()
+    train_images = _images_on(data.train_images, device)
+    test_images = _images_on(data.test_images, device)
+    val_images = None if data.val_images is None else _images_on(data.val_images, device)
+    train_y = torch.as_tensor(data.train_labels, dtype=torch.long, device=device)
+    test_y = torch.as_tensor(data.test_labels, dtype=torch.long, device=device)
+    val_y = None if data.val_labels is None else torch.as_tensor(data.val_labels, dtype=torch.long, device=device)
+    _sync(device)
+    seconds_upload = time.perf_counter() - t0
+
+    def batch_logits(idx: torch.Tensor) -> torch.Tensor:
+        x = augmenter(train_images[idx].permute(0, 3, 1, 2), generator=aug_gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device):
+            return head(backbone(x))
+
+    def begin_epoch(epoch: int) -> None:
+        backbone.train()
+        head.train()
+
+    def evaluate() -> dict:
+        out = {}
+        if val_images is not None:
+            h = extract_features(backbone, val_images, size, mean, std, device, batch_size=feature_batch_size)
+            out["val"] = evaluate_head(head, h, val_y)
+        h = extract_features(backbone, test_images, size, mean, std, device, batch_size=feature_batch_size)
+        out["test"] = evaluate_head(head, h, test_y)
+        return out
+
+    params = list(backbone.parameters()) + list(head.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    t1 = time.perf_counter()
+    history = fit(params, batch_logits, train_y, config, evaluate, gen, begin_epoch=begin_epoch,
+                  what="whole network", on_epoch=on_epoch)
+    _sync(device)
+    seconds_training = time.perf_counter() - t1
+    return ProbeResult(FINETUNE, history, seconds_upload, seconds_training,
+                       {"note": "whole network trained (fine-tuning); not a linear-probe result",
+                        "feature_norm": "none"}, head)
