@@ -14,13 +14,12 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
+from utils.decode import decode_into
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 CACHE_FOLDER = ".cache"
 CACHE_VERSION = 1  # bump when the preprocessing below changes
 SPLITS = ("train", "test")
-DECODE_CHUNK = 64
 
 
 def _is_image(path: Path) -> bool:
@@ -118,23 +116,6 @@ def decode_folder_image(path: str | Path, size: int) -> np.ndarray:
         raise UserError(f"cannot decode image {path}: {exc}") from None
 
 
-def _decode_all(out: np.ndarray, files: list[Path], desc: str) -> None:
-    size = out.shape[1]
-
-    def work(start: int) -> int:
-        stop = min(start + DECODE_CHUNK, len(files))
-        for i in range(start, stop):
-            out[i] = decode_folder_image(files[i], size)
-        return stop - start
-
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=len(files), unit="img", desc=desc, disable=None, leave=False
-    ) as bar:
-        for done in pool.map(work, range(0, len(files), DECODE_CHUNK)):
-            bar.update(done)
-
-
 def _build_cache(cache: Path, stem: str, files: list[Path], labels: np.ndarray, classes: list[str], key: str,
                  image_size: int, split: str) -> None:
     """Decode `files` into `cache/<stem>_{images,labels}.npy`; `<stem>_meta.json` is written last."""
@@ -144,7 +125,7 @@ def _build_cache(cache: Path, stem: str, files: list[Path], labels: np.ndarray, 
     tmp_images = cache / f"{stem}_images.tmp.npy"
     images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8,
                                        shape=(len(files), image_size, image_size, 3))
-    _decode_all(images, files, f"decoding {split}")
+    decode_into(images, files, decode_folder_image, f"decoding {split}")
     images.flush()
     del images
     os.replace(tmp_images, cache / f"{stem}_images.npy")

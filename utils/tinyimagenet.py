@@ -25,15 +25,14 @@ import json
 import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from utils.archive import extract_into_place
 from utils.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
+from utils.decode import decode_into
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ IMAGE_SIZE = 64  # every Tiny-ImageNet image is 64x64
 SPLITS = ("train", "val")
 CACHE_VERSION = 1  # bump when the cache's format or content changes
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-DECODE_CHUNK = 256  # images per thread task: few futures, steady progress bar
 
 
 def tiny_imagenet_root(data_dir: str | Path) -> Path:
@@ -178,24 +176,6 @@ def decode_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
         raise UserError(f"cannot decode {path}: {exc}") from None
 
 
-def _decode_into(out: np.ndarray, files: list[Path], desc: str) -> None:
-    """Decode `files` into rows of `out` (N, S, S, 3) with a thread pool (PIL releases the GIL)."""
-    size = out.shape[1]
-
-    def work(start: int) -> int:
-        stop = min(start + DECODE_CHUNK, len(files))
-        for i in range(start, stop):
-            out[i] = decode_image(files[i], size)
-        return stop - start
-
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=len(files), unit="img", desc=desc, disable=None, leave=False
-    ) as bar:
-        for done in pool.map(work, range(0, len(files), DECODE_CHUNK)):
-            bar.update(done)
-
-
 def _read_words(root: Path, classes: list[str]) -> dict[str, str]:
     """Human-readable names from words.txt for our classes (first synonym), if the file is there."""
     words: dict[str, str] = {}
@@ -224,7 +204,7 @@ def build_cache(root: str | Path) -> Path:
         images = np.lib.format.open_memmap(
             partial / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(len(files), IMAGE_SIZE, IMAGE_SIZE, 3)
         )
-        _decode_into(images, files, f"decoding {split}")
+        decode_into(images, files, decode_image, f"decoding {split}")
         images.flush()
         del images
         np.save(partial / f"{split}_labels.npy", labels)
