@@ -45,7 +45,7 @@ from utils.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMA
                              canonical_dataset)
 from utils.datasets import indices_sha256, load_split, stratified_subset
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
-                               per_rank_batch_size, sync_bn_supported)
+                               per_rank_batch_size)
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.loaders import DeviceBatches, LoaderBatches
@@ -401,8 +401,11 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     total_steps = steps_per_epoch * args.epochs
     sync_bn = args.sync_bn if args.sync_bn is not None else (env.is_distributed and args.train_type == "simclr")
     if env.is_distributed:
-        if sync_bn and sync_bn_supported(device.type):
+        if sync_bn and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif sync_bn and env.is_main:
+            LOG.warning("SyncBatchNorm needs CUDA (NCCL); on %s each process keeps its own BatchNorm statistics",
+                        device.type)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(args, model, device)
     scheduler = cosine_scheduler(
