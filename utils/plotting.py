@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils.io import atomic_write  # noqa: E402
 
@@ -37,6 +38,7 @@ def plot_panels(path: str | Path, x: Sequence[float], panels: list[Panel], xlabe
                 ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=label)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         if name in log_y:
             ax.set_yscale("log")
