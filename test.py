@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     sha = file_sha256(model_path)
     info = describe_checkpoint(ckpt, model_path)
     run_dir = Path(args.run_dir) if args.run_dir else model_path.resolve().parent / f"{stem_name}-{args.dataset}"
+    new_dir = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -160,6 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(run_dir / f"{stem_name}.log", quiet=args.quiet)
     try:
         return _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t_start, argv)
+    except UserError:
+        # Stopped on bad input (missing data, no GPU ...) before any result: leave no empty folder behind.
+        if new_dir and not (run_dir / f"{stem_name}.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         for handler in list(LOG.handlers):  # close eval.log: main may run many times in one process
             handler.flush()
