@@ -108,3 +108,15 @@ def test_simclr_loss_falls_and_supervised_learns(tmp_path):
     # Well above chance (10 %) on the held-out test split after a few hundred steps' worth of images.
     assert sup[-1]["knn_acc"] > 30
     assert sup[-1]["train_acc"] > sup[0]["train_acc"]
+
+
+def test_missing_data_offline_is_one_line_and_leaves_no_run_folder(tmp_path):
+    from utils.errors import DataMissingError
+
+    run = tmp_path / "run"
+    with pytest.raises(DataMissingError) as err:
+        train.main(["--dataset", "cifar10", "--data_dir", str(tmp_path / "data"), "--run_dir", str(run),
+                    "--device", "cpu", "--quiet"])
+    message = str(err.value)
+    assert "\n" not in message and "python data.py --dataset cifar10" in message
+    assert not run.exists()
