@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import data
-from test_download import LocalServer, closed_port
-from test_tinyimagenet import make_tiny_imagenet_zip
+from test_download import closed_port
+from test_tinyimagenet import archive, server  # noqa: F401  (shared fixtures: the miniature zip, a local server)
 from utils.cifar import ensure_cifar, load_cifar
 from utils.download import md5sum
 from utils.errors import DataMissingError, UserError
@@ -33,21 +33,8 @@ def run_data(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.
                           env=env, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def tiny_zip(tmp_path_factory) -> tuple[bytes, str]:
-    path = tmp_path_factory.mktemp("zip") / "tiny-imagenet-200.zip"
-    md5 = make_tiny_imagenet_zip(path)
-    return path.read_bytes(), md5
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as s:
-        yield s
-
-
-def test_data_py_prepares_from_mirror_survives_cut_and_rerun_is_a_no_op(server, tiny_zip, tmp_path):
-    blob, md5 = tiny_zip
+def test_data_py_prepares_from_mirror_survives_cut_and_rerun_is_a_no_op(server, archive, tmp_path):
+    blob, md5 = archive
     url = server.add("tiny-imagenet-200.zip", blob, mode="drop_once")
     args = ("--dataset", "tiny-imagenet", "--url", url, "--md5", md5, "--data_dir", str(tmp_path))
     first = run_data(*args)
@@ -65,8 +52,8 @@ def test_data_py_prepares_from_mirror_survives_cut_and_rerun_is_a_no_op(server, 
     assert len(server.requests) == n_requests  # no network on the rerun
 
 
-def test_data_py_wrong_md5_exits_2_with_one_line_and_no_data(server, tiny_zip, tmp_path):
-    blob, _ = tiny_zip
+def test_data_py_wrong_md5_exits_2_with_one_line_and_no_data(server, archive, tmp_path):
+    blob, _ = archive
     url = server.add("tiny-imagenet-200.zip", blob)
     out = run_data("--dataset", "imagenet", "--url", url, "--md5", "f" * 32, "--data_dir", str(tmp_path))
     assert out.returncode == 2
