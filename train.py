@@ -47,6 +47,8 @@ from utils.datasets import indices_sha256, load_split, stratified_subset
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
                                per_rank_batch_size)
 from utils.errors import NonFiniteLossError, UserError, run_cli
+from utils.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
+                          last_good, test_signal_hook)
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.loaders import DeviceBatches, LoaderBatches
 from utils.losses import gathered_nt_xent_loss, nt_xent_loss
@@ -66,17 +68,6 @@ DEFAULTS = {
 METRIC_FIELDS = ["epoch", "loss", "train_acc", "knn_acc", "lr", "images_per_s", "seconds", "skipped_steps"]
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
-TEST_SIGNAL_ENV = "SIMCLR_TEST_SIGNAL_AT_STEP"
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM received; last.pth has been written. The command exits 128 + signum."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
@@ -281,31 +272,6 @@ def knn_monitor(model, arrays_train, indices, arrays_test, data, device) -> floa
     return knn_accuracy(train_h, train_y, test_h, test_y, arrays_train.num_classes)
 
 
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves last.pth at the end of the current step and exits."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -455,7 +421,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
 
     objective = OBJECTIVES[args.train_type]
     nan_run = 0
-    test_signal = _test_signal_hook()
+    test_signal = test_signal_hook()
     with StopFlag() as stop:
         for epoch in range(start_epoch, args.epochs):
             train_model.train()
@@ -480,7 +446,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                     scheduler.step()
                     if nan_run >= args.max_nan_skips:
                         raise NonFiniteLossError(f"{nan_run} non-finite losses in a row (--max_nan_skips) at epoch "
-                                                 f"{epoch + 1}, step {step + 1}; {_last_good(run_dir)}")
+                                                 f"{epoch + 1}, step {step + 1}; {last_good(run_dir)}")
                     continue
                 nan_run = 0
                 optimizer.zero_grad(set_to_none=True)
@@ -495,7 +461,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                     correct += n_correct
                 seen += labels.shape[0]
                 if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                    _check_finite(recent, epoch, step, run_dir)  # the loop's only sync, every check_every steps
+                    check_finite(recent, epoch, step, run_dir)  # the loop's only sync, every check_every steps
                     recent = []
                 if test_signal and global_step == test_signal[0]:
                     os.kill(os.getpid(), test_signal[1])
@@ -503,7 +469,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                                     img_s=f"{seen * env.world_size / (time.perf_counter() - t0 + 1e-9):.0f}")
                 if _stop_requested(stop, env, step, args, device):
-                    _check_finite(recent, epoch, step, run_dir)
+                    check_finite(recent, epoch, step, run_dir)
                     partial = {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
                                "skipped": skipped, "seconds": seconds_before + time.perf_counter() - t0}
                     if env.is_main:
@@ -555,17 +521,6 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     return {"run_dir": str(run_dir), "final": str(final), "history": history}
 
 
-def _check_finite(recent: list[torch.Tensor], epoch: int, last_step: int, run_dir: Path) -> None:
-    """Raise naming the first non-finite loss among `recent` (the steps up to `last_step`)."""
-    if not recent:
-        return
-    finite = torch.isfinite(torch.stack(recent).float()).cpu()
-    if not bool(finite.all()):
-        step = last_step - len(recent) + 1 + int((~finite).nonzero()[0])
-        raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}; {_last_good(run_dir)} "
-                                 "(lower --learning_rate, or --nan_policy skip)")
-
-
 def _save(path: Path, ckpt: dict) -> None:
     """save_checkpoint; a full disk or a vanished folder becomes one line (the previous file stays whole)."""
     try:
@@ -573,20 +528,6 @@ def _save(path: Path, ckpt: dict) -> None:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous {path.name}, if any, "
                         "is unchanged") from None
-
-
-def _last_good(run_dir: Path) -> str:
-    last = run_dir / "last.pth"
-    return f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint was written yet"
-
-
-def _test_signal_hook() -> tuple[int, int] | None:
-    """(step, signal) from TEST_SIGNAL_ENV, or None (always None outside the tests)."""
-    spec = os.environ.get(TEST_SIGNAL_ENV, "").strip()
-    if not spec:
-        return None
-    step, _, name = spec.partition(":")
-    return int(step), int(getattr(signal, "SIG" + (name or "KILL").upper()))
 
 
 def _stop_requested(stop: StopFlag, env, step: int, args, device: torch.device) -> bool:
