@@ -5,36 +5,56 @@
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from utils.errors import DataMissingError
+from utils.errors import DataMissingError, UserError
 
 FEATURE_DIM = 512  # width of ResNet-18's pooled features h
 STEMS = ("cifar", "imagenet")
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 
 
-def imagenet_weights_path() -> Path:
+def _sha256_prefix(url: str) -> str | None:
+    """torchvision names weight files <name>-<first hex digits of their sha256>.pth."""
+    match = re.search(r"-([0-9a-f]{8,})\.pth$", url)
+    return match.group(1) if match else None
+
+
+def imagenet_weights_path(url: str = IMAGENET_WEIGHTS.url) -> Path:
     """Where torchvision caches the ImageNet ResNet-18 weights ($TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _load_imagenet_state_dict() -> dict:
-    path = imagenet_weights_path()
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        return IMAGENET_WEIGHTS.get_state_dict(progress=True, check_hash=True)
-    except Exception as exc:  # no network, proxy, partial download ...
-        raise DataMissingError(
-            f"ImageNet ResNet-18 weights not found at {path} and could not be downloaded "
-            f"({type(exc).__name__}); download {IMAGENET_WEIGHTS.url} and place it at that path"
-        ) from exc
+def _load_imagenet_state_dict(url: str = IMAGENET_WEIGHTS.url) -> dict:
+    """torchvision's ImageNet ResNet-18 weights from the torch cache, fetched with our downloader if absent.
+
+    The downloader resumes, times out instead of hanging and fails fast offline; the file name
+    carries the first 8 hex digits of its sha256 (torchvision's convention), checked here.
+    """
+    path = imagenet_weights_path(url)
+    if not path.is_file():
+        from utils.download import download_file
+
+        try:
+            download_file(url, path)
+        except UserError as exc:  # no network, proxy, partial download ...
+            raise DataMissingError(
+                f"ImageNet ResNet-18 weights not found at {path} and could not be downloaded "
+                f"({getattr(exc, 'reason', exc)}); download {url} and place it at that path"
+            ) from exc
+        prefix = _sha256_prefix(url)
+        if prefix and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(prefix):
+            path.unlink()
+            raise DataMissingError(f"downloaded {url} does not match the sha256 prefix {prefix} in its name; "
+                                   "removed it, try again")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def imagenet_classifier(in_dim: int = FEATURE_DIM) -> nn.Linear:

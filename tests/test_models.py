@@ -1,10 +1,13 @@
 """Backbones, heads and the ImageNet-weights path (from a seeded local torch cache, no network)."""
+import hashlib
+import io
+
 import pytest
 import torch
 from torchvision.models import resnet18
 
 from models import PretrainModel, ProjectionHead, build_backbone, build_model, build_probe_head
-from models.resnet import imagenet_classifier, imagenet_weights_path
+from models.resnet import _load_imagenet_state_dict, imagenet_classifier, imagenet_weights_path
 from utils.errors import DataMissingError
 
 
@@ -89,3 +92,26 @@ def test_missing_imagenet_weights_names_the_path(torch_home):
 def test_pretrained_requires_imagenet_stem():
     with pytest.raises(ValueError):
         build_backbone("cifar", pretrained=True)
+
+
+def _weights_blob() -> bytes:
+    buf = io.BytesIO()
+    torch.save(resnet18(weights=None).state_dict(), buf)
+    return buf.getvalue()
+
+
+def test_imagenet_weights_fetched_by_our_downloader_and_sha_checked(torch_home):
+    from test_download import LocalServer
+
+    blob = _weights_blob()
+    prefix = hashlib.sha256(blob).hexdigest()[:8]
+    with LocalServer() as server:
+        url = server.add(f"resnet18-{prefix}.pth", blob)
+        state = _load_imagenet_state_dict(url)
+        assert imagenet_weights_path(url).read_bytes() == blob  # cached where torchvision looks
+        assert set(state) == set(resnet18(weights=None).state_dict())
+
+        bad = server.add("resnet18-00000000.pth", blob)  # name promises another sha256
+        with pytest.raises(DataMissingError, match="sha256"):
+            _load_imagenet_state_dict(bad)
+        assert not imagenet_weights_path(bad).exists()
