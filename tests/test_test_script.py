@@ -214,22 +214,26 @@ def test_imagenet_weights_checkpoint_defaults_to_two_stages(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: ~470 SimCLR steps, over an hour on a 2-core CPU")
 def test_simclr_pretraining_beats_random_init(tmp_path):
-    """On synthetic, SimCLR pretraining gives better linear-probe accuracy than a random-init backbone.
+    """On synthetic, a few epochs of SimCLR beat the same network at its random init under one probe.
 
-    Runs on a CUDA machine only. With the step counts a 2-core CPU affords it does not hold
-    clearly: after 6 epochs of 31 steps at 16 px the probe gave 25.8 % (SimCLR) against 23.8 %
-    (random init), kNN 18.6 % against 18.0 % (measured 2026-11-28).
+    5 epochs of 16 steps at 16 px (about 100 s on 2 CPU cores), Adam lr 1e-3 and temperature 0.1,
+    which learn fastest in few steps; both backbones come from seed 0, so the SimCLR one is the
+    random-init one after pretraining. Measured on the 2-core CPU, seeds 0 / 1 / 2: probe accuracy
+    32.6 / 33.6 / 34.0 % against 25.4 / 29.2 / 27.8 % at random init (gains 7.2 / 4.4 / 6.2 points);
+    seed 0 test loss 2.4 against 7.4 (the head overfits standardised random features).
     """
     import train
 
-    common = ["--dataset", "synthetic", "--device", "auto", "--quiet", "--seed", "0"]
-    train.main(common + ["--run_dir", str(tmp_path / "simclr"), "--epochs", "30", "--batch_size", "128"])
+    common = ["--dataset", "synthetic", "--device", "cpu", "--quiet", "--seed", "0", "--image_size", "16"]
+    train.main(common + ["--run_dir", str(tmp_path / "simclr"), "--epochs", "5", "--batch_size", "128",
+                         "--optimizer", "adam", "--learning_rate", "1e-3", "--temperature", "0.1"])
     train.main(common + ["--run_dir", str(tmp_path / "init"), "--epochs", "0"])
-    probe_args = ["--dataset", "synthetic", "--device", "auto", "--test_num_epochs", "30", "--quiet"]
+    probe_args = ["--dataset", "synthetic", "--device", "cpu", "--test_num_epochs", "30", "--quiet"]
     pretrained = test_script.main(["--model_path", str(tmp_path / "simclr" / "final.pth"), *probe_args])
     random_init = test_script.main(["--model_path", str(tmp_path / "init" / "final.pth"), *probe_args])
     assert pretrained["protocol"] == random_init["protocol"] == "linear"
-    assert pretrained["test_accuracy"] > random_init["test_accuracy"] + 5, (pretrained["test_accuracy"],
-                                                                            random_init["test_accuracy"])
+    scores = (pretrained["test_accuracy"], random_init["test_accuracy"], pretrained["test_loss"],
+              random_init["test_loss"])
+    assert pretrained["test_accuracy"] > random_init["test_accuracy"] + 3, scores
+    assert pretrained["test_loss"] < random_init["test_loss"], scores
