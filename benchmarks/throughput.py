@@ -298,15 +298,20 @@ def run_baseline(args, images_hwc: np.ndarray, device: torch.device) -> dict:
     return result
 
 
-def run_fast(args, data: torch.Tensor, device: torch.device) -> dict:
-    """Device-resident uint8 data, device shuffle, batched augmentation, channels_last, bf16 on CUDA."""
+def run_fast(args, data: torch.Tensor, device: torch.device, compile_model: bool | None = None) -> dict:
+    """Device-resident uint8 data, device shuffle, batched augmentation, channels_last, bf16 on CUDA.
+
+    compile_model (default: --compile) wraps the model in torch.compile; compilation happens in
+    the warm-up steps, so their seconds include it.
+    """
+    compile_model = args.compile if compile_model is None else compile_model
     g = torch.Generator(device=device).manual_seed(args.seed)
     augment = BatchSimCLRAugment(IMAGE_SIZE, CIFAR10_MEAN, CIFAR10_STD)
     model = build_model(device, channels_last=True)
     # Fused kernels on CUDA, multi-tensor (foreach) elsewhere: one launch per group, not per tensor.
     opt_kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, **opt_kw)
-    net = torch.compile(model) if args.compile else model
+    net = torch.compile(model) if compile_model else model
     sampler = DeviceIndexSampler(len(data), args.batch_size, device, g)
     loss_sum = torch.zeros((), device=device)  # accumulated on the device, read once at the end
     autocast = autocast_context(device)
@@ -486,11 +491,31 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def compile_cost(eager: dict, compiled: dict, batch_size: int) -> dict:
+    """What torch.compile costs and gains: extra warm-up seconds, steady-state speed-up, and the
+    number of steps (and CIFAR-10 epochs) after which the compiled run is ahead; None = never."""
+    extra = compiled["warmup_s"] - eager["warmup_s"]
+    eager_step = batch_size / eager["images_per_s"]
+    compiled_step = batch_size / compiled["images_per_s"]
+    saved_per_step = eager_step - compiled_step
+    steps = max(0.0, extra) / saved_per_step if saved_per_step > 0 else None
+    return {"extra_warmup_s": extra, "speedup": eager_step / compiled_step, "break_even_steps": steps,
+            "break_even_epochs": None if steps is None else steps * batch_size / CIFAR10_TRAIN_IMAGES}
+
+
 def notes(res: dict) -> list[str]:
     """Lines under the table: the issue's augmentation target, and why a CPU figure may be low."""
     a = res["augmentation"]
     lines = [f"\nbatched augmentation vs PIL per core: {a['batched_vs_pil_per_core']:.1f}x "
              f"(target >= 5x); vs PIL in-process on one core: {a['batched_vs_pil_in_process']:.1f}x"]
+    cost = res.get("compile_cost")
+    if cost is not None:
+        eager = res["fast_uncompiled"]
+        pays = ("never pays off (not faster once compiled)" if cost["break_even_steps"] is None else
+                f"ahead after {cost['break_even_steps']:,.0f} steps = {cost['break_even_epochs']:,.2f} CIFAR-10 epochs")
+        lines.append(f"torch.compile: fast path {eager['images_per_s']:,.1f} -> {res['fast']['images_per_s']:,.1f} "
+                     f"images/s ({cost['speedup']:.2f}x), {cost['extra_warmup_s']:,.1f} s of extra warm-up "
+                     f"(compilation); {pays}")
     one = a.get("batched_views_per_s_one_thread")
     if one is not None:
         lines.append("batched augmentation on one thread vs PIL per core: "
@@ -530,9 +555,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[1/4] baseline SimCLR step: {args.warmup} + {args.steps} steps at batch {args.batch_size}, "
           f"{args.workers} workers", flush=True)
     baseline = run_baseline(args, images_hwc, device)
-    print("[2/4] fast SimCLR step", flush=True)
+    print("[2/4] fast SimCLR step" + (" (uncompiled, then compiled)" if args.compile else ""), flush=True)
+    eager = run_fast(args, data, device, compile_model=False) if args.compile else None
     fast = run_fast(args, data, device)
-    for r in (baseline, fast):
+    for r in (baseline, fast) + ((eager,) if eager else ()):
         r["images_per_s"] = args.batch_size * args.steps / r["seconds"]
         r["epoch_seconds"] = CIFAR10_TRAIN_IMAGES / r["images_per_s"]
         r["tflops"] = flops * r["images_per_s"] / 1e12
@@ -565,6 +591,9 @@ def main(argv: list[str] | None = None) -> dict:
         "augmentation": aug,
         "probe_features": feats,
     }
+    if eager is not None:
+        res["fast_uncompiled"] = eager
+        res["compile_cost"] = compile_cost(eager, fast, args.batch_size)
     table = format_table(res) + "\n" + "\n".join(notes(res))
     res["table"] = table
     print()

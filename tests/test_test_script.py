@@ -217,7 +217,7 @@ def test_imagenet_weights_checkpoint_defaults_to_two_stages(capsys):
 def test_simclr_pretraining_beats_random_init(tmp_path):
     """On synthetic, a few epochs of SimCLR beat the same network at its random init under one probe.
 
-    5 epochs of 16 steps at 16 px (about 100 s on 2 CPU cores), Adam lr 1e-3 and temperature 0.1,
+    5 epochs of 15 steps at 16 px (about 100 s on 2 CPU cores), Adam lr 1e-3 and temperature 0.1,
     which learn fastest in few steps; both backbones come from seed 0, so the SimCLR one is the
     random-init one after pretraining. Measured on the 2-core CPU, seeds 0 / 1 / 2: probe accuracy
     32.6 / 33.6 / 34.0 % against 25.4 / 29.2 / 27.8 % at random init (gains 7.2 / 4.4 / 6.2 points);

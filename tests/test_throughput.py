@@ -27,3 +27,18 @@ def test_benchmark_prints_side_by_side_and_writes_json(tmp_path, capsys):
     assert saved["augmentation"]["batched_views_per_s"] > 0
     printed = capsys.readouterr().out
     assert "baseline" in printed and "fast" in printed
+
+
+def test_compile_cost_break_even_closed_form():
+    bench = _load_benchmark()
+    # Eager: 100 images/s (1 s per step of 100), 1 s warm-up; compiled: 200 images/s, 11 s warm-up.
+    # 10 s of compilation, 0.5 s saved per step: ahead after 20 steps = 2,000 images = 0.04 CIFAR-10 epochs.
+    cost = bench.compile_cost({"warmup_s": 1.0, "images_per_s": 100.0},
+                              {"warmup_s": 11.0, "images_per_s": 200.0}, batch_size=100)
+    assert cost["extra_warmup_s"] == 10.0 and cost["speedup"] == 2.0
+    assert abs(cost["break_even_steps"] - 20.0) < 1e-9
+    assert abs(cost["break_even_epochs"] - 0.04) < 1e-12
+    never = bench.compile_cost({"warmup_s": 1.0, "images_per_s": 100.0},
+                               {"warmup_s": 30.0, "images_per_s": 95.0}, batch_size=100)
+    assert never["break_even_steps"] is None and never["break_even_epochs"] is None
+    assert never["speedup"] < 1
