@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gpu: data resident on the training device (GPU or CPU), batched augmentation there; "
                         "cpu: per-image PIL transforms in DataLoader workers (the reference pipeline); auto: gpu, "
                         "which measured faster on CUDA and on this 2-core CPU alike (README, Speed)")
-    s.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model (pays off on long GPU runs)")
+    s.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model; off by default: 1.04x on a 2-core CPU after 5-26 s of compilation, "
+                   "not yet measured on a GPU (benchmarks/throughput.py --compile prints the break-even)")
     s.add_argument("--channels_last", type=str2bool, default=True, help="NHWC memory format (faster on CPU and GPU)")
     s.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise repeatable)")
     s.add_argument("--sync_bn", type=str2bool, default=None,

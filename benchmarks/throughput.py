@@ -12,6 +12,8 @@ in DataLoader workers, fp32, contiguous tensors. FAST is the project's path: the
 uint8 tensor on the device, an index shuffle on the device, BatchSimCLRAugment there,
 channels_last, bf16 autocast on CUDA only (on CPUs without native bf16 it is much slower),
 fused/foreach SGD, optional torch.compile, and no host synchronisation inside the timed steps.
+With --compile the fast path is timed uncompiled and then compiled, and the line under the table
+gives compilation's extra warm-up seconds, its speed-up and the step count where it pays off.
 The data are random CIFAR-shaped uint8 images, so it runs anywhere, offline.
 
     python benchmarks/throughput.py --device cpu

@@ -42,3 +42,19 @@ def test_compile_cost_break_even_closed_form():
                                {"warmup_s": 30.0, "images_per_s": 95.0}, batch_size=100)
     assert never["break_even_steps"] is None and never["break_even_epochs"] is None
     assert never["speedup"] < 1
+
+
+def test_compile_flag_times_both_fast_paths(tmp_path, capsys, monkeypatch):
+    """--compile runs the fast path uncompiled and compiled and reports the cost (compiler stubbed out)."""
+    bench = _load_benchmark()
+    compiled = []
+    monkeypatch.setattr(bench.torch, "compile", lambda model: compiled.append(model) or model)
+    out = tmp_path / "bench.json"
+    bench.main(["--device", "cpu", "--batch_size", "4", "--steps", "1", "--warmup", "1", "--compile",
+                "--num_images", "64", "--workers", "0", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert len(compiled) == 2  # the SimCLR model of the compiled fast path, and the probe backbone
+    assert saved["fast_uncompiled"]["images_per_s"] > 0 and saved["fast"]["images_per_s"] > 0
+    cost = saved["compile_cost"]
+    assert abs(cost["speedup"] - saved["fast"]["images_per_s"] / saved["fast_uncompiled"]["images_per_s"]) < 1e-9
+    assert "torch.compile: fast path" in capsys.readouterr().out
