@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_TEST = 60, 37  # 37: not a multiple of any batch size, so a dropped remainder would show
 
 
-def make_checkpoint(path: Path, train_type: str = "simclr", image_size: int = 16) -> Path:
-    """A checkpoint in train.py's format, built directly (no training): CIFAR stem, 16 px."""
+def make_checkpoint(path: Path, train_type: str = "simclr", image_size: int = 16, dataset: str = "synthetic",
+                    mean=SYNTHETIC_MEAN, std=SYNTHETIC_STD) -> Path:
+    """A checkpoint in train.py's format, built directly (no training): CIFAR stem, 16 px by default."""
     torch.manual_seed(0)
     spec = {"train_type": train_type, "stem": "cifar", "num_classes": 10 if train_type == "supervised" else None,
             "proj_hidden_dim": 32, "proj_dim": 16, "feature_dim": 512, "pretrained": False}
@@ -37,8 +38,8 @@ def make_checkpoint(path: Path, train_type: str = "simclr", image_size: int = 16
     with torch.no_grad():  # move the BatchNorm statistics away from their initial values
         model(torch.randn(16, 3, image_size, image_size))
     ckpt = {"format": FORMAT, "model": spec,
-            "data": {"dataset": "synthetic", "image_size": image_size, "mean": list(SYNTHETIC_MEAN),
-                     "std": list(SYNTHETIC_STD), "classes": None, "data_scale": 1.0, "subset_sha256": None,
+            "data": {"dataset": dataset, "image_size": image_size, "mean": list(mean),
+                     "std": list(std), "classes": None, "data_scale": 1.0, "subset_sha256": None,
                      "num_train": 2000},
             "backbone": model.backbone.state_dict(), "head": model.head.state_dict(),
             "epoch": 3, "step": 60, "finished": True, "config": {"train_type": train_type}}
@@ -190,6 +191,38 @@ def test_original_readme_command_parses():
     alias = test_script.parse_args(["--model_path", "X.pth", "--learning_rate", "0.3", "--train_type",
                                     "selfsupervised", "--dataset", "imagenet"])
     assert alias.test_learning_rate == 0.3 and alias.train_type == "simclr" and alias.dataset == "tiny-imagenet"
+
+
+def test_original_readme_command_runs_on_cifar100(tmp_path, monkeypatch, capsys):
+    """The original README's test.py line, unchanged, from a folder holding data/cifar-100-python
+    (a miniature in the real pickle format: 2 train and 3 test images) and a supervised CIFAR-10
+    checkpoint X.pth: the linear protocol with the supervised two-stage schedule, every test image
+    counted, and no warning (the flags agree with the checkpoint)."""
+    import tarfile
+
+    from test_data_script import _trust_miniature_md5s, make_cifar_archive
+    from utils.constants import CIFAR10_MEAN, CIFAR10_STD
+
+    archive, ref = make_cifar_archive(tmp_path, "cifar100")
+    with tarfile.open(archive) as tf:
+        tf.extractall(tmp_path / "data", filter="data")
+    _trust_miniature_md5s(monkeypatch, "cifar100", ref["md5s"])
+    make_checkpoint(tmp_path / "X.pth", train_type="supervised", image_size=32, dataset="cifar10",
+                    mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    monkeypatch.chdir(tmp_path)
+    setup_logging()
+    argv = "--train_type supervised --dataset cifar100 --test_num_epochs 100 --train_dataset cifar10 --model_path X.pth"
+    result = test_script.main(argv.split())  # exactly the original line (auto device)
+    printed = capsys.readouterr().out
+    assert "warning" not in printed.lower()
+    assert printed.strip().splitlines()[-1].startswith("test loss ")
+    saved = json.loads((tmp_path / "eval-cifar100" / "eval.json").read_text())
+    assert result["protocol"] == saved["protocol"] == "linear"
+    assert saved["test_images_evaluated"] == saved["dataset"]["num_test"] == len(ref["test_y"])
+    assert saved["dataset"]["num_classes"] == 100 and saved["checkpoint"]["train_dataset"] == "cifar10"
+    hp = saved["hyperparameters"]
+    assert hp["schedule"] == "two-stage" and [st["epochs"] for st in hp["stages"]] == [50, 50]
+    assert len(saved["history"]["test_accuracy"]) == 100 and saved["guard"]["backbone_bit_identical"]
 
 
 def test_imagenet_weights_checkpoint_defaults_to_two_stages(capsys):
