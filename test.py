@@ -25,6 +25,12 @@ Defaults follow the original project, by checkpoint type (each flag overrides):
                               gets a tenth), each a cosine to 0 with a 50-epoch period; the epochs
                               are split half/half, stage 1 taking the odd one. Head only in both.
 
+--solver lbfgs (opt-in) replaces the SGD schedule by a convex probe with no lr: multinomial
+logistic regression on the cached features, mean cross-entropy + l2 * ||W||^2 minimised by
+L-BFGS (to convergence or --lbfgs_max_iter); l2 is chosen among --l2 values on a validation
+split (--val_split, 0.1 unless given; never the test split), then the head is refit on train +
+val. One linear layer.
+
 --finetune trains the whole network on augmented images (what the original actually measured).
 Its outputs are named fine-tune everywhere (finetune.json, finetune_curves.png, a default run
 folder finetune-<dataset>) and are never linear results.
@@ -51,6 +57,7 @@ from utils.cli import HelpFormatter, common_parser, positive_int
 from utils.constants import DATASET_CHOICES, canonical_dataset
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_json
+from utils.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
 from utils.plotting import plot_panels
 from utils.probe import (FEATURE_NORMS, FINETUNE, LINEAR, SCHEDULES, Preprocess, load_probe_data, log_epoch,
                          make_config, run_finetune, run_linear_probe)
@@ -82,8 +89,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "head (no trainable parameters; still linear); none: raw features")
     g.add_argument("--augment", action="store_true",
                    help="recompute train features every epoch with random crop + flip (slower)")
-    g.add_argument("--val_split", type=float, default=0.0,
-                   help="fraction of the train split held out as validation (0: none)")
+    g.add_argument("--val_split", type=float, default=None,
+                   help="fraction of the train split held out as validation [0: none; 0.1 with --solver lbfgs]"
+                   + by_type)
+    g.add_argument("--solver", default="sgd", choices=["sgd", "lbfgs"],
+                   help="sgd: the original's schedule above; lbfgs: convex logistic-regression probe, no lr, "
+                        "l2 chosen on the val split, refit on train + val (--test_num_epochs, --batch_size, "
+                        "--test_learning_rate, --schedule do not apply)")
+    g.add_argument("--l2", type=float, nargs="+", default=list(DEFAULT_L2_GRID),
+                   help="--solver lbfgs: l2 penalty values on the head's weight to choose among on the val split")
+    g.add_argument("--lbfgs_max_iter", type=positive_int, default=DEFAULT_MAX_ITER,
+                   help="--solver lbfgs: most L-BFGS iterations per fit (each fit stops earlier at convergence)")
     g.add_argument("--finetune", action="store_true",
                    help="train the WHOLE network instead (fine-tuning, not linear evaluation; outputs say so)")
     g.add_argument("--train_type", default=None, choices=["simclr", "selfsupervised", "supervised"],
@@ -98,8 +114,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dataset = canonical_dataset(args.dataset)
     if args.train_type is not None:
         args.train_type = TRAIN_TYPE_ALIASES.get(args.train_type, args.train_type)
+    if args.val_split is None:
+        args.val_split = DEFAULT_VAL_SPLIT if args.solver == "lbfgs" else 0.0
     if not 0 <= args.val_split < 1:
         raise UserError(f"--val_split must be in [0, 1), got {args.val_split}")
+    if args.solver == "lbfgs":
+        for flag, bad in (("--finetune", args.finetune), ("--augment", args.augment),
+                          ("--head_layers 2", args.head_layers != 1)):
+            if bad:
+                raise UserError(f"--solver lbfgs is a linear probe on cached features with one linear layer; "
+                                f"it does not combine with {flag}")
+        if any(v < 0 for v in args.l2):
+            raise UserError(f"--l2 values must be >= 0, got {args.l2}")
+        if args.val_split == 0 and len(args.l2) > 1:
+            raise UserError(f"--solver lbfgs chooses among {len(args.l2)} --l2 values on a validation split: give "
+                            "--val_split > 0 or a single --l2 (the test split is never used to choose)")
     return args
 
 
@@ -193,17 +222,18 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
     data = load_probe_data(args.dataset, args.data_dir, info["image_size"], args.val_split, args.seed)
     head = build_probe_head(info["feature_dim"], data.num_classes, layers=args.head_layers)
     label = "fine-tune" if args.finetune else "linear probe"
-    LOG.info("%s of %s (%s, %s stem) on %s: %d train / %d val / %d test images, %d classes, %s px, %s schedule, "
-             "batch %d, device %s", label, model_path, info["train_type"], info["stem"], args.dataset,
-             len(data.train_labels), data.sizes()["num_val"], len(data.test_labels), data.num_classes,
-             info["image_size"], config.schedule, config.batch_size, device)
-    on_epoch = log_epoch(config.epochs, label)
+    lbfgs = {"l2_grid": args.l2, "max_iter": args.lbfgs_max_iter} if args.solver == "lbfgs" else None
+    how = (f"L-BFGS, l2 among {args.l2}" if lbfgs else f"{config.schedule} schedule, batch {config.batch_size}")
+    LOG.info("%s of %s (%s, %s stem) on %s: %d train / %d val / %d test images, %d classes, %s px, %s, device %s",
+             label, model_path, info["train_type"], info["stem"], args.dataset, len(data.train_labels),
+             data.sizes()["num_val"], len(data.test_labels), data.num_classes, info["image_size"], how, device)
+    on_epoch = log_lbfgs_round if lbfgs else log_epoch(config.epochs, label)
     if args.finetune:
         result = run_finetune(backbone, head, data, config, preprocess, device, seed=args.seed, on_epoch=on_epoch)
     else:
         result = run_linear_probe(backbone, head, data, config, preprocess, device, augment=args.augment,
                                   seed=args.seed, reference_state=reference, feature_norm=args.feature_norm,
-                                  on_epoch=on_epoch)
+                                  on_epoch=on_epoch, lbfgs=lbfgs)
 
     report = build_report(args, protocol, model_path, sha, info, data, config, result, device,
                           time.perf_counter() - t_start, argv)
@@ -215,6 +245,11 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
         handler.flush()  # log lines first: the result must be the last line printed
     print(f"{prefix}test loss {report['test_loss']:.4f}, test accuracy {report['test_accuracy']:.2f}%", flush=True)
     return report
+
+
+def log_lbfgs_round(row: dict) -> None:
+    LOG.info("L-BFGS probe, iteration %d | train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%%",
+             row["iterations"], row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"])
 
 
 def build_report(args, protocol, model_path, sha, info, data, config, result, device, seconds_total, argv) -> dict:
@@ -231,6 +266,13 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
         "reported_epoch": last["epoch"],
         "selection": "none: the final epoch is reported; the test split is never used to choose anything",
     }
+    lbfgs = extra.pop("lbfgs", None)
+    if lbfgs is not None:
+        report["selection"] = (f"l2 = {lbfgs['l2']:g} chosen by validation accuracy among {lbfgs['l2_grid']}, "
+                               f"then refit on {lbfgs['fit_on']}; the test split is never used to choose anything"
+                               if lbfgs["selection"] else "none: a single l2; the test split is never used to choose")
+        if lbfgs["val_accuracy"] is not None:
+            report.update(val_loss=lbfgs["val_loss"], val_accuracy=lbfgs["val_accuracy"])
     if "val_loss" in last:
         best = max(hist, key=lambda r: r["val_acc"])
         report.update(val_loss=last["val_loss"], val_accuracy=last["val_acc"], best_val_epoch=best["epoch"],
@@ -240,6 +282,7 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
         "train_loss": col["train_loss"], "train_accuracy": col["train_acc"],
         "test_loss": col["test_loss"], "test_accuracy": col["test_acc"],
         **({"val_loss": col["val_loss"], "val_accuracy": col["val_acc"]} if "val_loss" in last else {}),
+        **({"iterations": col["iterations"]} if "iterations" in last else {}),
     }
     report["hyperparameters"] = {
         **config.to_dict(), "head": f"{args.head_layers} linear layer(s)", "head_layers": args.head_layers,
@@ -247,8 +290,14 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
         "train_features": ("recomputed every epoch with random crop + flip" if protocol == FINETUNE or args.augment
                            else "computed once (evaluation transform) and cached"),
         "augment": bool(args.augment or protocol == FINETUNE), "seed": args.seed, "val_split": args.val_split,
-        "loss": "cross-entropy", "feature_norm": extra.pop("feature_norm", "none"),
+        "loss": "cross-entropy", "feature_norm": extra.pop("feature_norm", "none"), "solver": args.solver,
     }
+    if lbfgs is not None:  # no SGD, no schedule: replace the SGD description by the solver's
+        hp = report["hyperparameters"]
+        for key in ("schedule", "batch_size", "stages", "momentum", "weight_decay", "notes", "epochs"):
+            hp.pop(key, None)
+        hp.update(optimizer="L-BFGS (strong-Wolfe line search), full batch, from zeros",
+                  objective="mean cross-entropy + l2 * ||W||^2 (bias not penalised)", lbfgs=lbfgs)
     size, native = info["image_size"], data.native_size
     resize = f"resize {native} -> {size} px (bilinear, antialias), " if native != size else ""
     report["preprocessing"] = {
@@ -281,7 +330,10 @@ def plot_curves(path: Path, report: dict, model_path: Path) -> None:
               ("test accuracy (%)" + (" (and val)" if "val_loss" in h else ""), test_series("accuracy"))]
     what = ("Fine-tune (whole network, NOT linear)" if report["protocol"] == FINETUNE
             else f"Linear probe (frozen backbone, {report['hyperparameters']['head_layers']}-layer head)")
-    plot_panels(path, h["epoch"], panels, title=f"{what}: {model_path.name} on {report['dataset']['name']}")
+    if "iterations" in h:
+        what += f", L-BFGS, l2 {report['hyperparameters']['lbfgs']['l2']:g}"
+    x, xlabel = (h["iterations"], "L-BFGS iteration") if "iterations" in h else (h["epoch"], "epoch")
+    plot_panels(path, x, panels, xlabel=xlabel, title=f"{what}: {model_path.name} on {report['dataset']['name']}")
 
 
 if __name__ == "__main__":

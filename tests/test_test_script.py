@@ -145,6 +145,37 @@ def test_finetune_is_labelled_and_writes_no_eval_json(ckpt_dir, small_synthetic,
     assert report["test_images_evaluated"] == N_TEST
 
 
+def test_lbfgs_solver_chooses_l2_on_val_and_refits(ckpt_dir, small_synthetic, capsys, tmp_path):
+    """--solver lbfgs: l2 chosen on the (default 0.1) val split, refit on train + val, curves by iteration."""
+    run_dir = tmp_path / "lbfgs"
+    report, lines = run_main(["--model_path", str(ckpt_dir / "final.pth"), "--solver", "lbfgs", "--l2", "1e-3", "1e-1",
+                              "--lbfgs_max_iter", "40", "--run_dir", str(run_dir)], capsys)
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(report)) and saved["protocol"] == "linear"
+    hp = saved["hyperparameters"]
+    assert hp["solver"] == "lbfgs" and hp["val_split"] == 0.1 and "schedule" not in hp and "stages" not in hp
+    lb = hp["lbfgs"]
+    assert [row["l2"] for row in lb["selection"]] == [1e-3, 1e-1] and lb["fit_on"] == "train + val"
+    best = max(row["val_acc"] for row in lb["selection"])
+    assert lb["l2"] == max(row["l2"] for row in lb["selection"] if row["val_acc"] == best)
+    assert saved["val_accuracy"] == next(row["val_acc"] for row in lb["selection"] if row["l2"] == lb["l2"])
+    assert saved["dataset"]["num_train"] + saved["dataset"]["num_val"] == N_TRAIN
+    its = saved["history"]["iterations"]
+    assert its == sorted(its) and 0 < its[-1] <= 40 and its[-1] == lb["final_fit"]["iterations"]
+    assert saved["test_images_evaluated"] == N_TEST and saved["guard"]["backbone_bit_identical"]
+    assert (run_dir / "eval_curves.png").stat().st_size > 0
+    assert lines[-1] == f"test loss {saved['test_loss']:.4f}, test accuracy {saved['test_accuracy']:.2f}%"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--finetune"], "--finetune"), (["--augment"], "--augment"), (["--head_layers", "2"], "--head_layers 2"),
+    (["--val_split", "0"], "validation split"), (["--l2", "-1"], "--l2 values"),
+])
+def test_lbfgs_solver_refuses_what_it_cannot_do(extra, message):
+    with pytest.raises(test_script.UserError, match=message):
+        test_script.parse_args(["--model_path", "X.pth", "--solver", "lbfgs", *extra])
+
+
 def test_guard_failure_writes_nothing(ckpt_dir, small_synthetic, monkeypatch, tmp_path, capsys):
     """A run whose backbone moved (BatchNorm drift) fails loudly and leaves no eval.json behind."""
     real = probe.extract_features

@@ -44,6 +44,7 @@ from utils.datasets import load_split, stratified_split
 from utils.errors import NonFiniteLossError, UserError
 from utils.features import extract_features
 from utils.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
+from utils.lbfgs_probe import choose_l2, fit_lbfgs
 from utils.runtime import LOG, autocast_context
 from utils.schedule import cosine_lr, cosine_scheduler
 
@@ -459,8 +460,14 @@ def run_linear_probe(
     knn: bool = True,
     feature_norm: str = "standardize",
     on_epoch: Callable[[dict], None] | None = None,
+    lbfgs: dict | None = None,
 ) -> ProbeResult:
     """Linear Classification Protocol: train `head` on the frozen backbone's features.
+
+    lbfgs={"l2_grid": [...], "max_iter": N} solves the convex probe of utils/lbfgs_probe.py
+    instead of `config`'s SGD schedule (one linear layer, cached features only): l2 chosen on
+    the val split when there is one, then the head refit on train + val; one history row per
+    round of L-BFGS iterations.
 
     Default: features of every split are computed once with the evaluation transform and the
     head trains on them (cached). augment=True recomputes the train features every epoch with
@@ -473,6 +480,8 @@ def run_linear_probe(
     """
     if feature_norm not in FEATURE_NORMS:
         raise UserError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+    if lbfgs is not None and (augment or not isinstance(head, nn.Linear)):
+        raise UserError("the L-BFGS probe needs cached features (no --augment) and one linear layer (--head_layers 1)")
     if reference_state is None:
         reference_state = {k: v.detach().clone().cpu() for k, v in backbone.state_dict().items()}
     freeze_backbone(backbone)
@@ -522,10 +531,15 @@ def run_linear_probe(
         out["test"] = evaluate_head(head, test_h, test_y)
         return out
 
-    gen = torch.Generator().manual_seed(seed)
-    history = fit(params, lambda idx: head(current["h"][idx]), train_y, config, evaluate, gen,
-                  begin_epoch=begin_epoch, what="probe head", on_epoch=on_epoch,
-                  allowed=list(probe_head.parameters()), cpu_step_threads=PROBE_CPU_THREADS)
+    lbfgs_info = None
+    if lbfgs is not None:
+        history, lbfgs_info = _fit_lbfgs_probe(head, probe_head, train_h, train_y, val_h, val_y, test_h, test_y,
+                                               lbfgs["l2_grid"], lbfgs["max_iter"], on_epoch)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        history = fit(params, lambda idx: head(current["h"][idx]), train_y, config, evaluate, gen,
+                      begin_epoch=begin_epoch, what="probe head", on_epoch=on_epoch,
+                      allowed=list(probe_head.parameters()), cpu_step_threads=PROBE_CPU_THREADS)
     _sync(device)
     seconds_training = time.perf_counter() - t1
 
@@ -535,11 +549,55 @@ def run_linear_probe(
                        "backbone_requires_grad": any(p.requires_grad for p in backbone.parameters()),
                        "backbone_mode": "train" if backbone.training else "eval"},
              "feature_norm": feature_norm}
+    if lbfgs_info is not None:
+        extra["lbfgs"] = lbfgs_info
     if knn and train_h is not None:
         acc = knn_accuracy(train_h, train_y, test_h, test_y, data.num_classes)
         extra["knn"] = {"k": KNN_K, "temperature": KNN_TEMPERATURE, "test_acc": acc,
                         "features": "cached eval-transform features, probe train split as memory"}
     return ProbeResult(LINEAR, history, seconds_features, seconds_training, extra, head)
+
+
+def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_y, l2_grid, max_iter, on_epoch):
+    """The L-BFGS probe: l2 chosen on val (if any), refit on train + val, test rows per round."""
+    def check(optimizer):
+        check_optimizer_params(optimizer, list(linear.parameters()), "probe head")
+
+    selection = []
+    if val_h is not None:
+        for l2 in l2_grid:
+            info = fit_lbfgs(linear, lambda: head(train_h), train_y, l2, max_iter, check_params=check)
+            val = evaluate_head(head, val_h, val_y)
+            selection.append({**info, "val_loss": val["loss"], "val_acc": val["acc"]})
+            LOG.info("L-BFGS probe, l2 %g: val accuracy %.2f%% (loss %.4f), %d iterations%s", l2, val["acc"],
+                     val["loss"], info["iterations"], "" if info["converged"] else " (hit --lbfgs_max_iter)")
+        chosen = choose_l2(list(l2_grid), [s["val_acc"] for s in selection])
+        fit_h, fit_y = torch.cat([train_h, val_h]), torch.cat([train_y, val_y])
+    elif len(l2_grid) == 1:
+        chosen, fit_h, fit_y = l2_grid[0], train_h, train_y
+    else:
+        raise UserError(f"choosing l2 among {len(l2_grid)} values needs a validation split (--val_split > 0); "
+                        "the test split is never used to choose")
+    history: list[dict] = []
+
+    def on_round(iterations: int) -> None:
+        train, test = evaluate_head(head, fit_h, fit_y), evaluate_head(head, test_h, test_y)
+        row = {"epoch": len(history) + 1, "stage": 1, "lr": None, "iterations": iterations,
+               "train_loss": train["loss"], "train_acc": train["acc"],
+               "test_loss": test["loss"], "test_acc": test["acc"], "test_count": test["count"]}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    final = fit_lbfgs(linear, lambda: head(fit_h), fit_y, chosen, max_iter, on_round=on_round, check_params=check)
+    if not history:  # converged before its first iteration (zero gradient at zero weights)
+        on_round(0)
+    chosen_val = next((s for s in selection if s["l2"] == chosen), None)
+    info = {"l2": chosen, "l2_grid": list(l2_grid), "selection": selection, "final_fit": final,
+            "fit_on": "train + val" if selection else "train", "max_iter": max_iter,
+            "val_loss": None if chosen_val is None else chosen_val["val_loss"],
+            "val_accuracy": None if chosen_val is None else chosen_val["val_acc"]}
+    return history, info
 
 
 def run_finetune(

@@ -1,0 +1,108 @@
+"""A convex linear probe: multinomial logistic regression on cached features, solved by L-BFGS.
+
+The SGD probe (utils/probe.py, the original project's settings) reports what its lr and schedule
+make of the features: the original's lr 0.075 is several times above the stability limit of
+standardised features (their covariance's top eigenvalue is ~200), so the head oscillates until
+the cosine brings the lr down. This probe has no lr: it minimises a convex objective to
+convergence,
+
+    mean cross-entropy(W h + b, y) + l2 * ||W||^2      (the bias is not penalised),
+
+with torch.optim.LBFGS (strong-Wolfe line search) on the whole cached training matrix, so its
+result depends on the features and on l2 only. l2 is chosen on a validation split held out of the
+train split (the test split is never used to choose); the head is then refit on train + val with
+that l2 and evaluated on the test split once per round of iterations (the curves), as in the
+logistic-regression probes of Kolesnikov et al. 2019 and Radford et al. 2021.
+
+    from utils.lbfgs_probe import fit_lbfgs, choose_l2
+    info = fit_lbfgs(linear, lambda: linear(h), y, l2=1e-3)   # linear: nn.Linear, trained in place
+
+Run its tests with `python -m pytest tests/test_lbfgs_probe.py -q`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.errors import NonFiniteLossError
+
+DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_MAX_ITER = 500
+DEFAULT_VAL_SPLIT = 0.1  # what --solver lbfgs holds out when --val_split is not given
+ITERS_PER_ROUND = 10  # one history row (train and test metrics) per this many L-BFGS iterations
+HISTORY_SIZE = 20
+# Stop when no gradient entry exceeds this, or the objective changes by less than TOLERANCE_CHANGE
+# between iterations (torch.optim.LBFGS's two tests).
+TOLERANCE_GRAD = 1e-6
+TOLERANCE_CHANGE = 1e-9
+
+
+def objective(linear: nn.Linear, logits: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective, mean cross-entropy): the quantity L-BFGS minimises and its data term."""
+    ce = F.cross_entropy(logits.float(), y)
+    return ce + l2 * linear.weight.float().pow(2).sum(), ce
+
+
+def fit_lbfgs(
+    linear: nn.Linear,
+    logits_fn: Callable[[], torch.Tensor],
+    y: torch.Tensor,
+    l2: float,
+    max_iter: int = DEFAULT_MAX_ITER,
+    on_round: Callable[[int], None] | None = None,
+    check_params: Callable[[torch.optim.Optimizer], None] | None = None,
+) -> dict:
+    """Minimise the objective over `linear`'s weight and bias (in place), from zeros.
+
+    logits_fn() -> logits (N, C) of every training sample (the whole cached matrix through the
+    fixed feature normalisation and `linear`). on_round(iterations so far) runs after every
+    ITERS_PER_ROUND iterations and at the end; check_params(optimizer) may assert what the
+    optimizer holds. Returns iterations, whether a tolerance stopped it before max_iter, the final
+    objective and cross-entropy, and the largest gradient entry at the end.
+    """
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=ITERS_PER_ROUND, history_size=HISTORY_SIZE,
+                                  tolerance_grad=TOLERANCE_GRAD, tolerance_change=TOLERANCE_CHANGE,
+                                  line_search_fn="strong_wolfe")
+    if check_params is not None:
+        check_params(optimizer)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = objective(linear, logits_fn(), y, l2)
+        loss.backward()
+        return loss
+
+    iterations, converged = 0, False
+    while iterations < max_iter:
+        optimizer.param_groups[0]["max_iter"] = min(ITERS_PER_ROUND, max_iter - iterations)
+        optimizer.step(closure)
+        done = optimizer.state[optimizer._params[0]].get("n_iter", 0)
+        ran, iterations = done - iterations, done
+        if on_round is not None and ran > 0:
+            on_round(iterations)
+        if ran < optimizer.param_groups[0]["max_iter"]:
+            converged = True  # a tolerance ended the step early
+            break
+    loss, ce = objective(linear, logits_fn(), y, l2)
+    if not math.isfinite(loss.item()):
+        raise NonFiniteLossError(f"the L-BFGS probe's objective became {loss.item()} (l2 {l2:g})")
+    grads = torch.autograd.grad(loss, list(linear.parameters()))
+    return {"l2": l2, "iterations": iterations, "converged": converged, "objective": loss.item(),
+            "train_cross_entropy": ce.item(), "max_abs_gradient": max(g.abs().max().item() for g in grads)}
+
+
+def choose_l2(grid: Sequence[float], val_accuracy: Sequence[float]) -> float:
+    """The l2 of the best validation accuracy; on a tie the largest (the most regularised)."""
+    if len(grid) != len(val_accuracy) or not grid:
+        raise ValueError("one validation accuracy per l2 value is needed")
+    best = max(val_accuracy)
+    return max(l2 for l2, acc in zip(grid, val_accuracy) if acc == best)
