@@ -85,7 +85,7 @@ def fit_lbfgs(
     while iterations < max_iter:
         optimizer.param_groups[0]["max_iter"] = min(ITERS_PER_ROUND, max_iter - iterations)
         optimizer.step(closure)
-        done = optimizer.state[optimizer._params[0]].get("n_iter", 0)
+        done = optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)  # LBFGS keeps its count there
         ran, iterations = done - iterations, done
         if on_round is not None and ran > 0:
             on_round(iterations)
