@@ -271,8 +271,9 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
         report["selection"] = (f"l2 = {lbfgs['l2']:g} chosen by validation accuracy among {lbfgs['l2_grid']}, "
                                f"then refit on {lbfgs['fit_on']}; the test split is never used to choose anything"
                                if lbfgs["selection"] else "none: a single l2; the test split is never used to choose")
-        if lbfgs["val_accuracy"] is not None:
-            report.update(val_loss=lbfgs["val_loss"], val_accuracy=lbfgs["val_accuracy"])
+        chosen = next((row for row in lbfgs["selection"] if row["l2"] == lbfgs["l2"]), None)
+        if chosen is not None:  # the chosen l2's fit on train alone, scored on val
+            report.update(val_loss=chosen["val_loss"], val_accuracy=chosen["val_acc"])
     if "val_loss" in last:
         best = max(hist, key=lambda r: r["val_acc"])
         report.update(val_loss=last["val_loss"], val_accuracy=last["val_acc"], best_val_epoch=best["epoch"],
@@ -284,20 +285,17 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
         **({"val_loss": col["val_loss"], "val_accuracy": col["val_acc"]} if "val_loss" in last else {}),
         **({"iterations": col["iterations"]} if "iterations" in last else {}),
     }
+    solver = ({"optimizer": "L-BFGS (strong-Wolfe line search), full batch, from zeros",
+               "objective": "mean cross-entropy + l2 * ||W||^2 (bias not penalised)", "lbfgs": lbfgs}
+              if lbfgs is not None else config.to_dict())  # no SGD and no schedule with L-BFGS
     report["hyperparameters"] = {
-        **config.to_dict(), "head": f"{args.head_layers} linear layer(s)", "head_layers": args.head_layers,
+        **solver, "head": f"{args.head_layers} linear layer(s)", "head_layers": args.head_layers,
         "trained": "head only" if protocol == LINEAR else "backbone and head",
         "train_features": ("recomputed every epoch with random crop + flip" if protocol == FINETUNE or args.augment
                            else "computed once (evaluation transform) and cached"),
         "augment": bool(args.augment or protocol == FINETUNE), "seed": args.seed, "val_split": args.val_split,
         "loss": "cross-entropy", "feature_norm": extra.pop("feature_norm", "none"), "solver": args.solver,
     }
-    if lbfgs is not None:  # no SGD, no schedule: replace the SGD description by the solver's
-        hp = report["hyperparameters"]
-        for key in ("schedule", "batch_size", "stages", "momentum", "weight_decay", "notes", "epochs"):
-            hp.pop(key, None)
-        hp.update(optimizer="L-BFGS (strong-Wolfe line search), full batch, from zeros",
-                  objective="mean cross-entropy + l2 * ||W||^2 (bias not penalised)", lbfgs=lbfgs)
     size, native = info["image_size"], data.native_size
     resize = f"resize {native} -> {size} px (bilinear, antialias), " if native != size else ""
     report["preprocessing"] = {

@@ -592,11 +592,8 @@ def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_
     final = fit_lbfgs(linear, lambda: head(fit_h), fit_y, chosen, max_iter, on_round=on_round, check_params=check)
     if not history:  # converged before its first iteration (zero gradient at zero weights)
         on_round(0)
-    chosen_val = next((s for s in selection if s["l2"] == chosen), None)
     info = {"l2": chosen, "l2_grid": list(l2_grid), "selection": selection, "final_fit": final,
-            "fit_on": "train + val" if selection else "train", "max_iter": max_iter,
-            "val_loss": None if chosen_val is None else chosen_val["val_loss"],
-            "val_accuracy": None if chosen_val is None else chosen_val["val_acc"]}
+            "fit_on": "train + val" if selection else "train", "max_iter": max_iter}
     return history, info
 
 
