@@ -28,6 +28,7 @@ Run its tests with `python -m pytest tests/test_probe.py -q`.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -559,18 +560,37 @@ def run_linear_probe(
 
 
 def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_y, l2_grid, max_iter, on_epoch):
-    """The L-BFGS probe: l2 chosen on val (if any), refit on train + val, test rows per round."""
+    """The L-BFGS probe: l2 chosen on val (if any), refit on train + val, test rows per round.
+
+    The fits run on float64 copies of the head and the features (a gradient tolerance of 1e-6 is
+    out of float32's reach); the solution is copied back into `linear` for evaluation.
+    """
+    head64 = copy.deepcopy(head).double()
+    linear64 = head64[-1] if isinstance(head64, nn.Sequential) else head64
+
     def check(optimizer):
-        check_optimizer_params(optimizer, list(linear.parameters()), "probe head")
+        check_optimizer_params(optimizer, list(linear64.parameters()), "probe head")
+
+    def fit_and_copy(h, y, l2, on_round=None):
+        h64 = h.double()
+        round_hook = None
+        if on_round is not None:
+            def round_hook(iterations):
+                _copy_linear(linear64, linear)
+                on_round(iterations)
+        info = fit_lbfgs(linear64, lambda: head64(h64), y, l2, max_iter, on_round=round_hook, check_params=check)
+        _copy_linear(linear64, linear)
+        return info
 
     selection = []
     if val_h is not None:
         for l2 in l2_grid:
-            info = fit_lbfgs(linear, lambda: head(train_h), train_y, l2, max_iter, check_params=check)
+            info = fit_and_copy(train_h, train_y, l2)
             val = evaluate_head(head, val_h, val_y)
             selection.append({**info, "val_loss": val["loss"], "val_acc": val["acc"]})
-            LOG.info("L-BFGS probe, l2 %g: val accuracy %.2f%% (loss %.4f), %d iterations%s", l2, val["acc"],
-                     val["loss"], info["iterations"], "" if info["converged"] else " (hit --lbfgs_max_iter)")
+            LOG.info("L-BFGS probe, l2 %g: val accuracy %.2f%% (loss %.4f), %d iterations, %s, largest gradient "
+                     "entry %.1e", l2, val["acc"], val["loss"], info["iterations"],
+                     "converged" if info["converged"] else f"not converged ({info['stop']})", info["max_abs_gradient"])
         chosen = choose_l2(list(l2_grid), [s["val_acc"] for s in selection])
         fit_h, fit_y = torch.cat([train_h, val_h]), torch.cat([train_y, val_y])
     elif len(l2_grid) == 1:
@@ -589,12 +609,18 @@ def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_
         if on_epoch is not None:
             on_epoch(row)
 
-    final = fit_lbfgs(linear, lambda: head(fit_h), fit_y, chosen, max_iter, on_round=on_round, check_params=check)
+    final = fit_and_copy(fit_h, fit_y, chosen, on_round=on_round)
     if not history:  # converged before its first iteration (zero gradient at zero weights)
         on_round(0)
     info = {"l2": chosen, "l2_grid": list(l2_grid), "selection": selection, "final_fit": final,
             "fit_on": "train + val" if selection else "train", "max_iter": max_iter}
     return history, info
+
+
+def _copy_linear(source: nn.Linear, target: nn.Linear) -> None:
+    with torch.no_grad():
+        target.weight.copy_(source.weight)
+        target.bias.copy_(source.bias)
 
 
 def run_finetune(
