@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from utils.losses import nt_xent_loss
+import torch.nn.functional as F
+
+from utils.losses import gathered_nt_xent_loss, nt_xent_loss
 
 
 def naive_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
@@ -82,3 +84,22 @@ def test_rejects_bad_shapes_and_temperature():
         nt_xent_loss(torch.randn(4, 3), torch.randn(5, 3))
     with pytest.raises(ValueError):
         nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0)
+
+
+def test_nt_xent_is_float32_under_bf16_autocast():
+    """autocast would run z @ z.T in bf16 (logits quantised to ~2^-8 / t); the loss must not change."""
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(64, 128, generator=g), torch.randn(64, 128, generator=g)
+    exact = nt_xent_loss(z1, z2, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = nt_xent_loss(z1, z2, 0.1)
+        gathered = gathered_nt_xent_loss(z1, z2, 0.1, gather_fn=lambda t: t)
+        # What the loss computed before: `.float()` inside autocast, the matmul still in bf16.
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        bf16_logits = z @ z.t() / 0.1
+    assert bf16_logits.dtype == torch.bfloat16  # autocast is really active for the matmul
+    assert mixed.dtype == gathered.dtype == torch.float32
+    assert torch.allclose(mixed, exact, atol=1e-6, rtol=0) and torch.allclose(gathered, exact, atol=1e-6, rtol=0)
+    naive = F.cross_entropy(bf16_logits.float().masked_fill(torch.eye(128, dtype=torch.bool), float("-inf")),
+                            torch.cat([torch.arange(64) + 64, torch.arange(64)]))
+    assert (naive - exact).abs() > 1e-4  # the check above would catch a bf16 similarity matrix

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from utils.runtime import full_precision
+
 # SimCLR (Chen et al. 2020, Appendix A): crop scale, colour jitter strength s=0.5 for CIFAR
 # is common, but the paper's default s=1.0 gives 0.8/0.8/0.8/0.2; this project follows the
 # issue's 0.4/0.4/0.4/0.1 (s=0.5), applied with probability 0.8, grayscale with p=0.2.
@@ -387,14 +389,6 @@ def _channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch
     )
 
 
-def _full_precision(x: torch.Tensor):
-    """Autocast off for the batch's device: the transforms compute in float32 even when called
-    inside a bf16 autocast region (bf16 crops and blurs would lose 8 bits of pixel precision)."""
-    if x.device.type in ("cuda", "cpu"):
-        return torch.autocast(x.device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def _to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) in 0..255 (or float in [0, 1]) -> a new float32 tensor in [0, 1]."""
     if x.dim() != 4 or x.shape[1] != 3:
@@ -417,7 +411,7 @@ def batch_eval_transform(
     x: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 (B, 3, S, S): resize (bilinear, antialias) if H != S, normalise."""
-    with _full_precision(x):
+    with full_precision(x):
         return _normalise_batch(_resize(_to_float(x), image_size), mean, std)
 
 
@@ -487,7 +481,7 @@ class BatchSimCLRAugment:
         Every op is per image, so the result does not depend on the chunking.
         """
         chunk = _cpu_chunk(x) if x.device.type == "cpu" else x.shape[0]
-        with _full_precision(x):
+        with full_precision(x):
             if chunk >= x.shape[0]:
                 return self._apply(x, params)
             out = torch.empty((x.shape[0], 3, self.image_size, self.image_size), dtype=torch.float32)

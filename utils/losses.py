@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.distributed import all_gather_with_grad, get_rank
+from utils.runtime import full_precision
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -36,13 +37,14 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)  # (2N, D)
-    logits = z @ z.t() / temperature  # (2N, 2N)
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))  # k != i in the denominator
-    idx = torch.arange(n, device=z.device)
-    targets = torch.cat([idx + n, idx])  # anchor i's positive is i+N, and i+N's is i
-    return F.cross_entropy(logits, targets)
+    with full_precision(z1):  # `.float()` alone would not stop autocast running the matmul in bf16
+        z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)  # (2N, D)
+        logits = z @ z.t() / temperature  # (2N, 2N)
+        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(self_mask, float("-inf"))  # k != i in the denominator
+        idx = torch.arange(n, device=z.device)
+        targets = torch.cat([idx + n, idx])  # anchor i's positive is i+N, and i+N's is i
+        return F.cross_entropy(logits, targets)
 
 
 def gathered_nt_xent_loss(
@@ -83,6 +85,13 @@ def gathered_nt_xent_loss(
     big_n = gathered.shape[0]
     world_size = big_n // n
     rank = get_rank() if world_size > 1 else 0
+    with full_precision(z1):  # float32 similarities and cross-entropy even under autocast
+        return _gathered_loss(gathered, n, big_n, world_size, rank, temperature)
+
+
+def _gathered_loss(gathered: torch.Tensor, n: int, big_n: int, world_size: int, rank: int,
+                   temperature: float) -> torch.Tensor:
+    """gathered_nt_xent_loss's arithmetic: gathered (N, 2, D) -> this rank's mean loss."""
     z = F.normalize(torch.cat([gathered[:, 0], gathered[:, 1]], dim=0).float(), dim=1)  # (2N, D)
     local = torch.arange(n, device=z.device) + rank * n  # this rank's rows within each view
     anchor_rows = torch.cat([local, local + big_n])  # (2n,) global indices of the anchors

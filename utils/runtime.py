@@ -60,6 +60,15 @@ def autocast_context(device: torch.device, enabled: bool = True):
     return nullcontext()
 
 
+def full_precision(x: torch.Tensor):
+    """Autocast off on x's device: what runs inside computes in float32 even within a bf16/fp16
+    autocast region (image transforms would lose 8 bits of pixel precision, NT-Xent's logits would
+    be quantised to about 2^-8 / temperature)."""
+    if x.device.type in ("cuda", "cpu"):
+        return torch.autocast(x.device.type, enabled=False)
+    return nullcontext()
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, quiet: bool = False) -> logging.Logger:
     """One line per event to stdout (and to `log_file` if given)."""
     for handler in list(LOG.handlers):
