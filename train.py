@@ -57,6 +57,7 @@ from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_
                            setup_logging)
 from utils.rundir import clear_run_dir, environment_info, prepare_run_dir, unlock_run_dir
 from utils.schedule import cosine_scheduler
+from utils.weights import load_imagenet_state_dict
 
 # Per-train-type defaults, reproducing the original recipes (../shared/ORIGINAL.md).
 DEFAULTS = {
@@ -346,9 +347,10 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     spec = {"train_type": args.train_type, "stem": data["stem"], "num_classes": num_classes,
             "proj_hidden_dim": args.proj_hidden_dim, "proj_dim": args.proj_dim, "feature_dim": 512,
             "pretrained": bool(args.pretrained)}
-    model = build_model(spec, pretrained=args.pretrained)
+    weights = load_imagenet_state_dict() if args.pretrained else None  # fetched on the data side
+    model = build_model(spec, weights=weights)
     if keep_imagenet_head:
-        model.head = imagenet_classifier()
+        model.head = imagenet_classifier(weights)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from models.heads import PretrainModel, ProjectionHead
@@ -13,12 +14,13 @@ from models.resnet import build_backbone
 TRAIN_TYPES = ("simclr", "supervised")
 
 
-def build_model(spec: dict, pretrained: bool = False) -> PretrainModel:
+def build_model(spec: dict, weights: dict[str, torch.Tensor] | None = None) -> PretrainModel:
     """PretrainModel from spec keys train_type, stem, num_classes (supervised), proj_hidden_dim, proj_dim.
 
-    `pretrained` loads torchvision's ImageNet weights into the backbone (ImageNet stem only).
+    `weights`: a torchvision ResNet-18 state dict loaded into the backbone (ImageNet stem only),
+    e.g. utils.weights.load_imagenet_state_dict().
     """
-    backbone = build_backbone(spec["stem"], pretrained=pretrained)
+    backbone = build_backbone(spec["stem"], weights=weights)
     if spec["train_type"] == "simclr":
         head: nn.Module = ProjectionHead(backbone.feature_dim, spec["proj_hidden_dim"], spec["proj_dim"])
     elif spec["train_type"] == "supervised":

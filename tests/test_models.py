@@ -1,4 +1,7 @@
-"""Backbones, heads and the ImageNet-weights path (from a seeded local torch cache, no network)."""
+"""Backbones, heads and the ImageNet-weights path (from a seeded local torch cache, no network).
+
+The weights are fetched by utils.weights (the data side) and handed to the builders as a state dict.
+"""
 import hashlib
 import io
 
@@ -7,8 +10,9 @@ import torch
 from torchvision.models import resnet18
 
 from models import PretrainModel, ProjectionHead, build_backbone, build_model, build_probe_head
-from models.resnet import _load_imagenet_state_dict, imagenet_classifier, imagenet_weights_path
+from models.resnet import imagenet_classifier
 from utils.errors import DataMissingError
+from utils.weights import imagenet_weights_path, load_imagenet_state_dict
 
 
 @pytest.mark.parametrize("stem,size", [("cifar", 32), ("cifar", 64), ("imagenet", 64), ("imagenet", 224)])
@@ -74,16 +78,16 @@ def test_imagenet_weights_from_seeded_cache(torch_home):
     assert str(path).startswith(str(torch_home))
     path.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), path)
-    net = build_backbone("imagenet", pretrained=True)
+    net = build_backbone("imagenet", weights=load_imagenet_state_dict())
     for name, tensor in net.state_dict().items():
         assert torch.equal(tensor, reference.state_dict()[name]), name
-    fc = imagenet_classifier()
+    fc = imagenet_classifier(load_imagenet_state_dict())
     assert torch.equal(fc.weight, reference.fc.weight)
 
 
 def test_missing_imagenet_weights_names_the_path(torch_home):
     with pytest.raises(DataMissingError) as err:
-        build_backbone("imagenet", pretrained=True)
+        load_imagenet_state_dict()
     message = str(err.value)
     assert str(imagenet_weights_path()) in message
     assert "\n" not in message
@@ -91,7 +95,7 @@ def test_missing_imagenet_weights_names_the_path(torch_home):
 
 def test_pretrained_requires_imagenet_stem():
     with pytest.raises(ValueError):
-        build_backbone("cifar", pretrained=True)
+        build_backbone("cifar", weights=resnet18(weights=None).state_dict())
 
 
 def _weights_blob() -> bytes:
@@ -107,11 +111,11 @@ def test_imagenet_weights_fetched_by_our_downloader_and_sha_checked(torch_home):
     prefix = hashlib.sha256(blob).hexdigest()[:8]
     with LocalServer() as server:
         url = server.add(f"resnet18-{prefix}.pth", blob)
-        state = _load_imagenet_state_dict(url)
+        state = load_imagenet_state_dict(url)
         assert imagenet_weights_path(url).read_bytes() == blob  # cached where torchvision looks
         assert set(state) == set(resnet18(weights=None).state_dict())
 
         bad = server.add("resnet18-00000000.pth", blob)  # name promises another sha256
         with pytest.raises(DataMissingError, match="sha256"):
-            _load_imagenet_state_dict(bad)
+            load_imagenet_state_dict(bad)
         assert not imagenet_weights_path(bad).exists()

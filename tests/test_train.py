@@ -7,9 +7,9 @@ import torch
 from torchvision.models import resnet18
 
 import train
-from models.resnet import imagenet_weights_path
 from utils.constants import IMAGENET_MEAN
 from utils.datasets import load_split, stratified_subset, indices_sha256
+from utils.weights import imagenet_weights_path
 
 TINY = ["--dataset", "synthetic", "--data_scale", "0.05", "--batch_size", "50", "--epochs", "1",
         "--device", "cpu", "--workers", "0", "--quiet"]

@@ -8,25 +8,26 @@ reads it instead of asking the user:
      subset_sha256, num_train}, "backbone": state_dict, "head": state_dict, "epoch": int,
      "step": int, "finished": bool, "config": {...}, "train_state": {...} (last.pth only)}
 
-Loading uses `torch.load(weights_only=True)` only: a pickle that would run code is refused.
+Loading uses `torch.load(weights_only=True)` only: a pickle that would run code is refused. The
+reading lives in models/checkpoint.py (models.load_backbone uses it too, with a CheckpointError);
+here its errors become the scripts' one-line UserError.
 """
 from __future__ import annotations
 
 import io
-import re
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from models.checkpoint import FORMAT, KNOWN_PREFIXES, CheckpointError, read_checkpoint, strip_prefixes
+from models.checkpoint import load_state_strict as _load_state_strict
 from utils.errors import UserError
 from utils.io import atomic_write
 
-FORMAT = "simclr-lcp/1"
-KNOWN_PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel / torch.compile
+__all__ = ["FORMAT", "KNOWN_PREFIXES", "load_checkpoint", "load_state_strict", "plain", "save_checkpoint",
+           "strip_prefixes"]
 
 
 def save_checkpoint(path: str | Path, ckpt: dict) -> Path:
@@ -42,102 +43,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Only `torch.load(weights_only=True)` is used, so a pickle that would call a function
     (`os.system`, `open`, ...) is refused before anything runs. The zip members' CRC-32s are
     checked first, so bytes damaged in transfer are reported instead of loaded as weights.
+    The reading itself is models.checkpoint.read_checkpoint (also behind models.load_backbone);
+    its one-line CheckpointError becomes the scripts' UserError (exit code 2).
     """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise UserError(f"checkpoint path is a directory, expected a .pth file: {path}")
     try:
-        size = path.stat().st_size
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
-    if size == 0:
-        raise UserError(f"checkpoint is empty (0 bytes): {path}")
-    damaged = _damaged_zip_member(path)
-    if damaged:
-        raise UserError(f"{path} is corrupt: {damaged} (re-copy or re-create the file)")
-    try:
-        with warnings.catch_warnings():
-            # The weights-only unpickler warns about pickle protocols before refusing a file;
-            # the refusal below is the message the user needs, not that warning.
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise UserError(_describe_load_failure(path, exc)) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"a dict without format {FORMAT!r}"
-        hint = " (a bare state_dict?)" if isinstance(ckpt, dict) and ckpt and all(
-            isinstance(v, torch.Tensor) for v in ckpt.values()) else ""
-        raise UserError(f"{path} is not a checkpoint written by this project's train.py (found {found}{hint})")
-    return ckpt
-
-
-def _damaged_zip_member(path: Path) -> str | None:
-    """Name of the first zip member whose CRC-32 does not match (torch.load does not check), or None."""
-    if not zipfile.is_zipfile(path):
-        return None  # not a zip (legacy format, or not a checkpoint at all): torch.load says which
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-        return f"unreadable zip archive ({type(exc).__name__})"
-    return f"CRC mismatch in {bad}" if bad else None
-
-
-def _describe_load_failure(path: Path, exc: Exception) -> str:
-    text = str(exc)
-    blocked = re.search(r"GLOBAL ([\w.]+)", text)
-    if blocked:
-        return (f"refusing to load {path}: its pickle would call {blocked.group(1)} (code execution); only "
-                f"tensors and plain values are accepted, as in checkpoints written by train.py")
-    if "Weights only load failed" in text:
-        return (f"refusing to load {path}: it is not a PyTorch checkpoint of tensors and plain values "
-                f"(corrupt, or a pickle of another kind)")
-    if not zipfile.is_zipfile(path):
-        return f"{path} is not a readable PyTorch checkpoint (truncated or corrupt file)"
-    first = text.splitlines()[0][:120] if text else ""
-    return f"{path} is truncated or corrupt ({type(exc).__name__}: {first})"
-
-
-def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes (`module.` from DDP, `_orig_mod.` from torch.compile) from keys."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in KNOWN_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
+        return read_checkpoint(path, map_location=map_location)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
 
 
 def load_state_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict=True) after prefix cleaning; mismatches reported key by key."""
-    state_dict = strip_prefixes(state_dict)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shape = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if shape:
-            parts.append("shape mismatch " + _short([f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in shape]))
-        raise UserError(f"{what} weights do not match the model (another architecture?): " + "; ".join(parts))
-    module.load_state_dict(state_dict, strict=True)
-
-
-def _short(items: list[str], limit: int = 6) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
+    """load_state_dict(strict=True) after prefix cleaning; mismatches reported key by key (UserError)."""
+    try:
+        _load_state_strict(module, state_dict, what)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
 
 
 def plain(obj: Any) -> Any:
