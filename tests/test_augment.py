@@ -16,6 +16,7 @@ import torchvision.transforms.functional as TF
 from torchvision import transforms as T
 
 from utils.augment import (
+    SIMCLR_BLUR_P,
     SIMCLR_CROP_RATIO,
     SIMCLR_CROP_SCALE,
     SIMCLR_GRAYSCALE_P,
@@ -23,6 +24,8 @@ from utils.augment import (
     SIMCLR_JITTER_P,
     BatchSimCLRAugment,
     BatchSupervisedAugment,
+    SimCLRViewSpec,
+    SupervisedAugSpec,
     TwoViews,
     adjust_brightness,
     adjust_contrast,
@@ -86,7 +89,7 @@ def test_pil_transforms_shapes(side: int, size: int) -> None:
     img = _hwc(_uint8_batch(1, side)[0])
     for t in (
         simclr_view_transform(size, MEAN, STD),
-        simclr_view_transform(size, MEAN, STD, blur=True),
+        simclr_view_transform(size, MEAN, STD, SimCLRViewSpec(blur_prob=SIMCLR_BLUR_P)),
         supervised_train_transform(size, MEAN, STD, native_size=side),
         eval_transform(size, MEAN, STD),
     ):
@@ -108,7 +111,7 @@ def test_batched_shapes_and_dtypes(side: int, size: int) -> None:
     x = _uint8_batch(6, side)
     for aug in (
         BatchSimCLRAugment(size, MEAN, STD),
-        BatchSimCLRAugment(size, MEAN, STD, blur=True),
+        BatchSimCLRAugment(size, MEAN, STD, SimCLRViewSpec(blur_prob=SIMCLR_BLUR_P)),
         BatchSupervisedAugment(size, MEAN, STD),
     ):
         out = aug(x, torch.Generator().manual_seed(0))
@@ -131,7 +134,7 @@ def test_batched_rejects_bad_input() -> None:
 @pytest.mark.parametrize("blur", [False, True])
 def test_simclr_seeded(blur: bool) -> None:
     x = _uint8_batch(16, 32)
-    aug = BatchSimCLRAugment(32, MEAN, STD, blur=blur)
+    aug = BatchSimCLRAugment(32, MEAN, STD, SimCLRViewSpec(blur_prob=SIMCLR_BLUR_P if blur else 0.0))
     a = aug(x, torch.Generator().manual_seed(123))
     b = aug(x, torch.Generator().manual_seed(123))
     c = aug(x, torch.Generator().manual_seed(124))
@@ -155,7 +158,8 @@ def test_supervised_seeded() -> None:
 def test_views_are_random_per_sample() -> None:
     """The same image repeated in one batch gets a different view in every slot."""
     x = _uint8_batch(1, 32).repeat(32, 1, 1, 1)
-    for aug in (BatchSimCLRAugment(32, MEAN, STD, blur=True), BatchSimCLRAugment(32, MEAN, STD)):
+    blur = SimCLRViewSpec(blur_prob=SIMCLR_BLUR_P)
+    for aug in (BatchSimCLRAugment(32, MEAN, STD, blur), BatchSimCLRAugment(32, MEAN, STD)):
         out = aug(x, torch.Generator().manual_seed(0)).flatten(1)
         dist = torch.cdist(out, out)
         off_diag = dist[~torch.eye(32, dtype=torch.bool)]
@@ -166,7 +170,7 @@ def test_views_are_random_per_sample() -> None:
 
 
 def test_params_are_per_sample_and_well_formed() -> None:
-    aug = BatchSimCLRAugment(32, MEAN, STD, blur=True)
+    aug = BatchSimCLRAugment(32, MEAN, STD, SimCLRViewSpec(blur_prob=SIMCLR_BLUR_P))
     p = aug.sample_params(4000, 32, 32, torch.Generator().manual_seed(0))
     n = 4000
     assert abs(p["flip"].float().mean().item() - 0.5) < _binomial_tol(0.5, n)
@@ -428,6 +432,6 @@ def test_supervised_resizes_other_native_sizes() -> None:
 def test_no_host_reads_inside_the_transforms() -> None:
     """Meta tensors have no data: any .item() or data-dependent shape would raise here."""
     x = torch.zeros(8, 3, 32, 32, dtype=torch.uint8, device="meta")
-    assert BatchSimCLRAugment(32, MEAN, STD, blur=True)(x).device.type == "meta"
+    assert BatchSimCLRAugment(32, MEAN, STD, SimCLRViewSpec(blur_prob=SIMCLR_BLUR_P))(x).device.type == "meta"
     assert BatchSupervisedAugment(32, MEAN, STD)(x).shape == (8, 3, 32, 32)
     assert batch_eval_transform(x, 64, MEAN, STD).shape == (8, 3, 64, 64)
