@@ -192,6 +192,120 @@ def test_params_are_per_sample_and_well_formed() -> None:
     assert len(counts) == 24 and counts.min() > n / 24 * 0.6
 
 
+def test_spec_defaults_are_the_historical_values() -> None:
+    spec = SimCLRViewSpec()
+    assert spec.crop_scale == SIMCLR_CROP_SCALE and spec.crop_ratio == SIMCLR_CROP_RATIO
+    assert spec.hflip_prob == 0.5 and spec.jitter == SIMCLR_JITTER and spec.jitter_prob == SIMCLR_JITTER_P
+    assert spec.gray_prob == SIMCLR_GRAYSCALE_P and spec.blur_prob == 0.0 and spec.blur_sigma == (0.1, 2.0)
+    sup = SupervisedAugSpec()
+    assert (sup.padding, sup.pad_mode, sup.hflip_prob, sup.rotation) == (4, "reflect", 0.5, 0.0)
+    # Sequences are stored as tuples of floats: specs compare by value and are hashable.
+    assert SimCLRViewSpec(jitter=[0.4, 0.4, 0.4, 0.1], crop_ratio=[0.75, 4 / 3]) == spec
+    assert hash(SimCLRViewSpec(crop_ratio=[1, 2])) == hash(SimCLRViewSpec(crop_ratio=(1.0, 2.0)))
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,field",
+    [
+        (SimCLRViewSpec, {"crop_min_scale": 0.0}, "crop_min_scale"),
+        (SimCLRViewSpec, {"crop_min_scale": 1.5}, "crop_min_scale"),
+        (SimCLRViewSpec, {"crop_ratio": (4 / 3, 3 / 4)}, "crop_ratio"),
+        (SimCLRViewSpec, {"crop_ratio": (0.0, 1.0)}, "crop_ratio"),
+        (SimCLRViewSpec, {"crop_ratio": (1.0, 2.0, 3.0)}, "crop_ratio"),
+        (SimCLRViewSpec, {"hflip_prob": -0.1}, "hflip_prob"),
+        (SimCLRViewSpec, {"hflip_prob": 1.1}, "hflip_prob"),
+        (SimCLRViewSpec, {"jitter": (0.4, 0.4, 0.4)}, "jitter"),
+        (SimCLRViewSpec, {"jitter": (-0.1, 0.4, 0.4, 0.1)}, "jitter brightness, contrast and saturation"),
+        (SimCLRViewSpec, {"jitter": (0.4, 0.4, 0.4, 0.6)}, "jitter hue"),
+        (SimCLRViewSpec, {"jitter": (0.4, 0.4, 0.4, -0.1)}, "jitter hue"),
+        (SimCLRViewSpec, {"jitter_prob": 2.0}, "jitter_prob"),
+        (SimCLRViewSpec, {"gray_prob": -1.0}, "gray_prob"),
+        (SimCLRViewSpec, {"blur_prob": 1.5}, "blur_prob"),
+        (SimCLRViewSpec, {"blur_sigma": (0.0, 1.0)}, "blur_sigma"),
+        (SimCLRViewSpec, {"blur_sigma": (2.0, 1.0)}, "blur_sigma"),
+        (SupervisedAugSpec, {"padding": -1}, "padding"),
+        (SupervisedAugSpec, {"padding": 2.5}, "padding"),
+        (SupervisedAugSpec, {"pad_mode": "edge"}, "pad_mode"),
+        (SupervisedAugSpec, {"hflip_prob": 1.5}, "hflip_prob"),
+        (SupervisedAugSpec, {"rotation": -15.0}, "rotation"),
+        (SupervisedAugSpec, {"rotation": 200.0}, "rotation"),
+    ],
+)
+def test_specs_reject_bad_values(cls, kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must"):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize("crop_min_scale,ratio", [(0.2, SIMCLR_CROP_RATIO), (0.5, SIMCLR_CROP_RATIO), (0.3, (0.5, 2.0))])
+def test_spec_crop_boxes_match_torchvision_distribution(crop_min_scale: float, ratio: tuple) -> None:
+    """BatchSimCLRAugment draws its boxes from RandomResizedCrop(scale=(min, 1), ratio)."""
+    n, height, width = 4000, 32, 32
+    spec = SimCLRViewSpec(crop_min_scale=crop_min_scale, crop_ratio=ratio)
+    boxes = BatchSimCLRAugment(32, MEAN, STD, spec).sample_params(n, height, width, torch.Generator().manual_seed(0))
+    i, j, h, w = boxes["boxes"].unbind(1)
+    assert (i >= 0).all() and (j >= 0).all() and (i + h <= height).all() and (j + w <= width).all()
+    torch.manual_seed(1)
+    img = torch.zeros(3, height, width)
+    ref = torch.tensor([T.RandomResizedCrop.get_params(img, [crop_min_scale, 1.0], list(ratio)) for _ in range(n)])
+    _, _, rh, rw = ref.unbind(1)
+    area, ref_area = (h * w).double() / (height * width), (rh * rw).double() / (height * width)
+    # Rounding h and w can take a box a little under the minimum scale, as in torchvision.
+    assert area.min() > crop_min_scale - 0.1
+    assert _ks_statistic(area, ref_area) < _ks_critical(n, n)
+    assert _ks_statistic((w / h).double(), (rw / rh).double()) < _ks_critical(n, n)
+
+
+def test_spec_params_match_torchvision_distributions() -> None:
+    """Every drawn parameter follows the spec: rates within binomial tolerance, jitter factors
+    and blur sigmas from the distributions of torchvision's ColorJitter / GaussianBlur."""
+    spec = OTHER_VIEW_SPEC
+    n = 4000
+    p = BatchSimCLRAugment(32, MEAN, STD, spec).sample_params(n, 32, 32, torch.Generator().manual_seed(0))
+    for key, prob in [("flip", spec.hflip_prob), ("jitter", spec.jitter_prob), ("gray", spec.gray_prob),
+                      ("blur", spec.blur_prob)]:
+        assert abs(p[key].float().mean().item() - prob) < _binomial_tol(prob, n), key
+    torch.manual_seed(2)
+    jitter = T.ColorJitter(*spec.jitter)
+    ref = [T.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+           for _ in range(n)]
+    ref_factors = torch.tensor([r[1:] for r in ref])  # (n, 4): brightness, contrast, saturation, hue
+    for col, key in enumerate(["brightness", "contrast", "saturation", "hue"]):
+        lo, hi = (jitter.hue if key == "hue" else getattr(jitter, key))
+        assert p[key].min() >= lo and p[key].max() <= hi, key
+        assert _ks_statistic(p[key].double(), ref_factors[:, col]) < _ks_critical(n, n), key
+    blur = T.GaussianBlur(3, sigma=spec.blur_sigma)
+    ref_sigma = torch.tensor([T.GaussianBlur.get_params(*blur.sigma) for _ in range(n)], dtype=torch.float64)
+    assert _ks_statistic(p["sigma"].double(), ref_sigma) < _ks_critical(n, n)
+    # A probability of 0 never fires and 1 always does.
+    p = BatchSimCLRAugment(32, MEAN, STD, SimCLRViewSpec(hflip_prob=0, jitter_prob=1, gray_prob=0, blur_prob=1))
+    p = p.sample_params(500, 32, 32, torch.Generator().manual_seed(0))
+    assert not p["flip"].any() and p["jitter"].all() and not p["gray"].any() and p["blur"].all()
+
+
+def test_zero_strength_jitter_changes_nothing() -> None:
+    """jitter (0, 0, 0, 0) with p = 1 and no grayscale: the view is the crop alone (as the PIL
+    ColorJitter(0, 0, 0, 0), whose ops are all skipped); a zero hue strength skips the hue op."""
+    x = _uint8_batch(16, 32, seed=4)
+    spec = SimCLRViewSpec(jitter=(0, 0, 0, 0), jitter_prob=1.0, gray_prob=0.0)
+    aug = BatchSimCLRAugment(32, (0.0,) * 3, (1.0,) * 3, spec)
+    params = aug.sample_params(16, 32, 32, torch.Generator().manual_seed(0))
+    crop = resized_crop(x.float() / 255, params["boxes"], 32, params["flip"])
+    assert torch.equal(aug.apply(x, params), crop)
+    # Hue strength 0, the others not: brightness / contrast / saturation in the drawn order only.
+    spec = SimCLRViewSpec(jitter=(0.4, 0.4, 0.4, 0.0), jitter_prob=1.0, gray_prob=0.0)
+    aug = BatchSimCLRAugment(32, (0.0,) * 3, (1.0,) * 3, spec)
+    params = aug.sample_params(16, 32, 32, torch.Generator().manual_seed(0))
+    out = aug.apply(x, params)
+    crop = resized_crop(x.float() / 255, params["boxes"], 32, params["flip"])
+    ops = {0: TF.adjust_brightness, 1: TF.adjust_contrast, 2: TF.adjust_saturation}
+    for k in range(16):
+        ref = crop[k]
+        for op in params["order"][k].tolist():
+            if op in ops:
+                ref = ops[op](ref, float(params[["brightness", "contrast", "saturation"][op]][k]))
+        assert torch.allclose(out[k], ref, atol=1e-5), k
+
+
 # ----------------------------------------------------------------------------------------------
 # Random resized crop: boxes from torchvision's distribution, pixels as torchvision's resize
 # ----------------------------------------------------------------------------------------------
@@ -337,14 +451,28 @@ def test_gaussian_blur_matches_torchvision(kernel_size: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_simclr_output_statistics_match_pil() -> None:
-    """Per-channel mean/std and the grayscale rate of many views, batched vs PIL."""
+# Every SimCLR field away from its default at once (blur on, hue strength changed, ...).
+OTHER_VIEW_SPEC = SimCLRViewSpec(
+    crop_min_scale=0.5,
+    crop_ratio=(0.6, 1.5),
+    hflip_prob=0.3,
+    jitter=(0.8, 0.2, 0.6, 0.3),
+    jitter_prob=0.3,
+    gray_prob=0.1,
+    blur_prob=0.5,
+    blur_sigma=(0.5, 1.5),
+)
+
+
+@pytest.mark.parametrize("spec", [SimCLRViewSpec(), OTHER_VIEW_SPEC], ids=["default", "other"])
+def test_simclr_output_statistics_match_pil(spec: SimCLRViewSpec) -> None:
+    """Per-channel mean/std and the grayscale rate of many views, batched vs PIL, same spec."""
     images = _uint8_batch(48, 32, seed=1)
     reps = 30  # 1440 views per path
-    pil_t = simclr_view_transform(32, MEAN, STD)
+    pil_t = simclr_view_transform(32, MEAN, STD, spec)
     hwc = [_hwc(im) for im in images]
     pil = torch.stack([pil_t(hwc[k % len(hwc)]) for k in range(len(hwc) * reps)])
-    aug = BatchSimCLRAugment(32, MEAN, STD)
+    aug = BatchSimCLRAugment(32, MEAN, STD, spec)
     batched = aug(images.repeat(reps, 1, 1, 1), torch.Generator().manual_seed(0))
     assert pil.shape == batched.shape
 
@@ -363,21 +491,71 @@ def test_simclr_output_statistics_match_pil() -> None:
         spread = (raw.amax(dim=1) - raw.amin(dim=1)).amax(dim=(1, 2))
         return (spread < 1e-5).float().mean().item()
 
-    tol = _binomial_tol(SIMCLR_GRAYSCALE_P, n_views)
-    assert abs(gray_fraction(batched) - SIMCLR_GRAYSCALE_P) < tol
-    assert abs(gray_fraction(pil) - SIMCLR_GRAYSCALE_P) < tol + 0.02  # PIL rounds: rare false greys
+    # Sharpness (mean absolute difference of neighbouring pixels per view): smaller crops are
+    # upscaled more and blur smooths, so this tells crop scales and blur settings apart.
+    def sharpness(out: torch.Tensor) -> torch.Tensor:
+        return (out[..., 1:] - out[..., :-1]).abs().mean(dim=(1, 2, 3))
+
+    sharp_p, sharp_b = sharpness(pil), sharpness(batched)
+    se = torch.sqrt((sharp_p.var() + sharp_b.var()) / n_views)
+    assert (sharp_p.mean() - sharp_b.mean()).abs() < 5 * se
+
+    tol = _binomial_tol(spec.gray_prob, n_views)
+    assert abs(gray_fraction(batched) - spec.gray_prob) < tol
+    assert abs(gray_fraction(pil) - spec.gray_prob) < tol + 0.02  # PIL rounds: rare false greys
 
 
-def test_flip_fraction_from_outputs() -> None:
-    """A left-dark, right-bright image: its views are mirrored in half the cases."""
-    n = 2000
-    ramp = torch.linspace(0.1, 0.6, 32).expand(32, 32)  # grey, so hue and saturation keep it
-    x = (ramp * 255).round().to(torch.uint8).expand(n, 3, 32, 32)
-    out = BatchSimCLRAugment(32, (0.0,) * 3, (1.0,) * 3)(x, torch.Generator().manual_seed(0))
-    left, right = out[..., 0].mean(dim=(1, 2)), out[..., -1].mean(dim=(1, 2))
+def _ramp_images(n: int, size: int = 32) -> torch.Tensor:
+    """n copies of a grey left-dark, right-bright ramp, (n, 3, size, size) uint8."""
+    ramp = torch.linspace(0.1, 0.6, size).expand(size, size)  # grey, so hue and saturation keep it
+    return (ramp * 255).round().to(torch.uint8).expand(n, 3, size, size)
+
+
+def _flipped(out: torch.Tensor, margin: int = 0) -> torch.Tensor:
+    """(N, 3, S, S) views of the ramp -> (N,) bool: brighter on the left, i.e. mirrored.
+    Columns `margin` from each edge (supervised crops shift by up to the padding)."""
+    left = out[..., margin].mean(dim=(1, 2))
+    right = out[..., out.shape[-1] - 1 - margin].mean(dim=(1, 2))
     assert (left != right).all()
-    flipped = (left > right).float().mean().item()
-    assert abs(flipped - 0.5) < _binomial_tol(0.5, n)
+    return left > right
+
+
+def _check_flip_rate(flipped: torch.Tensor, p: float) -> None:
+    rate = flipped.float().mean().item()
+    if p in (0.0, 1.0):
+        assert rate == p  # never / always
+    else:
+        assert abs(rate - p) < _binomial_tol(p, len(flipped))
+
+
+@pytest.mark.parametrize("hflip_prob", [0.5, 0.0, 1.0, 0.3])
+def test_flip_fraction_from_outputs(hflip_prob: float) -> None:
+    """A left-dark, right-bright image: its views are mirrored with probability hflip_prob
+    (half the cases by default), on the batched path and on the PIL path."""
+    n = 2000
+    x = _ramp_images(n)
+    spec = SimCLRViewSpec(hflip_prob=hflip_prob)
+    out = BatchSimCLRAugment(32, (0.0,) * 3, (1.0,) * 3, spec)(x, torch.Generator().manual_seed(0))
+    _check_flip_rate(_flipped(out), hflip_prob)
+    torch.manual_seed(0)
+    pil_t = simclr_view_transform(32, (0.0,) * 3, (1.0,) * 3, spec)
+    img = _hwc(x[0])
+    _check_flip_rate(_flipped(torch.stack([pil_t(img) for _ in range(400)])), hflip_prob)
+
+
+@pytest.mark.parametrize("hflip_prob", [0.0, 1.0, 0.3])
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_supervised_flip_fraction_from_outputs(hflip_prob: float, pad_mode: str) -> None:
+    n = 2000
+    x = _ramp_images(n)
+    spec = SupervisedAugSpec(hflip_prob=hflip_prob, pad_mode=pad_mode)
+    pad = supervised_padding(32, spec.padding)
+    out = BatchSupervisedAugment(32, (0.0,) * 3, (1.0,) * 3, spec)(x, torch.Generator().manual_seed(0))
+    _check_flip_rate(_flipped(out, margin=pad), hflip_prob)
+    torch.manual_seed(0)
+    pil_t = supervised_train_transform(32, (0.0,) * 3, (1.0,) * 3, spec=spec)
+    img = _hwc(x[0])
+    _check_flip_rate(_flipped(torch.stack([pil_t(img) for _ in range(400)]), margin=pad), hflip_prob)
 
 
 # ----------------------------------------------------------------------------------------------
