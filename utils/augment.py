@@ -101,6 +101,8 @@ class SimCLRViewSpec:
             jitter = tuple(float(v) for v in self.jitter)
         except TypeError:
             jitter = ()
+        if len(jitter) != 4:
+            raise ValueError(f"jitter must be 4 strengths (brightness, contrast, saturation, hue), got {self.jitter!r}")
         object.__setattr__(self, "crop_ratio", ratio)
         object.__setattr__(self, "blur_sigma", sigma)
         object.__setattr__(self, "jitter", jitter)
@@ -108,8 +110,6 @@ class SimCLRViewSpec:
             raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         if not 0.0 < ratio[0] <= ratio[1]:
             raise ValueError(f"crop_ratio must be (low, high) with 0 < low <= high, got {ratio}")
-        if len(jitter) != 4:
-            raise ValueError(f"jitter must be 4 strengths (brightness, contrast, saturation, hue), got {self.jitter!r}")
         if min(jitter[:3]) < 0.0:
             raise ValueError(f"jitter brightness, contrast and saturation must be >= 0, got {jitter[:3]}")
         if not 0.0 <= jitter[3] <= 0.5:
