@@ -4,8 +4,13 @@ The per-image (PIL) transforms below are the reference pipeline that runs in Dat
 workers. Every transform takes an HWC uint8 numpy array or a PIL image and returns a float
 tensor (3, S, S) normalised with the given mean/std.
 
-    from utils.augment import simclr_view_transform
+    from utils.augment import SimCLRViewSpec, simclr_view_transform
     t = simclr_view_transform(image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    t = simclr_view_transform(32, CIFAR10_MEAN, CIFAR10_STD, SimCLRViewSpec(crop_min_scale=0.2, gray_prob=0.1))
+
+The augmentation parameters live in two frozen dataclasses, SimCLRViewSpec and
+SupervisedAugSpec, whose defaults are this project's historical values; both paths (PIL and
+batched) read every field of the spec they are given.
 
 The batched transforms at the end of the file (BatchSimCLRAugment, BatchSupervisedAugment,
 batch_eval_transform) do the same on a whole uint8 batch (B, 3, H, W) with pure torch ops on
@@ -16,7 +21,7 @@ whatever device the batch lives on, drawing per-sample parameters from the same 
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import math
 from typing import Sequence
@@ -32,13 +37,123 @@ from utils.runtime import full_precision
 # SimCLR (Chen et al. 2020, Appendix A): crop scale, colour jitter strength s=0.5 for CIFAR
 # is common, but the paper's default s=1.0 gives 0.8/0.8/0.8/0.2; this project follows the
 # issue's 0.4/0.4/0.4/0.1 (s=0.5), applied with probability 0.8, grayscale with p=0.2.
+# These are the defaults of SimCLRViewSpec / SupervisedAugSpec below.
 SIMCLR_CROP_SCALE = (0.08, 1.0)
 SIMCLR_CROP_RATIO = (3 / 4, 4 / 3)
+SIMCLR_HFLIP_P = 0.5
 SIMCLR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
 SIMCLR_JITTER_P = 0.8
 SIMCLR_GRAYSCALE_P = 0.2
-SIMCLR_BLUR_P = 0.5
+SIMCLR_BLUR_P = 0.5  # what train.py's --blur switches on
+# torchvision.transforms.GaussianBlur(sigma=(0.1, 2.0)) as used by SimCLR (Appendix A).
+SIMCLR_BLUR_SIGMA = (0.1, 2.0)
 SUPERVISED_CROP_PADDING = 4  # pixels at 32 px; scaled with the image size
+SUPERVISED_HFLIP_P = 0.5
+SUPERVISED_PAD_MODES = ("reflect", "constant")  # constant = zeros, torchvision RandomCrop's default
+
+
+def _check_prob(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+
+
+def _float_pair(name: str, value) -> tuple[float, float]:
+    try:
+        pair = tuple(float(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{name} must be a pair (low, high), got {value!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be a pair (low, high), got {value!r}")
+    return pair
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCLRViewSpec:
+    """Parameters of one SimCLR view (both the PIL and the batched path read every field).
+
+    crop_min_scale: RandomResizedCrop's scale is (crop_min_scale, 1), in (0, 1];
+    crop_ratio: its aspect-ratio range (low, high), 0 < low <= high;
+    hflip_prob: probability of a horizontal flip;
+    jitter: ColorJitter strengths (brightness, contrast, saturation, hue): factors are drawn
+        uniformly from [max(0, 1 - s), 1 + s] for the first three and [-hue, hue] for the hue,
+        with brightness, contrast, saturation >= 0 and hue in [0, 0.5];
+    jitter_prob: probability that the jitter is applied (RandomApply);
+    gray_prob: probability of converting to grayscale (RandomGrayscale);
+    blur_prob: probability of a Gaussian blur (0 = no blur op at all; train.py's --blur = 0.5);
+    blur_sigma: the blur's sigma range (low, high), 0 < low <= high; its kernel is 10 % of the
+        image side (blur_kernel_size).
+    """
+
+    crop_min_scale: float = SIMCLR_CROP_SCALE[0]
+    crop_ratio: tuple[float, float] = SIMCLR_CROP_RATIO
+    hflip_prob: float = SIMCLR_HFLIP_P
+    jitter: tuple[float, float, float, float] = SIMCLR_JITTER
+    jitter_prob: float = SIMCLR_JITTER_P
+    gray_prob: float = SIMCLR_GRAYSCALE_P
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = SIMCLR_BLUR_SIGMA
+
+    def __post_init__(self) -> None:
+        # Sequences are stored as tuples of floats, so that specs compare and hash by value.
+        ratio = _float_pair("crop_ratio", self.crop_ratio)
+        sigma = _float_pair("blur_sigma", self.blur_sigma)
+        try:
+            jitter = tuple(float(v) for v in self.jitter)
+        except TypeError:
+            jitter = ()
+        if len(jitter) != 4:
+            raise ValueError(f"jitter must be 4 strengths (brightness, contrast, saturation, hue), got {self.jitter!r}")
+        object.__setattr__(self, "crop_ratio", ratio)
+        object.__setattr__(self, "blur_sigma", sigma)
+        object.__setattr__(self, "jitter", jitter)
+        if not 0.0 < self.crop_min_scale <= 1.0:
+            raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"crop_ratio must be (low, high) with 0 < low <= high, got {ratio}")
+        if min(jitter[:3]) < 0.0:
+            raise ValueError(f"jitter brightness, contrast and saturation must be >= 0, got {jitter[:3]}")
+        if not 0.0 <= jitter[3] <= 0.5:
+            raise ValueError(f"jitter hue must be in [0, 0.5], got {jitter[3]}")
+        for name in ("hflip_prob", "jitter_prob", "gray_prob", "blur_prob"):
+            _check_prob(name, getattr(self, name))
+        if not 0.0 < sigma[0] <= sigma[1]:
+            raise ValueError(f"blur_sigma must be (low, high) with 0 < low <= high, got {sigma}")
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        """RandomResizedCrop's scale range (crop_min_scale, 1)."""
+        return (float(self.crop_min_scale), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedAugSpec:
+    """Parameters of the supervised training augmentation (both paths read every field).
+
+    Order: resize (if the native size differs), padded random crop, flip, rotation, normalise
+    (the order of RandomCrop(32, padding=4), RandomHorizontalFlip(), RandomRotation(15)).
+    padding: pixels on each side at 32 px, scaled with the image size (supervised_padding);
+        0 = plain crop, i.e. no shift;
+    pad_mode: "reflect" or "constant" (zeros, before normalisation: torchvision RandomCrop's default);
+    hflip_prob: probability of a horizontal flip;
+    rotation: degrees; the angle is uniform in [-rotation, rotation] (torchvision
+        RandomRotation(rotation)), nearest interpolation about the image centre, corners
+        filled with 0, same size; 0 = no rotation op at all. In [0, 180].
+    """
+
+    padding: int = SUPERVISED_CROP_PADDING
+    pad_mode: str = "reflect"
+    hflip_prob: float = SUPERVISED_HFLIP_P
+    rotation: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.padding, bool) or int(self.padding) != self.padding or self.padding < 0:
+            raise ValueError(f"padding must be a whole number of pixels >= 0, got {self.padding}")
+        object.__setattr__(self, "padding", int(self.padding))
+        if self.pad_mode not in SUPERVISED_PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {SUPERVISED_PAD_MODES}, got {self.pad_mode!r}")
+        _check_prob("hflip_prob", self.hflip_prob)
+        if not 0.0 <= self.rotation <= 180.0:
+            raise ValueError(f"rotation must be in [0, 180] degrees, got {self.rotation}")
 
 
 def _to_pil(image: np.ndarray | Image.Image) -> Image.Image:
@@ -56,33 +171,43 @@ def blur_kernel_size(image_size: int) -> int:
 
 
 def simclr_view_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], blur: bool = False
+    image_size: int, mean: Sequence[float], std: Sequence[float], spec: SimCLRViewSpec = SimCLRViewSpec()
 ) -> T.Compose:
-    """One random SimCLR view: crop, flip, jitter (p=0.8), grayscale (p=0.2), [blur], normalise.
+    """One random SimCLR view: crop, flip, jitter, grayscale, [blur], normalise, as `spec` says.
 
-    Blur is off by default: SimCLR drops it for 32 px CIFAR images.
+    Blur is off by default (blur_prob 0): SimCLR drops it for 32 px CIFAR images.
     """
     ops = [
         _to_pil,
-        T.RandomResizedCrop(image_size, scale=SIMCLR_CROP_SCALE, ratio=SIMCLR_CROP_RATIO, antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(*SIMCLR_JITTER)], p=SIMCLR_JITTER_P),
-        T.RandomGrayscale(p=SIMCLR_GRAYSCALE_P),
+        T.RandomResizedCrop(image_size, scale=spec.crop_scale, ratio=spec.crop_ratio, antialias=True),
+        T.RandomHorizontalFlip(p=spec.hflip_prob),
+        T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_prob),
+        T.RandomGrayscale(p=spec.gray_prob),
     ]
-    if blur:
-        ops.append(T.RandomApply([T.GaussianBlur(blur_kernel_size(image_size), sigma=(0.1, 2.0))], p=SIMCLR_BLUR_P))
+    if spec.blur_prob > 0:
+        blur = T.GaussianBlur(blur_kernel_size(image_size), sigma=spec.blur_sigma)
+        ops.append(T.RandomApply([blur], p=spec.blur_prob))
     return T.Compose(ops + _normalise(mean, std))
 
 
 def supervised_train_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], native_size: int | None = None
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    native_size: int | None = None,
+    spec: SupervisedAugSpec = SupervisedAugSpec(),
 ) -> T.Compose:
-    """Standard supervised augmentation: resize to `image_size`, padded random crop, flip."""
-    padding = max(1, round(SUPERVISED_CROP_PADDING * image_size / 32))
+    """Supervised augmentation: resize to `image_size`, padded random crop, flip, [rotation], normalise."""
+    padding = supervised_padding(image_size, spec.padding)
     ops: list = [_to_pil]
     if native_size is not None and native_size != image_size:
         ops.append(T.Resize(image_size, antialias=True))
-    ops += [T.RandomCrop(image_size, padding=padding, padding_mode="reflect"), T.RandomHorizontalFlip()]
+    ops += [
+        T.RandomCrop(image_size, padding=padding, padding_mode=spec.pad_mode),
+        T.RandomHorizontalFlip(p=spec.hflip_prob),
+    ]
+    if spec.rotation > 0:
+        ops.append(T.RandomRotation(spec.rotation, interpolation=T.InterpolationMode.NEAREST, fill=0))
     return T.Compose(ops + _normalise(mean, std))
 
 
@@ -121,8 +246,6 @@ GRAYSCALE_WEIGHTS = (0.2989, 0.587, 0.114)
 # torchvision.transforms.RandomResizedCrop.get_params draws up to this many boxes before
 # falling back to a central crop.
 CROP_ATTEMPTS = 10
-# torchvision.transforms.GaussianBlur(sigma=(0.1, 2.0)) as used by SimCLR (Appendix A).
-SIMCLR_BLUR_SIGMA = (0.1, 2.0)
 # Order of the colour-jitter ops in the per-sample permutation (torchvision: fn_idx 0..3).
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 
@@ -323,13 +446,14 @@ def color_jitter(
     brightness: torch.Tensor,
     contrast: torch.Tensor,
     saturation: torch.Tensor,
-    hue: torch.Tensor,
+    hue: torch.Tensor | None,
     order: torch.Tensor,
     apply: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """torchvision's ColorJitter with explicit per-sample parameters, on a float batch.
 
     x: (B, 3, H, W) in [0, 1]; brightness, contrast, saturation, hue: (B,) factors;
+    hue may be None: no hue op (torchvision's ColorJitter(hue=0) skips it too);
     order: (B, 4) a permutation of 0..3 per sample, the order the ops run in (0 brightness,
     1 contrast, 2 saturation, 3 hue: torchvision's fn_idx); apply: (B,) bool, False leaves the
     image unchanged. Returns a new (B, 3, H, W) tensor.
@@ -367,8 +491,9 @@ def color_jitter(
 
     for s in range(3):
         blend_step(before[:, s])
-    # lerp with weight 0 / 1 is exactly x / the shifted image: a where() without bool planes.
-    x.lerp_(adjust_hue(x, hue), _per_sample(keep, x))
+    if hue is not None:
+        # lerp with weight 0 / 1 is exactly x / the shifted image: a where() without bool planes.
+        x.lerp_(adjust_hue(x, hue), _per_sample(keep, x))
     for s in range(3):
         blend_step(after[:, s])
     return x
@@ -428,18 +553,21 @@ def _cpu_chunk(x: torch.Tensor) -> int:
 class BatchSimCLRAugment:
     """One random SimCLR view per image of a batch, on the batch's device.
 
-    Crop (scale 0.08-1, ratio 3/4-4/3), flip (p=0.5), colour jitter (p=0.8, random op order),
-    grayscale (p=0.2), optional blur (p=0.5, sigma 0.1-2), normalise: the PIL pipeline of
-    simclr_view_transform with per-sample parameters. Call it twice (or on the batch
+    Crop (scale crop_min_scale-1, ratio crop_ratio), flip (hflip_prob), colour jitter
+    (jitter strengths, jitter_prob, random op order), grayscale (gray_prob), blur (blur_prob,
+    sigma blur_sigma; no op at all when 0), normalise: the PIL pipeline of
+    simclr_view_transform with the same `spec`, with per-sample parameters. Call it twice (or on the batch
     concatenated with itself) for the two views x1, x2. `sample_params` and `apply` split
     the call into drawing the parameters and using them, so that tests can inspect them.
     """
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], blur: bool = False):
+    def __init__(
+        self, image_size: int, mean: Sequence[float], std: Sequence[float], spec: SimCLRViewSpec = SimCLRViewSpec()
+    ):
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.blur = blur
+        self.spec = spec
         self.kernel_size = blur_kernel_size(self.image_size)
 
     def sample_params(
@@ -451,25 +579,30 @@ class BatchSimCLRAugment:
         device: torch.device | str = "cpu",
     ) -> dict[str, torch.Tensor]:
         """Per-sample parameters of one view, all on `device`: a dict of (B,) tensors except
-        boxes (B, 4) int64 (top, left, h, w) and order (B, 4) int64 (jitter op order)."""
-        bsz, dev = batch, device
-        boxes = sample_resized_crop_boxes(bsz, height, width, generator=generator, device=dev)
-        flip = torch.rand(bsz, generator=generator, device=dev) < 0.5
-        b, c, s, h = SIMCLR_JITTER
+        boxes (B, 4) int64 (top, left, h, w) and order (B, 4) int64 (jitter op order).
+        "blur" and "sigma" only when spec.blur_prob > 0. The other draws are made whatever
+        the spec's values (a probability of 0 draws and never fires)."""
+        bsz, dev, spec = batch, device, self.spec
+        boxes = sample_resized_crop_boxes(
+            bsz, height, width, spec.crop_scale, spec.crop_ratio, generator=generator, device=dev
+        )
+        # U[0, 1) < p: never for p = 0, always for p = 1.
+        flip = torch.rand(bsz, generator=generator, device=dev) < spec.hflip_prob
+        b, c, s, h = spec.jitter
         params = {
             "boxes": boxes,
             "flip": flip,
-            "jitter": torch.rand(bsz, generator=generator, device=dev) < SIMCLR_JITTER_P,
+            "jitter": torch.rand(bsz, generator=generator, device=dev) < spec.jitter_prob,
             "order": torch.rand((bsz, 4), generator=generator, device=dev).argsort(dim=1),
             "brightness": _uniform((bsz,), max(0.0, 1 - b), 1 + b, generator, dev),
             "contrast": _uniform((bsz,), max(0.0, 1 - c), 1 + c, generator, dev),
             "saturation": _uniform((bsz,), max(0.0, 1 - s), 1 + s, generator, dev),
             "hue": _uniform((bsz,), -h, h, generator, dev),
-            "gray": torch.rand(bsz, generator=generator, device=dev) < SIMCLR_GRAYSCALE_P,
+            "gray": torch.rand(bsz, generator=generator, device=dev) < spec.gray_prob,
         }
-        if self.blur:
-            params["blur"] = torch.rand(bsz, generator=generator, device=dev) < SIMCLR_BLUR_P
-            params["sigma"] = _uniform((bsz,), *SIMCLR_BLUR_SIGMA, generator, dev)
+        if spec.blur_prob > 0:
+            params["blur"] = torch.rand(bsz, generator=generator, device=dev) < spec.blur_prob
+            params["sigma"] = _uniform((bsz,), *spec.blur_sigma, generator, dev)
         return params
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -491,19 +624,23 @@ class BatchSimCLRAugment:
             return out
 
     def _apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        spec = self.spec
         x = resized_crop(_to_float(x), params["boxes"], self.image_size, params["flip"])
-        x = color_jitter(
-            x,
-            brightness=params["brightness"],
-            contrast=params["contrast"],
-            saturation=params["saturation"],
-            hue=params["hue"],
-            order=params["order"],
-            apply=params["jitter"],
-        )
-        # lerp with a per-sample weight of 0 or 1 is an exact per-sample select.
-        x.lerp_(rgb_to_grayscale(x).expand_as(x), _per_sample(params["gray"], x))
-        if self.blur:
+        # Ops that can never fire are skipped (the result would be x, bit for bit, only slower).
+        if spec.jitter_prob > 0 and max(spec.jitter) > 0:
+            x = color_jitter(
+                x,
+                brightness=params["brightness"],
+                contrast=params["contrast"],
+                saturation=params["saturation"],
+                hue=params["hue"] if spec.jitter[3] > 0 else None,
+                order=params["order"],
+                apply=params["jitter"],
+            )
+        if spec.gray_prob > 0:
+            # lerp with a per-sample weight of 0 or 1 is an exact per-sample select.
+            x.lerp_(rgb_to_grayscale(x).expand_as(x), _per_sample(params["gray"], x))
+        if spec.blur_prob > 0:
             x.lerp_(gaussian_blur(x, params["sigma"], self.kernel_size), _per_sample(params["blur"], x))
         return _normalise_batch(x, self.mean, self.std)
 
@@ -513,35 +650,99 @@ class BatchSimCLRAugment:
         return self.apply(x, params)
 
 
-def supervised_padding(image_size: int) -> int:
-    """Reflect padding of the supervised random crop: 4 px at 32 px, scaled with the size."""
-    return max(1, round(SUPERVISED_CROP_PADDING * image_size / 32))
+def supervised_padding(image_size: int, padding: int = SUPERVISED_CROP_PADDING) -> int:
+    """Padding of the supervised random crop: `padding` px at 32 px, scaled with the size
+    (at least 1 px unless `padding` is 0)."""
+    return 0 if padding == 0 else max(1, round(padding * image_size / 32))
+
+
+def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by its own angle (degrees, counter-clockwise) about its centre.
+
+    x: (B, C, H, W) float, angle: (B,) -> (B, C, H, W): nearest interpolation, pixels from
+    outside the image are 0, same size. The sampling grid is torchvision's (_gen_affine_grid
+    for the inverse rotation matrix of transforms.functional.rotate, matrix entries rounded
+    to float32 from float64 cos / sin as there), batched: one bmm and one grid_sample for
+    the whole batch, nothing read back to the host.
+    """
+    bsz, _, height, width = x.shape
+    dev = x.device
+    # math.radians(a) = a * (pi / 180) in float64, then cos / sin, then float32 (torchvision's rounding).
+    rad = angle.to(torch.float64) * (math.pi / 180.0)
+    cos, sin = torch.cos(rad).to(x.dtype), torch.sin(rad).to(x.dtype)
+    # torchvision's theta = [[cos, -sin, 0], [sin, cos, 0]]; the grid is base @ (theta^T / (w/2, h/2)).
+    half_w, half_h = 0.5 * width, 0.5 * height
+    theta_t = torch.zeros((bsz, 3, 2), dtype=x.dtype, device=dev)
+    theta_t[:, 0, 0] = cos / half_w
+    theta_t[:, 0, 1] = sin / half_h
+    theta_t[:, 1, 0] = sin.neg() / half_w
+    theta_t[:, 1, 1] = cos / half_h
+    base = _base_grid(height, width, x.dtype, dev)  # (1, H*W, 3): pixel centres from the image centre, 1
+    grid = torch.bmm(base.expand(bsz, -1, -1), theta_t).view(bsz, height, width, 2)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, H*W, 3) rows (x, y, 1), x and y the pixel centres measured from the image centre."""
+    base = torch.empty((1, height, width, 3), dtype=dtype, device=device)
+    base[..., 0].copy_(torch.linspace(-width * 0.5 + 0.5, width * 0.5 - 0.5, steps=width, device=device))
+    base[..., 1].copy_(torch.linspace(-height * 0.5 + 0.5, height * 0.5 - 0.5, steps=height, device=device)[:, None])
+    base[..., 2].fill_(1.0)
+    return base.view(1, height * width, 3)
 
 
 class BatchSupervisedAugment:
-    """supervised_train_transform on a batch: resize if needed, padded random crop, flip, normalise."""
+    """supervised_train_transform on a batch: resize if needed, padded random crop, flip,
+    [rotation], normalise, with the parameters of `spec` drawn per sample.
+    `sample_params` and `apply` split the call into drawing the parameters and using them."""
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        spec: SupervisedAugSpec = SupervisedAugSpec(),
+    ):
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.padding = supervised_padding(self.image_size)
+        self.spec = spec
+        self.padding = supervised_padding(self.image_size, spec.padding)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x: uint8 (B, 3, H, W) on any device -> float32 (B, 3, S, S) normalised, laid out
-        channels_last in memory (what the gather produces, and what a channels_last model wants)."""
-        dev = x.device
+    def sample_params(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample parameters on `device`: offsets (B, 2) int64 (top, left) in the padded
+        image, flip (B,) bool, and angle (B,) float32 degrees when spec.rotation > 0."""
+        pad, dev = self.padding, device
+        # Offsets uniform on {0, ..., 2 pad}, like RandomCrop's randint(0, h - th + 1).
+        offsets = (torch.rand((batch, 2), generator=generator, device=dev) * (2 * pad + 1)).long().clamp_(max=2 * pad)
+        # U[0, 1) < p: never for p = 0, always for p = 1.
+        params = {"offsets": offsets, "flip": torch.rand(batch, generator=generator, device=dev) < self.spec.hflip_prob}
+        if self.spec.rotation > 0:
+            # RandomRotation.get_params: uniform_(-degrees, degrees).
+            params["angle"] = _uniform((batch,), -self.spec.rotation, self.spec.rotation, generator, dev)
+        return params
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x: uint8 (B, 3, H, W), params from sample_params -> float32 (B, 3, S, S) normalised.
+        Without rotation the result is laid out channels_last in memory (what the gather
+        produces, and what a channels_last model wants); rotation returns it contiguous."""
         size, pad = self.image_size, self.padding
         x = _resize(_to_float(x), size)
-        bsz = x.shape[0]
-        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        # Offsets uniform on {0, ..., 2 pad}, like RandomCrop's randint(0, h - th + 1).
-        offsets = (torch.rand((bsz, 2), generator=generator, device=dev) * (2 * pad + 1)).long().clamp_(max=2 * pad)
-        flip = torch.rand(bsz, generator=generator, device=dev) < 0.5
+        dev, bsz = x.device, x.shape[0]
+        padded = F.pad(x, (pad, pad, pad, pad), mode=self.spec.pad_mode) if pad else x
+        offsets, flip = params["offsets"], params["flip"]
         steps = torch.arange(size, device=dev)
         rows = offsets[:, :1] + steps  # (B, S)
         cols = offsets[:, 1:] + torch.where(flip[:, None], size - 1 - steps, steps)  # flip by reading backwards
         batch = torch.arange(bsz, device=dev)
         # One gather does the crop and the flip; advanced indices first -> (B, S, S, C).
         out = padded[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if "angle" in params:
+            out = rotate(out, params["angle"])
         return _normalise_batch(out, self.mean, self.std)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x: uint8 (B, 3, H, W) on any device -> float32 (B, 3, S, S) normalised."""
+        return self.apply(x, self.sample_params(x.shape[0], generator, x.device))
