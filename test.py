@@ -18,14 +18,13 @@ Before the head, features are standardised per dimension with fixed train-split 
 linear) so one lr suits every checkpoint. Afterwards the backbone is checked bit-identical to the
 checkpoint; the run fails otherwise.
 
-Defaults follow the original project, by checkpoint type (each flag overrides):
-  SimCLR:                     batch 32, SGD momentum 0.9, lr 0.075, cosine to 1e-3 over all epochs
-  supervised / ImageNet:      batch 128, two stages with a fresh SGD (momentum 0.9) each: stage 1
-                              lr 0.01, stage 2 lr 0.001 (--test_learning_rate sets stage 1, stage 2
-                              gets a tenth), each a cosine to 0 with a 50-epoch period; the epochs
-                              are split half/half, stage 1 taking the odd one. Head only in both.
+Defaults come from --recipe's probe (utils/recipes.py), the same for every checkpoint type:
+  tuned (and original): Adam lr 1e-3, batch 1000, 500 epochs, cosine to 0 stepped per
+  iteration, weight decay 5e-6, standardised features, head initialised at zero.
+--probe_optimizer sgd, --schedule two-stage, --batch_size, --test_learning_rate, --test_final_lr
+reproduce the original's probes (README, Recipes); each flag overrides the recipe.
 
---solver lbfgs (opt-in) replaces the SGD schedule by a convex probe with no lr: multinomial
+--solver lbfgs (opt-in) replaces the minibatch schedule by a convex probe with no lr: multinomial
 logistic regression on the cached features, mean cross-entropy + l2 * ||W||^2 minimised by
 L-BFGS (to convergence or --lbfgs_max_iter); l2 is chosen among --l2 values on a validation
 split (--val_split, 0.1 unless given; never the test split), then the head is refit on train +
@@ -59,12 +58,14 @@ from utils.errors import UserError, run_cli
 from utils.io import atomic_write_json
 from utils.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
 from utils.plotting import plot_panels
-from utils.probe import (FEATURE_NORMS, FINETUNE, LINEAR, SCHEDULES, Preprocess, load_probe_data, log_epoch,
-                         make_config, run_finetune, run_linear_probe)
+from utils.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, load_probe_data,
+                         log_epoch, make_config, run_finetune, run_linear_probe)
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help
 from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
 
 EVAL_DATASETS = ["cifar100", "cifar10", "tiny-imagenet", "imagenet", "synthetic", "folder"]
 TRAIN_TYPE_ALIASES = {"selfsupervised": "simclr"}
+PROBE = ("probe",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,26 +75,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
     g.add_argument("--dataset", default="cifar100", choices=EVAL_DATASETS,
                    help="evaluation data (imagenet = Tiny-ImageNet)")
-    g.add_argument("--test_num_epochs", type=positive_int, default=100, help="epochs of head training")
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
+                   help="named probe values for every flag below that is not given (utils/recipes.py)")
+    g.add_argument("--test_num_epochs", type=positive_int, default=None,
+                   help="epochs of head training" + recipe_help("epochs", PROBE) + by_type)
     g.add_argument("--batch_size", type=positive_int, default=None,
-                   help="head training batch size [32 SimCLR, 128 supervised/ImageNet]" + by_type)
+                   help="head training batch size" + recipe_help("batch_size", PROBE) + by_type)
     g.add_argument("--test_learning_rate", "--learning_rate", dest="test_learning_rate", type=float, default=None,
-                   help="initial lr [0.075 SimCLR; 0.01 for stage 1 of two, stage 2 a tenth]" + by_type)
-    g.add_argument("--schedule", default="auto", choices=["auto", *SCHEDULES],
-                   help="auto: cosine for SimCLR checkpoints, two-stage for supervised/ImageNet ones")
-    g.add_argument("--weight_decay", type=float, default=0.0, help="SGD weight decay on the head")
+                   help="initial lr (with --schedule two-stage: stage 1, stage 2 a tenth)"
+                   + recipe_help("lr", PROBE) + by_type)
+    g.add_argument("--test_final_lr", type=float, default=None,
+                   help="--schedule cosine: the lr at the last step" + recipe_help("final_lr", PROBE) + by_type)
+    g.add_argument("--probe_optimizer", default=None, choices=list(OPTIMIZERS),
+                   help="the head's optimizer (SGD with momentum 0.9)" + recipe_help("optimizer", PROBE) + by_type)
+    g.add_argument("--schedule", default=None, choices=list(SCHEDULES),
+                   help="cosine over all epochs, or the original's two SGD stages (lr, then lr/10)"
+                   + recipe_help("schedule", PROBE) + by_type)
+    g.add_argument("--weight_decay", type=float, default=None,
+                   help="weight decay on the head" + recipe_help("weight_decay", PROBE) + by_type)
     g.add_argument("--head_layers", type=int, default=1, choices=[1, 2],
                    help="1: one linear layer (standard); 2: two stacked linear layers (the original README)")
-    g.add_argument("--feature_norm", default="standardize", choices=list(FEATURE_NORMS),
+    g.add_argument("--feature_norm", default=None, choices=list(FEATURE_NORMS),
                    help="standardize: fixed per-dimension (h - mean) / std from the train features in front of the "
-                        "head (no trainable parameters; still linear); none: raw features")
+                        "head (no trainable parameters; still linear); none: raw features"
+                   + recipe_help("feature_norm", PROBE) + by_type)
     g.add_argument("--augment", action="store_true",
                    help="recompute train features every epoch with random crop + flip (slower)")
     g.add_argument("--val_split", type=float, default=None,
                    help="fraction of the train split held out as validation [0: none; 0.1 with --solver lbfgs]"
                    + by_type)
     g.add_argument("--solver", default="sgd", choices=["sgd", "lbfgs"],
-                   help="sgd: the original's schedule above; lbfgs: convex logistic-regression probe, no lr, "
+                   help="sgd: minibatch training of the head (stochastic gradients, by --probe_optimizer: the "
+                        "recipe's Adam, or SGD); lbfgs: convex logistic-regression probe, no lr, "
                         "l2 chosen on the val split, refit on train + val (--test_num_epochs, --batch_size, "
                         "--test_learning_rate, --schedule do not apply)")
     g.add_argument("--l2", type=float, nargs="+", default=list(DEFAULT_L2_GRID),
@@ -112,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--quiet", action="store_true", help="no per-epoch lines (the final line is still printed)")
     args = p.parse_args(argv)
     args.dataset = canonical_dataset(args.dataset)
+    args.probe = recipe(args.recipe, "probe")
+    if args.feature_norm is None:
+        args.feature_norm = args.probe["feature_norm"]
     if args.train_type is not None:
         args.train_type = TRAIN_TYPE_ALIASES.get(args.train_type, args.train_type)
     if args.val_split is None:
@@ -216,8 +232,11 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
     load_state_strict(backbone, reference, "backbone")
     backbone = backbone.to(device, memory_format=torch.channels_last)
 
-    config = make_config(info["train_type"], args.test_num_epochs, args.batch_size, args.test_learning_rate,
-                         args.schedule, args.weight_decay, imagenet_weights=info["imagenet_weights"])
+    probe_values = dict(args.probe)
+    if args.test_final_lr is not None:
+        probe_values["final_lr"] = args.test_final_lr
+    config = make_config(probe_values, args.test_num_epochs, args.batch_size, args.test_learning_rate, args.schedule,
+                         args.weight_decay, args.probe_optimizer)
     preprocess = Preprocess(info["image_size"], tuple(info["mean"]), tuple(info["std"]))
     data = load_probe_data(args.dataset, args.data_dir, info["image_size"], args.val_split, args.seed)
     head = build_probe_head(info["feature_dim"], data.num_classes, layers=args.head_layers)
@@ -295,6 +314,8 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
                            else "computed once (evaluation transform) and cached"),
         "augment": bool(args.augment or protocol == FINETUNE), "seed": args.seed, "val_split": args.val_split,
         "loss": "cross-entropy", "feature_norm": extra.pop("feature_norm", "none"), "solver": args.solver,
+        "recipe": args.recipe, "recipe_source": args.probe["source"],
+        "head_init": "zeros" if args.head_layers == 1 and protocol == LINEAR else "torch default",
     }
     size, native = info["image_size"], data.native_size
     resize = f"resize {native} -> {size} px (bilinear, antialias), " if native != size else ""

@@ -1,6 +1,7 @@
 """Pretrain ResNet-18 by SimCLR or supervised learning, and save checkpoints and curves.
 
-    python train.py                                              # SimCLR on CIFAR-10 (the original recipe)
+    python train.py                                              # SimCLR on CIFAR-10 (the tuned recipe)
+    python train.py --recipe original                            # the course project's values, bugs fixed
     python train.py --train_type supervised --dataset cifar100 --epochs 100 --pretrained false
     python train.py --train_type supervised --dataset imagenet --epochs 0 --pretrained true   # ImageNet weights
     python train.py --dataset synthetic --data_scale 0.25 --epochs 3 --batch_size 100 --device cpu   # offline
@@ -37,7 +38,8 @@ from tqdm import tqdm
 
 from models import build_model
 from models.resnet import imagenet_classifier
-from utils.augment import (BatchSimCLRAugment, BatchSupervisedAugment, SIMCLR_BLUR_P, SimCLRViewSpec, TwoViews,
+from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugment, BatchSupervisedAugment,
+                           SimCLRViewSpec, SupervisedAugSpec, TwoViews,
                            simclr_view_transform, supervised_train_transform)
 from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
 from utils.cli import HelpFormatter, common_parser, non_negative_int, positive_int, str2bool
@@ -56,15 +58,20 @@ from utils.plotting import plot_panels
 from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
                            setup_logging)
 from utils.rundir import clear_run_dir, environment_info, prepare_run_dir, unlock_run_dir
-from utils.schedule import cosine_scheduler
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
+from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
 from utils.weights import load_imagenet_state_dict
 
-# Per-train-type defaults, reproducing the original recipes (../shared/ORIGINAL.md).
-DEFAULTS = {
-    "simclr": dict(batch_size=512, learning_rate=0.6, epochs=1000, optimizer="sgd", weight_decay=1e-6,
-                   min_lr=1e-3, lr_period_epochs=None),
-    "supervised": dict(batch_size=128, learning_rate=1e-3, epochs=100, optimizer="adam", weight_decay=1e-4,
-                       min_lr=0.0, lr_period_epochs=50),
+# Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
+# A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
+RECIPE_FLAGS = {
+    "epochs": "epochs", "batch_size": "batch_size", "optimizer": "optimizer", "momentum": "momentum",
+    "weight_decay": "weight_decay", "schedule": "schedule", "min_lr": "min_lr", "warmup_epochs": "warmup_epochs",
+    "lr_milestones": "milestones", "lr_gamma": "gamma", "temperature": "temperature",
+    "proj_hidden_dim": "proj_hidden_dim", "proj_dim": "proj_dim", "proj_bn": "proj_bn",
+    "crop_min_scale": "crop_min_scale", "hflip_prob": "hflip_prob", "jitter": "jitter", "jitter_prob": "jitter_prob",
+    "gray_prob": "gray_prob", "blur_prob": "blur_prob", "normalize": "normalize",
+    "crop_padding": "crop_padding", "pad_mode": "pad_mode", "rotation": "rotation",
 }
 METRIC_FIELDS = ["epoch", "loss", "train_acc", "knn_acc", "lr", "images_per_s", "seconds", "skipped_steps"]
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
@@ -85,24 +92,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training resolution [dataset's native size; 224 with --pretrained true]" + by_type)
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
                    help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
-    g.add_argument("--proj_hidden_dim", type=positive_int, default=512, help="SimCLR projection MLP hidden width")
-    g.add_argument("--proj_dim", type=positive_int, default=128, help="SimCLR projection output width (z)")
-    g.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
-    g.add_argument("--blur", action="store_true", help="add SimCLR's Gaussian blur (off for 32 px images)")
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
+                   help="named values for everything below that is not given (utils/recipes.py, README Recipes): "
+                        "tuned = published ResNet-18 CIFAR recipes, original = the course project's, bugs fixed")
+    g.add_argument("--proj_hidden_dim", type=positive_int, default=None,
+                   help="SimCLR projection MLP hidden width" + recipe_help("proj_hidden_dim", ("simclr",)) + by_type)
+    g.add_argument("--proj_dim", type=positive_int, default=None,
+                   help="SimCLR projection output width (z)" + recipe_help("proj_dim", ("simclr",)) + by_type)
+    g.add_argument("--proj_bn", type=str2bool, default=None,
+                   help="BatchNorm in the projection MLP" + recipe_help("proj_bn", ("simclr",)) + by_type)
+    g.add_argument("--temperature", type=float, default=None,
+                   help="NT-Xent temperature" + recipe_help("temperature", ("simclr",)) + by_type)
 
-    o = p.add_argument_group("optimisation (defaults differ by --train_type: simclr | supervised)")
+    a = p.add_argument_group("augmentation (SimCLR views | supervised crops; both paths, --aug gpu and cpu)")
+    a.add_argument("--crop_min_scale", type=float, default=None,
+                   help="SimCLR: RandomResizedCrop scale (s, 1)" + recipe_help("crop_min_scale", ("simclr",)) + by_type)
+    a.add_argument("--hflip_prob", type=float, default=None,
+                   help="horizontal flip probability (turn it off for digits, text ...)" + recipe_help("hflip_prob")
+                   + by_type)
+    a.add_argument("--jitter_strength", type=float, default=None,
+                   help="SimCLR colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s "
+                        "(0.5 = 0.4/0.4/0.4/0.1)" + recipe_help("jitter", ("simclr",)) + by_type)
+    a.add_argument("--jitter_prob", type=float, default=None,
+                   help="SimCLR: probability of the colour jitter" + recipe_help("jitter_prob", ("simclr",)) + by_type)
+    a.add_argument("--gray_prob", type=float, default=None,
+                   help="SimCLR: probability of grayscale" + recipe_help("gray_prob", ("simclr",)) + by_type)
+    a.add_argument("--blur_prob", type=float, default=None,
+                   help="SimCLR: probability of Gaussian blur (sigma 0.1-2)" + recipe_help("blur_prob", ("simclr",))
+                   + by_type)
+    a.add_argument("--blur", action="store_true", help="SimCLR's Gaussian blur with p 0.5 (= --blur_prob 0.5)")
+    a.add_argument("--normalize", type=str2bool, default=None,
+                   help="normalise inputs with the dataset's mean/std (false: [0, 1] pixels; stored in the "
+                        "checkpoint, so test.py does the same)" + recipe_help("normalize") + by_type)
+    a.add_argument("--crop_padding", type=non_negative_int, default=None,
+                   help="supervised: random-crop padding in px at 32 px" + recipe_help("crop_padding", ("supervised",))
+                   + by_type)
+    a.add_argument("--pad_mode", default=None, choices=list(SUPERVISED_PAD_MODES),
+                   help="supervised: crop padding mode" + recipe_help("pad_mode", ("supervised",)) + by_type)
+    a.add_argument("--rotation", type=float, default=None,
+                   help="supervised: random rotation in degrees, uniform in [-r, r]"
+                   + recipe_help("rotation", ("supervised",)) + by_type)
+
+    o = p.add_argument_group("optimisation (defaults from --recipe, by --train_type: simclr | supervised)")
     o.add_argument("--epochs", type=non_negative_int, default=None,
-                   help="[1000 | 100]; 0 saves the initial model as final.pth (how the ImageNet baseline is made)" + by_type)
-    o.add_argument("--batch_size", type=int, default=None, help="global batch [512 | 128]" + by_type)
-    o.add_argument("--learning_rate", "--lr", type=float, default=None, help="peak lr [0.6 | 0.001]" + by_type)
+                   help="0 saves the initial model as final.pth (how the ImageNet baseline is made)"
+                   + recipe_help("epochs") + by_type)
+    o.add_argument("--batch_size", type=int, default=None, help="global batch" + recipe_help("batch_size") + by_type)
+    o.add_argument("--learning_rate", "--lr", type=float, default=None,
+                   help="peak lr, absolute; by default the recipe's, scaled linearly with the batch"
+                   + recipe_help("lr") + by_type)
     o.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
-                   help="[sgd with momentum | adam]" + by_type)
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--weight_decay", type=float, default=None, help="[1e-6 | 1e-4]" + by_type)
-    o.add_argument("--min_lr", type=float, default=None, help="cosine floor, absolute [1e-3 | 0]" + by_type)
+                   help="SGD with momentum, Adam or AdamW" + recipe_help("optimizer") + by_type)
+    o.add_argument("--momentum", type=float, default=None, help="SGD momentum" + recipe_help("momentum") + by_type)
+    o.add_argument("--weight_decay", type=float, default=None,
+                   help="weight decay on all parameters" + recipe_help("weight_decay") + by_type)
+    o.add_argument("--schedule", default=None, choices=list(SCHEDULE_KINDS),
+                   help="cosine to --min_lr over the run, or multistep (x --lr_gamma at --lr_milestones)"
+                   + recipe_help("schedule") + by_type)
+    o.add_argument("--min_lr", type=float, default=None, help="cosine floor, absolute" + recipe_help("min_lr") + by_type)
+    o.add_argument("--lr_milestones", type=float, nargs="+", default=None,
+                   help="multistep: fractions of the run at which the lr is multiplied by --lr_gamma"
+                   + recipe_help("milestones") + by_type)
+    o.add_argument("--lr_gamma", type=float, default=None, help="multistep decay factor" + recipe_help("gamma") + by_type)
     o.add_argument("--lr_period_epochs", type=positive_int, default=None,
-                   help="cosine half-period in epochs, then hold at --min_lr [whole run | 50]" + by_type)
-    o.add_argument("--warmup_epochs", type=float, default=0.0, help="linear warmup length in epochs")
+                   help="cosine half-period in epochs, then hold at --min_lr [whole run]" + by_type)
+    o.add_argument("--warmup_epochs", type=float, default=None,
+                   help="linear warmup length in epochs" + recipe_help("warmup_epochs") + by_type)
     o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto: bf16 autocast on CUDA (fp16+GradScaler without bf16), fp32 on CPU")
     o.add_argument("--nan_policy", default="stop", choices=["stop", "skip"],
@@ -136,11 +191,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     args.train_type = "simclr" if args.train_type == "selfsupervised" else args.train_type
     args.dataset = canonical_dataset(args.dataset)
-    for key, value in DEFAULTS[args.train_type].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_recipe(args)
     check_args(args)
     return args
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill every flag not given from the recipe's part for the train type; record how the lr was set."""
+    values = recipe(args.recipe, args.train_type)
+    if args.jitter_strength is not None:
+        s = args.jitter_strength
+        args.jitter = [0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s]
+    else:
+        args.jitter = None
+    if args.blur and args.blur_prob is None:
+        args.blur_prob = SIMCLR_BLUR_P
+    for flag, key in RECIPE_FLAGS.items():
+        if getattr(args, flag, None) is None and key in values:
+            setattr(args, flag, values[key])
+    if args.learning_rate is None:
+        args.learning_rate = scaled_lr(values, args.batch_size) if args.batch_size and args.batch_size > 0 else 0.0
+        args.lr_rule = (f"{values['lr']:g} x batch / {values['lr_batch']}" if values.get("lr_batch")
+                        else f"{values['lr']:g} (not scaled)")
+    else:
+        args.lr_rule = "given by --learning_rate"
+    args.recipe_source = values["source"]
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -149,20 +224,42 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
-    if args.learning_rate <= 0:
+    if not args.learning_rate > 0:
         raise UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    if args.temperature <= 0:
+    if args.train_type == "simclr" and not args.temperature > 0:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
-    if args.min_lr < 0 or args.min_lr > args.learning_rate:
+    if args.schedule == "cosine" and not 0 <= args.min_lr <= args.learning_rate:
         raise UserError(f"--min_lr must be in [0, --learning_rate], got {args.min_lr}")
+    if args.schedule == "multistep":
+        if not args.lr_milestones or any(not 0 < m <= 1 for m in args.lr_milestones) or \
+                list(args.lr_milestones) != sorted(args.lr_milestones):
+            raise UserError(f"--lr_milestones must be increasing fractions of the run in (0, 1], got {args.lr_milestones}")
+        if not 0 < args.lr_gamma <= 1:
+            raise UserError(f"--lr_gamma must be in (0, 1], got {args.lr_gamma}")
     if args.image_size is not None and args.image_size < 8:
         raise UserError(f"--image_size must be >= 8, got {args.image_size}")
     if args.pretrained and args.stem == "cifar":
         raise UserError("--pretrained true loads ImageNet weights, which need --stem imagenet (or auto)")
+    if args.pretrained and args.normalize is False:
+        raise UserError("--pretrained true: ImageNet weights expect ImageNet-normalised inputs; drop --normalize false")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one of them")
-    if args.warmup_epochs < 0:
+    if not args.warmup_epochs >= 0:
         raise UserError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
+    try:
+        view_spec(args)
+    except ValueError as exc:
+        raise UserError(f"augmentation: {exc}") from None
+
+
+def view_spec(args: argparse.Namespace) -> SimCLRViewSpec | SupervisedAugSpec:
+    """The augmentation of --train_type from the resolved flags (ValueError names a bad value)."""
+    if args.train_type == "simclr":
+        return SimCLRViewSpec(crop_min_scale=args.crop_min_scale, hflip_prob=args.hflip_prob,
+                              jitter=tuple(args.jitter), jitter_prob=args.jitter_prob, gray_prob=args.gray_prob,
+                              blur_prob=args.blur_prob)
+    return SupervisedAugSpec(padding=args.crop_padding, pad_mode=args.pad_mode, hflip_prob=args.hflip_prob,
+                             rotation=args.rotation)
 
 
 def describe_data(args: argparse.Namespace) -> dict:
@@ -173,7 +270,8 @@ def describe_data(args: argparse.Namespace) -> dict:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         image_size = args.image_size or info.image_size or 64
-        mean, std = info.mean, info.std
+        # --normalize false: the network sees [0, 1] pixels; stored as mean 0 / std 1, so test.py does the same.
+        mean, std = (info.mean, info.std) if args.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     stem = args.stem if args.stem != "auto" else ("imagenet" if args.pretrained or image_size > 64 else "cifar")
     return {"dataset": "imagenet" if args.pretrained and args.epochs == 0 else args.dataset,
             "image_size": image_size, "mean": list(mean), "std": list(std), "stem": stem}
@@ -202,18 +300,18 @@ def build_batches(args, arrays, indices, data, env, device, local_bs):
     """The training batches for --aug: device-resident + batched aug, or PIL in DataLoader workers."""
     n_views = 2 if args.train_type == "simclr" else 1
     size, mean, std = data["image_size"], data["mean"], data["std"]
-    view_spec = SimCLRViewSpec(blur_prob=SIMCLR_BLUR_P if args.blur else 0.0)
+    spec = view_spec(args)
     # auto = the batched path on every device: on a 2-core CPU it measured 27.7 vs 26.3 images/s
     # for the PIL-worker path at batch 128, and its augmentation 11x PIL's rate per core.
     if args.aug in ("auto", "gpu"):
-        augment = (BatchSimCLRAugment(size, mean, std, view_spec) if n_views == 2
-                   else BatchSupervisedAugment(size, mean, std))
+        augment = (BatchSimCLRAugment(size, mean, std, spec) if n_views == 2
+                   else BatchSupervisedAugment(size, mean, std, spec))
         return DeviceBatches(arrays, indices, augment, n_views, args.batch_size, args.seed, env, device,
                              args.channels_last)
     if n_views == 2:
-        transform = TwoViews(simclr_view_transform(size, mean, std, view_spec))
+        transform = TwoViews(simclr_view_transform(size, mean, std, spec))
     else:
-        transform = supervised_train_transform(size, mean, std, native_size=arrays.image_size)
+        transform = supervised_train_transform(size, mean, std, native_size=arrays.image_size, spec=spec)
     return LoaderBatches(arrays, indices, transform, local_bs, args.seed, env, device, args.workers, args.channels_last)
 
 
@@ -226,6 +324,17 @@ def make_optimizer(args, model, device):
                                weight_decay=args.weight_decay, **fast)
     cls = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=args.learning_rate, weight_decay=args.weight_decay, **fast)
+
+
+def make_lr_fn(args: argparse.Namespace, total_steps: int, steps_per_epoch: int):
+    """step -> lr of the run: the recipe's schedule over its whole length (utils/schedule.py)."""
+    warmup = round(args.warmup_epochs * steps_per_epoch)
+    if args.schedule == "multistep":
+        return lr_schedule("multistep", args.learning_rate, total_steps, warmup_steps=warmup, gamma=args.lr_gamma,
+                           milestones=milestone_steps(args.lr_milestones, total_steps))
+    period = args.lr_period_epochs * steps_per_epoch if args.lr_period_epochs else None
+    return lr_schedule("cosine", args.learning_rate, total_steps, final_lr=args.min_lr, warmup_steps=warmup,
+                       period_steps=period)
 
 
 def make_checkpoint(args, model, data, spec, subset, epoch, step, finished, extra=None) -> dict:
@@ -346,7 +455,8 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     if keep_imagenet_head:
         num_classes = 1000  # torchvision's ImageNet classifier is kept as the head
     spec = {"train_type": args.train_type, "stem": data["stem"], "num_classes": num_classes,
-            "proj_hidden_dim": args.proj_hidden_dim, "proj_dim": args.proj_dim, "feature_dim": 512,
+            "proj_hidden_dim": args.proj_hidden_dim, "proj_dim": args.proj_dim, "proj_bn": args.proj_bn,
+            "feature_dim": 512,
             "pretrained": bool(args.pretrained)}
     weights = load_imagenet_state_dict() if args.pretrained else None  # fetched on the data side
     model = build_model(spec, weights=weights)
@@ -380,9 +490,10 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                         device.type)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(args, model, device)
-    scheduler = cosine_scheduler(
-        optimizer, total_steps, args.learning_rate, args.min_lr, warmup_steps=round(args.warmup_epochs * steps_per_epoch),
-        period_steps=args.lr_period_epochs * steps_per_epoch if args.lr_period_epochs else None)
+    scheduler = make_scheduler(optimizer, make_lr_fn(args, total_steps, steps_per_epoch), args.learning_rate)
+    if args.schedule == "cosine" and args.lr_period_epochs and args.lr_period_epochs < args.epochs and env.is_main:
+        LOG.warning("warning: --lr_period_epochs %d < --epochs %d: the lr holds at --min_lr %g for the last %d epochs",
+                    args.lr_period_epochs, args.epochs, args.min_lr, args.epochs - args.lr_period_epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext

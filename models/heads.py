@@ -11,20 +11,18 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR projection g(h) = W2 ReLU(BN(W1 h)): (B, in_dim) -> (B, out_dim).
+    """SimCLR projection g(h) = W2 ReLU(BN(W1 h)) or W2 ReLU(W1 h + b1): (B, in_dim) -> (B, out_dim).
 
-    The hidden BatchNorm follows SimCLR's reference implementation; it is dropped together
-    with the rest of the head before linear evaluation.
+    batch_norm=True follows SimCLR's reference implementation (hidden BatchNorm, W1 without
+    bias); batch_norm=False is the plain MLP of dkobak/simclr-cifar10 (the tuned recipe). The
+    head is dropped before linear evaluation.
     """
 
-    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128):
+    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128, batch_norm: bool = True):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        hidden: list[nn.Module] = ([nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim)]
+                                   if batch_norm else [nn.Linear(in_dim, hidden_dim)])
+        self.net = nn.Sequential(*hidden, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)

@@ -19,6 +19,11 @@ from utils.features import extract_features
 from utils.probe import (FrozenBackboneError, Preprocess, ProbeData, Standardize, evaluate_head, fit, make_config,
                          run_linear_probe, scheduled_lr, split_epochs, verify_backbone_unchanged)
 from utils.synthetic import make_synthetic
+from utils.recipes import recipe
+
+# The tuned probe, and the original's SimCLR probe (SGD, batch 32, lr 0.075, cosine to 1e-3).
+TUNED_PROBE = recipe("tuned", "probe")
+ORIGINAL_SIMCLR_PROBE = {**TUNED_PROBE, "optimizer": "sgd", "batch_size": 32, "lr": 0.075, "final_lr": 1e-3}
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.5, 0.5, 0.5), (0.29, 0.29, 0.29)
@@ -85,11 +90,13 @@ def test_cached_and_uncached_probes_agree(tiny_data):
     """The head trained on cached features equals one trained on features computed per batch."""
     backbone = trained_bn_backbone()
     pre = Preprocess(16, MEAN, STD)
-    config = make_config("simclr", epochs=2, batch_size=16)
+    config = make_config(ORIGINAL_SIMCLR_PROBE, epochs=2, batch_size=16)
     torch.manual_seed(3)
     head_cached = build_probe_head(512, 10)
     head_uncached = build_probe_head(512, 10)
     head_uncached.load_state_dict(head_cached.state_dict())
+    nn.init.zeros_(head_uncached.weight)  # run_linear_probe starts a one-layer head at zero
+    nn.init.zeros_(head_uncached.bias)
 
     result = run_linear_probe(backbone, head_cached, tiny_data, config, pre, CPU, seed=7, feature_norm="none",
                               knn=False)
@@ -116,7 +123,7 @@ def test_probe_freezes_and_guard_passes(tiny_data):
     backbone = trained_bn_backbone()
     backbone.train()
     reference = {k: v.clone() for k, v in backbone.state_dict().items()}
-    result = run_linear_probe(backbone, build_probe_head(512, 10), tiny_data, make_config("simclr", 2),
+    result = run_linear_probe(backbone, build_probe_head(512, 10), tiny_data, make_config(ORIGINAL_SIMCLR_PROBE, 2),
                               Preprocess(16, MEAN, STD), CPU)
     assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
     assert result.extra["guard"]["backbone_bit_identical"]
@@ -135,7 +142,7 @@ def test_augmented_probe_recomputes_train_features(tiny_data, monkeypatch):
         return real(backbone, images, *args, **kwargs)
 
     monkeypatch.setattr(probe, "extract_features", spy)
-    result = run_linear_probe(trained_bn_backbone(), build_probe_head(512, 10), tiny_data, make_config("simclr", 3),
+    result = run_linear_probe(trained_bn_backbone(), build_probe_head(512, 10), tiny_data, make_config(ORIGINAL_SIMCLR_PROBE, 3),
                               Preprocess(16, MEAN, STD), CPU, augment=True)
     # Test features once (no augmentation), then train features with augmentation once per epoch.
     assert calls == [(37, False), (60, True), (60, True), (60, True)]
@@ -154,7 +161,7 @@ def test_guard_catches_batchnorm_drift(tiny_data, monkeypatch):
 
     monkeypatch.setattr(probe, "extract_features", leaky)
     with pytest.raises(FrozenBackboneError, match="changed the frozen backbone"):
-        run_linear_probe(trained_bn_backbone(), build_probe_head(512, 10), tiny_data, make_config("simclr", 1),
+        run_linear_probe(trained_bn_backbone(), build_probe_head(512, 10), tiny_data, make_config(ORIGINAL_SIMCLR_PROBE, 1),
                          Preprocess(16, MEAN, STD), CPU)
 
 
@@ -175,7 +182,7 @@ def test_optimizer_holding_backbone_params_is_refused(tiny_data, monkeypatch):
     monkeypatch.setattr(probe, "optimizer_parameters",
                         lambda backbone, head: list(backbone.parameters()) + list(head.parameters()))
     with pytest.raises(FrozenBackboneError, match="outside the probe head"):
-        run_linear_probe(trained_bn_backbone(), build_probe_head(512, 10), tiny_data, make_config("simclr", 1),
+        run_linear_probe(trained_bn_backbone(), build_probe_head(512, 10), tiny_data, make_config(ORIGINAL_SIMCLR_PROBE, 1),
                          Preprocess(16, MEAN, STD), CPU)
 
 
@@ -203,22 +210,26 @@ def cosine(lr, final, t, span):
 
 
 def test_two_stage_lr_at_stage_boundaries():
+    """The original's supervised probe: lr, then lr / 10, each stage's cosine spanning that stage."""
     spe = 7
-    config = make_config("supervised", epochs=100)
-    assert config.schedule == "two-stage" and config.batch_size == 128
-    assert [(s.epochs, s.lr, s.period_epochs) for s in config.stages] == [(50, 0.01, 50), (50, 0.001, 50)]
+    config = make_config(TUNED_PROBE, epochs=100, batch_size=128, lr=0.01, schedule="two-stage", optimizer="sgd")
+    assert config.schedule == "two-stage" and config.batch_size == 128 and config.optimizer == "sgd"
+    assert [(s.epochs, s.lr, s.final_lr) for s in config.stages] == [(50, 0.01, 0.0), (50, 0.001, 0.0)]
     lr = lambda step: scheduled_lr(config, step, spe)
     assert lr(0) == pytest.approx(0.01)
     assert lr(25 * spe) == pytest.approx(cosine(0.01, 0.0, 25 * spe, 50 * spe - 1))
     assert lr(50 * spe - 1) == pytest.approx(0.0, abs=1e-12)  # stage 1 ends on its floor
     assert lr(50 * spe) == pytest.approx(0.001)  # stage 2 restarts at lr / 10
     assert lr(100 * spe - 1) == pytest.approx(0.0, abs=1e-12)
-    # The README's 5-epoch runs: 3 + 2 epochs, each far from the end of its 50-epoch period.
-    short = make_config("supervised", epochs=5)
-    assert scheduled_lr(short, 3 * spe - 1, spe) == pytest.approx(cosine(0.01, 0.0, 3 * spe - 1, 50 * spe - 1))
+    # The README's 5-epoch runs: 3 + 2 epochs; each stage now decays over its own length (the
+    # original's 50-epoch period left the lr near its peak), and no step but the last is at 0.
+    short = make_config(TUNED_PROBE, epochs=5, lr=0.01, schedule="two-stage", optimizer="sgd")
+    assert scheduled_lr(short, 3 * spe - 1, spe) == pytest.approx(0.0, abs=1e-12)
+    assert all(scheduled_lr(short, k, spe) > 0 for k in range(3 * spe - 1))
     assert scheduled_lr(short, 3 * spe, spe) == pytest.approx(0.001)
     # --test_learning_rate sets stage 1; stage 2 gets a tenth.
-    assert [s.lr for s in make_config("supervised", 4, lr=0.05).stages] == pytest.approx([0.05, 0.005])
+    assert [s.lr for s in make_config(TUNED_PROBE, 4, lr=0.05, schedule="two-stage").stages] == pytest.approx(
+        [0.05, 0.005])
 
 
 def test_training_follows_the_schedule():
@@ -226,22 +237,27 @@ def test_training_follows_the_schedule():
     torch.manual_seed(0)
     h, y = torch.randn(50, 6), torch.randint(0, 3, (50,))
     head = nn.Linear(6, 3)
-    config = make_config("supervised", epochs=5, batch_size=16)  # 4 steps per epoch
+    config = make_config(TUNED_PROBE, epochs=5, batch_size=16, lr=0.01, schedule="two-stage", optimizer="sgd")
     hist = fit(list(head.parameters()), lambda idx: head(h[idx]), y, config, lambda: {},
                torch.Generator().manual_seed(0))
-    spe = 4
+    spe = 4  # steps per epoch
     assert [r["stage"] for r in hist] == [1, 1, 1, 2, 2]
     for e, row in enumerate(hist):
         assert row["lr"] == pytest.approx(scheduled_lr(config, e * spe, spe))
     assert hist[3]["lr"] == pytest.approx(0.001)
 
 
-def test_simclr_cosine_defaults():
-    config = make_config("simclr", epochs=10)
-    assert (config.schedule, config.batch_size, config.momentum) == ("cosine", 32, 0.9)
-    assert scheduled_lr(config, 0, 3) == pytest.approx(0.075)
-    assert scheduled_lr(config, 29, 3) == pytest.approx(1e-3)  # horizon = the probe's own epochs
-    assert make_config("simclr", 10, imagenet_weights=True).schedule == "two-stage"
+def test_recipe_probe_is_one_cosine_for_every_checkpoint_type():
+    config = make_config(TUNED_PROBE, epochs=10)
+    assert (config.schedule, config.batch_size, config.optimizer, config.weight_decay) == ("cosine", 1000, "adam", 5e-6)
+    assert scheduled_lr(config, 0, 3) == pytest.approx(1e-3)
+    assert scheduled_lr(config, 29, 3) == pytest.approx(0.0, abs=1e-15)  # horizon = the probe's own epochs
+    assert all(scheduled_lr(config, k, 3) > 0 for k in range(29))
+    original = make_config(ORIGINAL_SIMCLR_PROBE, epochs=10)
+    assert (original.batch_size, original.optimizer) == (32, "sgd")
+    assert scheduled_lr(original, 0, 3) == pytest.approx(0.075)
+    assert scheduled_lr(original, 29, 3) == pytest.approx(1e-3)
+    assert isinstance(config.make_optimizer([nn.Parameter(torch.zeros(1))], 1e-3), torch.optim.Adam)
 
 
 def test_standardize_has_no_parameters_and_whitens():
@@ -256,6 +272,7 @@ def test_standardize_has_no_parameters_and_whitens():
 def test_make_config_rejects_bad_values():
     from utils.errors import UserError
 
-    for kwargs in ({"epochs": 0}, {"epochs": 1, "lr": -1.0}, {"epochs": 1, "schedule": "step"}):
+    for kwargs in ({"epochs": 0}, {"epochs": 1, "lr": -1.0}, {"epochs": 1, "schedule": "step"},
+                   {"epochs": 1, "lr": float("nan")}, {"epochs": 1, "optimizer": "lbfgs"}):
         with pytest.raises(UserError):
-            make_config("simclr", **kwargs)
+            make_config(TUNED_PROBE, **kwargs)

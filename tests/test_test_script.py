@@ -97,8 +97,9 @@ def test_linear_eval_outputs(ckpt_dir, small_synthetic, capsys):
     assert report["preprocessing"]["mean"] == pytest.approx(list(SYNTHETIC_MEAN))
     assert report["preprocessing"]["stem"] == "cifar" and "resize 32 -> 16" in report["preprocessing"]["policy"]
     hp = report["hyperparameters"]
-    assert (hp["schedule"], hp["batch_size"], hp["epochs"], hp["momentum"]) == ("cosine", 32, 3, 0.9)
-    assert hp["stages"][0]["lr"] == 0.075 and hp["trained"] == "head only" and hp["feature_norm"] == "standardize"
+    assert (hp["schedule"], hp["batch_size"], hp["epochs"], hp["optimizer"]) == ("cosine", 1000, 3, "adam")
+    assert hp["stages"][0]["lr"] == 1e-3 and hp["trained"] == "head only" and hp["feature_norm"] == "standardize"
+    assert hp["recipe"] == "tuned" and hp["head_init"] == "zeros"
     # val_split 0.2 of 60 (stratified per class) is held out of the probe's training data.
     assert report["dataset"]["num_val"] + report["dataset"]["num_train"] == N_TRAIN
     assert report["dataset"]["num_val"] > 0 and report["dataset"]["num_test"] == N_TEST
@@ -107,7 +108,7 @@ def test_linear_eval_outputs(ckpt_dir, small_synthetic, capsys):
     for key in ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "val_loss",
                 "val_accuracy"):
         assert len(h[key]) == 3, key
-    assert h["epoch"] == [1, 2, 3] and h["lr"][0] == pytest.approx(0.075)
+    assert h["epoch"] == [1, 2, 3] and h["lr"][0] == pytest.approx(1e-3)
     assert report["test_loss"] == h["test_loss"][-1] and report["test_accuracy"] == h["test_accuracy"][-1]
     assert report["best_val_epoch"] in (1, 2, 3)
     assert report["seconds"]["features"] > 0 and report["seconds"]["training"] > 0
@@ -117,12 +118,19 @@ def test_linear_eval_outputs(ckpt_dir, small_synthetic, capsys):
     assert lines[-1] == f"test loss {report['test_loss']:.4f}, test accuracy {report['test_accuracy']:.2f}%"
 
 
-def test_supervised_checkpoint_gets_two_stages(ckpt_dir, small_synthetic, capsys, tmp_path):
+def test_supervised_checkpoint_gets_the_same_probe_and_two_stages_on_request(ckpt_dir, small_synthetic, capsys,
+                                                                          tmp_path):
+    report, _ = run_main(["--model_path", str(ckpt_dir / "supervised.pth"), "--test_num_epochs", "3",
+                          "--run_dir", str(tmp_path / "same"), "--quiet"], capsys)
+    hp = report["hyperparameters"]
+    assert (hp["schedule"], hp["batch_size"], hp["optimizer"]) == ("cosine", 1000, "adam")  # as for SimCLR
     report, lines = run_main(["--model_path", str(ckpt_dir / "supervised.pth"), "--test_num_epochs", "3",
-                              "--run_dir", str(tmp_path / "ev"), "--head_layers", "2", "--quiet"], capsys)
+                              "--run_dir", str(tmp_path / "ev"), "--head_layers", "2", "--quiet",
+                              "--schedule", "two-stage", "--probe_optimizer", "sgd", "--batch_size", "128",
+                              "--test_learning_rate", "0.01"], capsys)
     hp = report["hyperparameters"]
     assert hp["schedule"] == "two-stage" and hp["batch_size"] == 128 and hp["head_layers"] == 2
-    assert [(s["epochs"], s["lr"], s["period_epochs"]) for s in hp["stages"]] == [(2, 0.01, 50), (1, 0.001, 50)]
+    assert [(s["epochs"], s["lr"], s["final_lr"]) for s in hp["stages"]] == [(2, 0.01, 0.0), (1, 0.001, 0.0)]
     assert report["history"]["stage"] == [1, 1, 2] and report["history"]["lr"][2] == pytest.approx(0.001)
     assert (tmp_path / "ev" / "eval.json").exists()
     assert lines[-1].startswith("test loss ") and len(lines) == 1  # --quiet: only the result line
@@ -227,7 +235,7 @@ def test_original_readme_command_parses():
 def test_original_readme_command_runs_on_cifar100(tmp_path, monkeypatch, capsys):
     """The original README's test.py line, unchanged, from a folder holding data/cifar-100-python
     (a miniature in the real pickle format: 2 train and 3 test images) and a supervised CIFAR-10
-    checkpoint X.pth: the linear protocol with the supervised two-stage schedule, every test image
+    checkpoint X.pth: the linear protocol with the tuned probe (the same for every checkpoint), every test image
     counted, and no warning (the flags agree with the checkpoint)."""
     import tarfile
 
@@ -252,11 +260,11 @@ def test_original_readme_command_runs_on_cifar100(tmp_path, monkeypatch, capsys)
     assert saved["test_images_evaluated"] == saved["dataset"]["num_test"] == len(ref["test_y"])
     assert saved["dataset"]["num_classes"] == 100 and saved["checkpoint"]["train_dataset"] == "cifar10"
     hp = saved["hyperparameters"]
-    assert hp["schedule"] == "two-stage" and [st["epochs"] for st in hp["stages"]] == [50, 50]
+    assert hp["schedule"] == "cosine" and hp["epochs"] == 100 and hp["recipe"] == "tuned"
     assert len(saved["history"]["test_accuracy"]) == 100 and saved["guard"]["backbone_bit_identical"]
 
 
-def test_imagenet_weights_checkpoint_defaults_to_two_stages(capsys):
+def test_imagenet_weights_checkpoint_gets_the_common_probe(capsys):
     """train.py --epochs 0 --pretrained true: supervised ImageNet weights at 224 px, ImageNet stem."""
     ckpt = {"model": {"train_type": "supervised", "stem": "imagenet", "pretrained": True, "feature_dim": 512},
             "data": {"dataset": "imagenet", "image_size": 224, "mean": [0.485, 0.456, 0.406],
@@ -271,8 +279,8 @@ def test_imagenet_weights_checkpoint_defaults_to_two_stages(capsys):
     args.train_dataset = "cifar10"
     test_script.warn_flag_mismatches(args, info)
     assert "pretrained on imagenet" in capsys.readouterr().out
-    config = probe.make_config(info["train_type"], 5, imagenet_weights=info["imagenet_weights"])
-    assert config.schedule == "two-stage" and [s.epochs for s in config.stages] == [3, 2]
+    config = probe.make_config(args.probe, args.test_num_epochs)  # the same probe as for SimCLR checkpoints
+    assert config.schedule == "cosine" and config.epochs == 5 and config.optimizer == "adam"
     with pytest.raises(test_script.UserError, match="lacks"):
         test_script.describe_checkpoint({"model": {}, "data": {}}, Path("bad.pth"))
 

@@ -35,7 +35,8 @@ def test_one_epoch_writes_every_file(tmp_path, train_type):
     if train_type == "supervised":
         assert ckpt["model"]["num_classes"] == 10 and ckpt["head"]["weight"].shape == (10, 512)
     else:
-        assert ckpt["head"]["net.3.weight"].shape == (128, 512)
+        # The tuned recipe's head: Linear(512, 1024) - ReLU - Linear(1024, 128), no BatchNorm.
+        assert ckpt["model"]["proj_bn"] is False and ckpt["head"]["net.2.weight"].shape == (128, 1024)
 
     last = torch.load(run / "last.pth", weights_only=True)
     assert {"optimizer", "scheduler", "rng", "history"} <= set(last["train_state"])
@@ -51,10 +52,13 @@ def test_one_epoch_writes_every_file(tmp_path, train_type):
 def test_selfsupervised_is_simclr_and_defaults_follow_train_type():
     args = train.parse_args(["--train_type", "selfsupervised"])
     assert args.train_type == "simclr"
-    assert (args.batch_size, args.learning_rate, args.optimizer, args.min_lr) == (512, 0.6, "sgd", 1e-3)
+    # The tuned recipe (dkobak/simclr-cifar10): SGD, 0.03 x 512/256, cosine to 0.
+    assert (args.batch_size, args.learning_rate, args.optimizer, args.min_lr) == (512, pytest.approx(0.06), "sgd", 0.0)
     sup = train.parse_args(["--train_type", "supervised", "--dataset", "imagenet"])
-    assert (sup.batch_size, sup.learning_rate, sup.lr_period_epochs) == (128, 1e-3, 50)
+    assert (sup.batch_size, sup.learning_rate, sup.schedule, sup.lr_period_epochs) == (128, 0.1, "multistep", None)
     assert sup.dataset == "tiny-imagenet"
+    original = train.parse_args(["--recipe", "original"])
+    assert (original.batch_size, original.learning_rate, original.min_lr) == (512, 0.6, 1e-3)
 
 
 def test_help_lists_every_flag_with_default(capsys):
@@ -66,7 +70,7 @@ def test_help_lists_every_flag_with_default(capsys):
                  "--data_scale", "--device", "--temperature", "--weight_decay", "--seed", "--workers",
                  "--data_dir", "--run_dir", "--image_size", "--knn_every", "--aug", "--resume"):
         assert flag in text, flag
-    assert "default: 0.5" in text and "[512 | 128]" in text
+    assert "--recipe" in text and "tuned: simclr 512 | supervised 128" in text and "0.06 x B/512" in text
 
 
 def test_epochs_zero_pretrained_imagenet_offline(tmp_path, monkeypatch):

@@ -13,15 +13,19 @@ the features are standardised per dimension with fixed train-split statistics be
 Fine-tuning (`run_finetune`) trains the whole network on augmented images; it is a different
 protocol with its own outputs and is never reported as a linear result.
 
-Schedules (the original project's, see ../shared/ORIGINAL.md):
-- "cosine" (SimCLR checkpoints): one stage, SGD momentum 0.9, cosine from lr 0.075 down to
-  1e-3 over all epochs, batch size 32.
-- "two-stage" (supervised and ImageNet-weight checkpoints): batch size 128, stage 1 at lr 0.01
-  then stage 2 at lr 0.001 (a fresh SGD each), each a cosine with a 50-epoch period; the epochs
-  are split half and half, stage 1 taking the odd one (ceil(E/2), floor(E/2)).
+Hyperparameters come from a recipe's "probe" part (utils/recipes.py), the same for every
+checkpoint type so that SimCLR and supervised backbones are judged by one protocol. The tuned
+probe: Adam lr 1e-3, batch 1000, 500 epochs, cosine to 0 stepped per iteration, weight decay 5e-6,
+standardised features, head initialised at zero (so its first loss is exactly ln C). Two
+schedules can be asked for by name:
+- "cosine": one stage, a cosine from the lr to `final_lr` over all epochs;
+- "two-stage" (the original project's supervised probe): stage 1 at lr, stage 2 at lr / 10 (a
+  fresh optimizer each), each a cosine to 0 over its own half of the epochs (the original's
+  50-epoch period, which ran past short stages, now spans the stage it belongs to).
 
     from utils.probe import make_config, run_linear_probe
-    config = make_config("simclr", epochs=100)
+    from utils.recipes import recipe
+    config = make_config(recipe("tuned", "probe"), epochs=100)
     result = run_linear_probe(backbone, head, data, config, preprocess, device)
 
 Run its tests with `python -m pytest tests/test_probe.py -q`.
@@ -53,16 +57,9 @@ LINEAR, FINETUNE = "linear", "fine-tune"
 COSINE, TWO_STAGE = "cosine", "two-stage"
 SCHEDULES = (COSINE, TWO_STAGE)
 
-# The original project's probe settings (its README, section 3.1).
-SIMCLR_BATCH_SIZE = 32
-SIMCLR_LR = 0.075
-SIMCLR_FINAL_LR = 1e-3  # "from the initial lr down to the minimum 1e-3", as in its pretraining
-SUPERVISED_BATCH_SIZE = 128
-TWO_STAGE_LR = 0.01  # stage 1; stage 2 uses TWO_STAGE_LR * TWO_STAGE_DECAY = 0.001
-TWO_STAGE_DECAY = 0.1
-TWO_STAGE_PERIOD_EPOCHS = 50  # "cosine annealing with a period of 50"
-TWO_STAGE_FINAL_LR = 0.0  # torch's CosineAnnealingLR anneals to eta_min = 0 by default
-MOMENTUM = 0.9  # SGD momentum of the original's SimCLR runs; used for every stage
+TWO_STAGE_DECAY = 0.1  # the original's stage 2 lr: 0.01 -> 0.001
+MOMENTUM = 0.9  # SGD momentum of the original's probes (used when the optimizer is SGD)
+OPTIMIZERS = ("adam", "sgd")
 EVAL_BATCH_SIZE = 4096  # rows of cached features per evaluation matmul
 # Head steps on cached features are tiny (32 x 512 @ 512 x C); on a CPU shared with other work,
 # torch's thread pool made them 10x slower (30 epochs of 2,000 features: 1.1 s with 1 thread,
@@ -76,15 +73,11 @@ PROBE_CPU_THREADS = 1
 
 @dataclass
 class Stage:
-    """One optimizer's run: `epochs` epochs of SGD, cosine from `lr` to `final_lr`.
-
-    The cosine spans `period_epochs` (then holds final_lr) or, when None, the whole stage.
-    """
+    """One optimizer's run: `epochs` epochs, a cosine from `lr` to `final_lr` over the stage."""
 
     epochs: int
     lr: float
     final_lr: float
-    period_epochs: int | None = None
 
 
 @dataclass
@@ -94,6 +87,7 @@ class ProbeConfig:
     schedule: str
     batch_size: int
     stages: list[Stage]
+    optimizer: str = "adam"
     momentum: float = MOMENTUM
     weight_decay: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -105,13 +99,14 @@ class ProbeConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["epochs"] = self.epochs
-        d["optimizer"] = "SGD"
+        if self.optimizer != "sgd":
+            d.pop("momentum")
         return d
 
-
-def default_schedule(train_type: str, imagenet_weights: bool = False) -> str:
-    """"cosine" for SimCLR checkpoints, "two-stage" for supervised ones and ImageNet weights."""
-    return TWO_STAGE if train_type == "supervised" or imagenet_weights else COSINE
+    def make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
 def split_epochs(epochs: int) -> tuple[int, int]:
@@ -121,47 +116,47 @@ def split_epochs(epochs: int) -> tuple[int, int]:
 
 
 def make_config(
-    train_type: str,
-    epochs: int,
+    values: dict,
+    epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
-    schedule: str = "auto",
-    weight_decay: float = 0.0,
-    imagenet_weights: bool = False,
+    schedule: str | None = None,
+    weight_decay: float | None = None,
+    optimizer: str | None = None,
     momentum: float = MOMENTUM,
 ) -> ProbeConfig:
-    """The original's defaults for this checkpoint type, with any given value overriding them.
+    """A probe config from a recipe's "probe" values (utils.recipes), any given argument overriding them.
 
-    With two stages, `lr` sets stage 1 and stage 2 runs at lr * 0.1 (0.01 -> 0.001).
+    With two stages, `lr` sets stage 1 and stage 2 runs at lr / 10.
     """
+    epochs = values["epochs"] if epochs is None else epochs
+    schedule = schedule or values["schedule"]
+    lr = values["lr"] if lr is None else lr
+    bs = values["batch_size"] if batch_size is None else batch_size
+    wd = values["weight_decay"] if weight_decay is None else weight_decay
+    optimizer = optimizer or values["optimizer"]
     if epochs <= 0:
         raise UserError(f"--test_num_epochs must be > 0, got {epochs}")
-    if schedule == "auto":
-        schedule = default_schedule(train_type, imagenet_weights)
     if schedule not in SCHEDULES:
-        raise UserError(f"schedule must be one of {SCHEDULES} or auto, got {schedule!r}")
-    if lr is not None and lr <= 0:
+        raise UserError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"the probe's optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if not (math.isfinite(lr) and lr > 0):
         raise UserError(f"--test_learning_rate must be > 0, got {lr}")
-    if batch_size is not None and batch_size <= 0:
-        raise UserError(f"--batch_size must be > 0, got {batch_size}")
-    if weight_decay < 0:
-        raise UserError(f"--weight_decay must be >= 0, got {weight_decay}")
+    if bs <= 0:
+        raise UserError(f"--batch_size must be > 0, got {bs}")
+    if not (math.isfinite(wd) and wd >= 0):
+        raise UserError(f"--weight_decay must be >= 0, got {wd}")
     if schedule == COSINE:
-        base = SIMCLR_LR if lr is None else lr
-        stages = [Stage(epochs, base, min(SIMCLR_FINAL_LR, base), None)]
-        bs = SIMCLR_BATCH_SIZE if batch_size is None else batch_size
-        notes = [f"one cosine from lr {base:g} to {min(SIMCLR_FINAL_LR, base):g} over all {epochs} epochs"]
+        final = min(values.get("final_lr", 0.0), lr)
+        stages = [Stage(epochs, lr, final)]
+        notes = [f"one cosine from lr {lr:g} to {final:g} over all {epochs} epochs, stepped per iteration"]
     else:
-        base = TWO_STAGE_LR if lr is None else lr
         e1, e2 = split_epochs(epochs)
-        stages = [Stage(e1, base, TWO_STAGE_FINAL_LR, TWO_STAGE_PERIOD_EPOCHS)]
-        if e2:
-            stages.append(Stage(e2, base * TWO_STAGE_DECAY, TWO_STAGE_FINAL_LR, TWO_STAGE_PERIOD_EPOCHS))
-        bs = SUPERVISED_BATCH_SIZE if batch_size is None else batch_size
+        stages = [Stage(e1, lr, 0.0)] + ([Stage(e2, lr * TWO_STAGE_DECAY, 0.0)] if e2 else [])
         notes = [f"epochs split half/half between the stages (stage 1 takes the odd one): {e1} + {e2}",
-                 f"each stage: fresh SGD, cosine from its lr to {TWO_STAGE_FINAL_LR:g} with a "
-                 f"{TWO_STAGE_PERIOD_EPOCHS}-epoch period (held at the end of the period)"]
-    return ProbeConfig(schedule, bs, stages, momentum, weight_decay, notes)
+                 "each stage: a fresh optimizer, a cosine from its lr to 0 over the stage"]
+    return ProbeConfig(schedule, bs, stages, optimizer, momentum, wd, notes)
 
 
 def scheduled_lr(config: ProbeConfig, step: int, steps_per_epoch: int) -> float:
@@ -169,8 +164,7 @@ def scheduled_lr(config: ProbeConfig, step: int, steps_per_epoch: int) -> float:
     for stage in config.stages:
         stage_steps = stage.epochs * steps_per_epoch
         if step < stage_steps:
-            period = stage.period_epochs * steps_per_epoch if stage.period_epochs else None
-            return cosine_lr(step, stage.lr, stage.final_lr, stage_steps, period_steps=period)
+            return cosine_lr(step, stage.lr, stage.final_lr, stage_steps)
         step -= stage_steps
     raise ValueError("step is past the end of the schedule")
 
@@ -356,7 +350,7 @@ def fit(
     allowed: Sequence[nn.Parameter] | None = None,
     cpu_step_threads: int | None = None,
 ) -> list[dict]:
-    """Train `params` stage by stage with SGD + per-iteration cosine; one history row per epoch.
+    """Train `params` stage by stage (Adam or SGD, per-iteration cosine); one history row per epoch.
 
     batch_logits(idx (B,) on the device) -> logits (B, C) for those training samples;
     evaluate() -> {"test": {"loss", "acc", "count"}, "val": ...}; begin_epoch(epoch) runs first
@@ -375,11 +369,9 @@ def fit(
     for stage_index, stage in enumerate(config.stages, start=1):
         if stage.epochs == 0:
             continue
-        optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = config.make_optimizer(params, stage.lr)
         check_optimizer_params(optimizer, params if allowed is None else allowed, what)
-        period = stage.period_epochs * steps_per_epoch if stage.period_epochs else None
-        scheduler = cosine_scheduler(optimizer, stage.epochs * steps_per_epoch, stage.lr, stage.final_lr,
-                                     period_steps=period)
+        scheduler = cosine_scheduler(optimizer, stage.epochs * steps_per_epoch, stage.lr, stage.final_lr)
         for _ in range(stage.epochs):
             if begin_epoch is not None:
                 begin_epoch(epoch)
@@ -522,6 +514,13 @@ def run_linear_probe(
                 current["h"] = features(train_images, augmenter, aug_gen)
 
     probe_head = head  # the trainable part; the only parameters any optimizer may hold
+    if isinstance(head, nn.Linear):
+        # One linear layer starts at zero, as the L-BFGS probe does: its first loss is exactly ln C
+        # whatever the features' scale. (Two stacked layers keep their random init: at zero
+        # neither would get a gradient.)
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
     if feature_norm == "standardize":
         head = nn.Sequential(Standardize.fit(current["h"]).to(device), head)
 

@@ -5,11 +5,15 @@ returns a *multiplier* (the original project returned an absolute lr and got 0.6
 
     sched = cosine_scheduler(optimizer, total_steps=1000, base_lr=0.6, final_lr=1e-3)
     for step in range(1000): ...; optimizer.step(); sched.step()   # stepped per iteration
+
+Two shapes, both with an optional linear warmup: a cosine to a floor (SimCLR, the probes) and
+a step decay by `gamma` at milestones given as fractions of the run (the supervised recipe of
+weiaicunzai/pytorch-cifar100: x0.2 at epochs 60/120/160 of 200). `lr_schedule` picks one by name.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -65,3 +69,52 @@ def cosine_scheduler(
         group["lr"] = base_lr
         group["initial_lr"] = base_lr
     return LambdaLR(optimizer, cosine_multiplier(base_lr, final_lr, total_steps, warmup_steps, period_steps))
+
+
+def milestone_steps(fractions: Sequence[float], total_steps: int) -> list[int]:
+    """Steps at which a step decay applies: round(f x total_steps) for each fraction f of the run.
+
+    Fractions keep the shape of a schedule at any length: 0.3/0.6/0.8 of 200 epochs start the
+    lower lrs with epochs 61, 121 and 161 (the source's MultiStepLR.step(epoch) starts them one
+    epoch earlier, with epochs 60, 120 and 160).
+    """
+    return [round(f * total_steps) for f in fractions]
+
+
+def multistep_lr(step: int, base_lr: float, milestones: Sequence[int], gamma: float, warmup_steps: int = 0) -> float:
+    """Absolute lr at iteration `step`: linear warmup, then base_lr x gamma^(milestones passed)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr * gamma ** sum(step >= m for m in milestones)
+
+
+SCHEDULE_KINDS = ("cosine", "multistep")
+
+
+def lr_schedule(
+    kind: str,
+    base_lr: float,
+    total_steps: int,
+    final_lr: float = 0.0,
+    warmup_steps: int = 0,
+    period_steps: int | None = None,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+) -> Callable[[int], float]:
+    """step -> absolute lr for a schedule named `kind` ("cosine" or "multistep")."""
+    if kind == "cosine":
+        return lambda step: cosine_lr(step, base_lr, final_lr, total_steps, warmup_steps, period_steps)
+    if kind == "multistep":
+        steps = list(milestones)
+        return lambda step: multistep_lr(step, base_lr, steps, gamma, warmup_steps)
+    raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {kind!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, lr_fn: Callable[[int], float], base_lr: float) -> LambdaLR:
+    """A LambdaLR following lr_fn (step -> absolute lr); it returns lr_fn(step) / base_lr, a multiplier."""
+    if base_lr <= 0:
+        raise ValueError(f"base_lr must be > 0, got {base_lr}")
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr
+        group["initial_lr"] = base_lr
+    return LambdaLR(optimizer, lambda step: lr_fn(step) / base_lr)

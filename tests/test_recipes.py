@@ -1,0 +1,116 @@
+"""Recipes: every value against a literal table written from its source, and how the scripts apply them.
+
+The tables below were written by reading the sources, not the code under test:
+- dkobak/simclr-cifar10 at commit 44b2500, simclr-cifar10.py: BATCH_SIZE = 512, N_EPOCHS = 1000,
+  BASE_LR = 0.03 (lr = BASE_LR * BATCH_SIZE / 256), WEIGHT_DECAY = 5e-4 on model.parameters(),
+  MOMENTUM = 0.9, CosineAnnealingLR(T_max=N_EPOCHS) (eta_min 0), PROJECTOR_HIDDEN_SIZE = 1024,
+  PROJECTOR_OUTPUT_SIZE = 128, projector Linear-ReLU-Linear (no BatchNorm), infoNCE temperature 0.5,
+  RandomResizedCrop(32, scale=(CROP_LOW_SCALE=0.2, 1)), RandomHorizontalFlip() (p 0.5),
+  RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), RandomGrayscale(p=GRAYSCALE_PROB=0.1),
+  ToTensor() only (no Normalize, no blur). Linear evaluation on precomputed representations:
+  Adam(lr=0.01, weight_decay=5e-6) for ResNet-18, N_EPOCHS = 500, batches of 1000, CosineAnnealingLR.
+- weiaicunzai/pytorch-cifar100 at commit 11d8418: train.py: optim.SGD(lr=args.lr (0.1), momentum=0.9,
+  weight_decay=5e-4), MultiStepLR(milestones=settings.MILESTONES=[60, 120, 160], gamma=0.2),
+  WarmUpLR over iter_per_epoch * args.warm (warm=1), batch -b 128; conf/global_settings.py EPOCH = 200;
+  utils.py: RandomCrop(32, padding=4) (zero fill), RandomHorizontalFlip(), RandomRotation(15), Normalize.
+- The original project (../shared/ORIGINAL.md, its README): SimCLR bs 512, lr 0.6, SGD, cosine down to
+  1e-3; supervised bs 128, lr 0.001, cosine; its sweep: bs 256 with lr 0.3.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import train
+from utils.recipes import RECIPES, recipe, recipe_help, scaled_lr
+
+SOURCE_DKOBAK = {
+    "batch_size": 512, "epochs": 1000, "lr_per_256": 0.03, "weight_decay": 5e-4, "momentum": 0.9,
+    "optimizer": "sgd", "schedule": "cosine", "min_lr": 0.0, "warmup_epochs": 0.0, "temperature": 0.5,
+    "proj_hidden_dim": 1024, "proj_dim": 128, "proj_bn": False, "crop_min_scale": 0.2, "hflip_prob": 0.5,
+    "jitter": [0.4, 0.4, 0.4, 0.1], "jitter_prob": 0.8, "gray_prob": 0.1, "blur_prob": 0.0, "normalize": False,
+}
+SOURCE_WEIAICUNZAI = {
+    "optimizer": "sgd", "lr": 0.1, "batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4,
+    "schedule": "multistep", "milestone_epochs": [60, 120, 160], "epochs": 200, "gamma": 0.2, "warmup_epochs": 1.0,
+    "crop_padding": 4, "pad_mode": "constant", "hflip_prob": 0.5, "rotation": 15.0, "normalize": True,
+}
+SOURCE_DKOBAK_PROBE = {"optimizer": "adam", "lr": 0.01, "weight_decay": 5e-6, "epochs": 500, "batch_size": 1000,
+                       "schedule": "cosine", "final_lr": 0.0, "feature_norm": "none"}
+# Where the tuned probe departs from its source, each departure stated in the recipe's notes and
+# measured in the README (the source's values did not converge on this project's checkpoints).
+PROBE_DEPARTURES = {"lr": 1e-3, "feature_norm": "standardize"}
+SOURCE_ORIGINAL_SIMCLR = {"batch_size": 512, "lr": 0.6, "optimizer": "sgd", "schedule": "cosine", "min_lr": 1e-3}
+SOURCE_ORIGINAL_SUPERVISED = {"batch_size": 128, "lr": 1e-3, "schedule": "cosine"}
+
+
+def test_tuned_simclr_equals_dkobak():
+    r = recipe("tuned", "simclr")
+    for key, value in SOURCE_DKOBAK.items():
+        if key == "lr_per_256":
+            assert scaled_lr(r, 256) == pytest.approx(value)
+        else:
+            assert r[key] == pytest.approx(value), key
+    assert scaled_lr(r, 512) == pytest.approx(0.03 * 512 / 256)
+    assert "44b2500" in r["source"] and "91.7" in r["source"]
+
+
+def test_tuned_supervised_equals_weiaicunzai():
+    r = recipe("tuned", "supervised")
+    for key, value in SOURCE_WEIAICUNZAI.items():
+        if key == "milestone_epochs":
+            assert [m * SOURCE_WEIAICUNZAI["epochs"] for m in r["milestones"]] == pytest.approx(value)
+        else:
+            assert r[key] == pytest.approx(value) if isinstance(value, float) else r[key] == value, key
+    assert scaled_lr(r, 128) == pytest.approx(0.1)
+    assert "11d8418" in r["source"] and "75.61" in r["source"]
+
+
+def test_tuned_probe_equals_its_source_but_for_stated_departures():
+    r = recipe("tuned", "probe")
+    for key, value in SOURCE_DKOBAK_PROBE.items():
+        want = PROBE_DEPARTURES.get(key, value)
+        assert r[key] == pytest.approx(want) if isinstance(want, float) else r[key] == want, key
+    notes = " ".join(r["notes"])
+    assert "lr 1e-3" in notes and "standardised" in notes and "0.01" in notes
+    assert recipe("original", "probe") == {**r, "notes": recipe("original", "probe")["notes"]}  # one probe
+
+
+def test_original_recipes_equal_the_course_project():
+    simclr, sup = recipe("original", "simclr"), recipe("original", "supervised")
+    for key, value in SOURCE_ORIGINAL_SIMCLR.items():
+        assert simclr[key] == pytest.approx(value) if isinstance(value, float) else simclr[key] == value, key
+    assert scaled_lr(simclr, 512) == pytest.approx(0.6) and scaled_lr(simclr, 256) == pytest.approx(0.3)
+    for key, value in SOURCE_ORIGINAL_SUPERVISED.items():
+        assert sup[key] == pytest.approx(value) if isinstance(value, float) else sup[key] == value, key
+    assert sup["min_lr"] == 0.0 and "period" not in sup  # the cosine spans the run: no epoch at lr 0
+
+
+def test_every_recipe_part_states_its_source_and_every_value_is_plain():
+    for name, parts in RECIPES.items():
+        for part, values in parts.items():
+            assert values["source"] and isinstance(values["notes"], list), (name, part)
+            json.dumps(values)  # plain data only
+
+
+def test_help_shows_recipe_values():
+    assert "0.06 x B/512" in recipe_help("lr") and "0.1 x B/128" in recipe_help("lr")
+    assert "original: simclr 0.6 x B/512" in recipe_help("lr")
+
+
+@pytest.mark.parametrize("name", ["tuned", "original"])
+@pytest.mark.parametrize("train_type", ["simclr", "supervised"])
+def test_train_resolves_the_recipe_and_flags_override_it(name, train_type):
+    args = train.parse_args(["--recipe", name, "--train_type", train_type, "--dataset", "synthetic"])
+    values = recipe(name, train_type)
+    assert args.recipe == name and args.epochs == values["epochs"] and args.batch_size == values["batch_size"]
+    assert args.learning_rate == pytest.approx(scaled_lr(values, values["batch_size"]))
+    assert args.weight_decay == values["weight_decay"] and args.optimizer == values["optimizer"]
+    # The lr follows the batch by the recipe's rule unless --learning_rate is given.
+    half = train.parse_args(["--recipe", name, "--train_type", train_type, "--dataset", "synthetic",
+                             "--batch_size", str(values["batch_size"] // 2)])
+    assert half.learning_rate == pytest.approx(scaled_lr(values, values["batch_size"] // 2))
+    given = train.parse_args(["--recipe", name, "--train_type", train_type, "--dataset", "synthetic",
+                              "--batch_size", "64", "--learning_rate", "0.123", "--weight_decay", "0"])
+    assert given.learning_rate == 0.123 and given.weight_decay == 0.0 and given.lr_rule == "given by --learning_rate"
