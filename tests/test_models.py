@@ -119,3 +119,17 @@ def test_imagenet_weights_fetched_by_our_downloader_and_sha_checked(torch_home):
         with pytest.raises(DataMissingError, match="sha256"):
             load_imagenet_state_dict(bad)
         assert not imagenet_weights_path(bad).exists()
+
+
+def test_projection_head_with_and_without_batchnorm():
+    plain = ProjectionHead(512, 1024, 128, batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    assert plain.net[0].bias is not None and plain(torch.randn(4, 512)).shape == (4, 128)
+    with_bn = ProjectionHead(512, 512, 128)
+    assert isinstance(with_bn.net[1], torch.nn.BatchNorm1d) and with_bn.net[0].bias is None
+    # Checkpoints written before proj_bn existed rebuild with the BatchNorm head they were trained with.
+    old = build_model({"train_type": "simclr", "stem": "cifar", "proj_hidden_dim": 512, "proj_dim": 128})
+    new = build_model({"train_type": "simclr", "stem": "cifar", "proj_hidden_dim": 1024, "proj_dim": 128,
+                       "proj_bn": False})
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in old.head.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in new.head.modules())

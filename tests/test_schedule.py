@@ -56,3 +56,36 @@ def test_period_then_hold_at_floor():
 
 def test_single_step_run_uses_base_lr():
     assert _run(1) == [pytest.approx(0.6)]
+
+
+def test_multistep_matches_its_closed_form_and_milestones_scale_with_the_run():
+    from utils.schedule import lr_schedule, make_scheduler, milestone_steps
+
+    spe, epochs = 3, 200
+    total = spe * epochs
+    marks = milestone_steps([0.3, 0.6, 0.8], total)
+    assert marks == [60 * spe, 120 * spe, 160 * spe]  # epochs 61, 121, 161 start the lower lrs
+    fn = lr_schedule("multistep", 0.1, total, warmup_steps=spe, milestones=marks, gamma=0.2)
+    assert [fn(k) for k in range(spe)] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])  # warmup, never 0
+    assert fn(60 * spe - 1) == pytest.approx(0.1) and fn(60 * spe) == pytest.approx(0.02)
+    assert fn(120 * spe) == pytest.approx(0.004) and fn(total - 1) == pytest.approx(0.1 * 0.2 ** 3)
+    # Through a LambdaLR: the optimizer sees the same values (the lambda returns a multiplier).
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=123.0)
+    sched = make_scheduler(opt, fn, 0.1)
+    seen = []
+    for _ in range(total):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([fn(k) for k in range(total)])
+    # A 4-epoch run keeps the shape instead of collapsing every milestone onto step 0.
+    assert milestone_steps([0.3, 0.6, 0.8], 4 * spe) == [4, 7, 10]
+
+
+def test_cosine_schedule_reaches_its_floor_only_at_the_last_step():
+    from utils.schedule import lr_schedule
+
+    fn = lr_schedule("cosine", 0.06, 100, final_lr=0.0)
+    assert fn(0) == pytest.approx(0.06) and fn(99) == 0.0
+    assert all(fn(k) > 0 for k in range(99))

@@ -124,3 +124,21 @@ def test_missing_data_offline_is_one_line_and_leaves_no_run_folder(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "python data.py --dataset cifar10" in message
     assert not run.exists()
+
+
+@pytest.mark.parametrize("recipe", ["tuned", "original"])
+@pytest.mark.parametrize("train_type", ["simclr", "supervised"])
+def test_no_epoch_runs_at_lr_zero_before_the_last(tmp_path, recipe, train_type):
+    """metrics.csv of a short run: lr > 0 after every epoch but the last, the schedule's end value at the last."""
+    run = tmp_path / "run"
+    train.main(["--dataset", "synthetic", "--device", "cpu", "--quiet", "--image_size", "16", "--data_scale", "0.1",
+                "--batch_size", "50", "--epochs", "4", "--recipe", recipe, "--train_type", train_type,
+                "--run_dir", str(run)])
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    lrs = [float(r["lr"]) for r in rows]
+    assert len(lrs) == 4 and all(lr > 0 for lr in lrs[:-1]), lrs
+    config = json.loads((run / "config.json").read_text())["args"]
+    final = (config["min_lr"] if config["schedule"] == "cosine"
+             else config["learning_rate"] * config["lr_gamma"] ** len(config["lr_milestones"]))
+    assert lrs[-1] == pytest.approx(final, abs=1e-12), lrs
+    assert config["recipe"] == recipe and config["lr_rule"].endswith(("/ 512", "/ 128", "(not scaled)"))
