@@ -18,7 +18,7 @@ logistic-regression probes of Kolesnikov et al. 2019 and Radford et al. 2021.
     info = fit_lbfgs(linear, lambda: linear(h), y, l2=1e-3)   # linear: nn.Linear, trained in place
 
 The fit runs in float64 (the probe casts the features and the head), so that the gradient
-tolerance is reachable; `converged` is reported from the gradient itself.
+tolerance (1e-5) is reachable; `converged` is reported from the gradient itself.
 
 Run its tests with `python -m pytest tests/test_lbfgs_probe.py -q`.
 """
@@ -45,8 +45,8 @@ HISTORY_SIZE = 20
 # Converged means: no gradient entry of the objective above TOLERANCE_GRAD at the end (checked
 # after every round by an explicit evaluation, never inferred from how many iterations ran).
 # The fit stops without converging when an iteration changes the objective by less than
-# TOLERANCE_CHANGE (no further progress is possible in float64) or at max_iter.
-TOLERANCE_GRAD = 1e-6
+# TOLERANCE_CHANGE (no further progress in float64) or at max_iter.
+TOLERANCE_GRAD = 1e-5  # on the mean cross-entropy; the suboptimality is then below g^2 / (4 l2)
 TOLERANCE_CHANGE = 1e-12
 
 
@@ -74,8 +74,8 @@ def fit_lbfgs(
     """Minimise the objective over `linear`'s weight and bias (in place), from zeros.
 
     logits_fn() -> logits (N, C) of every training sample (the whole cached matrix through the
-    fixed feature normalisation and `linear`); run it in float64 for a gradient tolerance of 1e-6
-    to be reachable. on_round(iterations so far) runs after every ITERS_PER_ROUND iterations and
+    fixed feature normalisation and `linear`); run it in float64 for the gradient tolerance to be
+    reachable. on_round(iterations so far) runs after every ITERS_PER_ROUND iterations and
     at the end; check_params(optimizer) may assert what the optimizer holds. Returns iterations,
     objective evaluations, `converged` (the largest gradient entry is <= TOLERANCE_GRAD), why it
     stopped, the final objective and cross-entropy, and the largest gradient entry at the end.
