@@ -53,7 +53,7 @@ import torch
 from models import build_backbone, build_probe_head
 from models.resnet import FEATURE_DIM
 from utils.checkpoint import load_checkpoint, load_state_strict, strip_prefixes
-from utils.cli import HelpFormatter, common_parser, positive_int
+from utils.cli import ArgumentParser, HelpFormatter, common_parser, finite_float, non_negative_float, positive_float, positive_int
 from utils.constants import DATASET_CHOICES, canonical_dataset
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_json
@@ -68,7 +68,7 @@ TRAIN_TYPE_ALIASES = {"selfsupervised": "simclr"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     g = p.add_argument_group("evaluation")
     g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
@@ -77,11 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--test_num_epochs", type=positive_int, default=100, help="epochs of head training")
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="head training batch size [32 SimCLR, 128 supervised/ImageNet]" + by_type)
-    g.add_argument("--test_learning_rate", "--learning_rate", dest="test_learning_rate", type=float, default=None,
+    g.add_argument("--test_learning_rate", "--learning_rate", dest="test_learning_rate", type=positive_float, default=None,
                    help="initial lr [0.075 SimCLR; 0.01 for stage 1 of two, stage 2 a tenth]" + by_type)
     g.add_argument("--schedule", default="auto", choices=["auto", *SCHEDULES],
                    help="auto: cosine for SimCLR checkpoints, two-stage for supervised/ImageNet ones")
-    g.add_argument("--weight_decay", type=float, default=0.0, help="SGD weight decay on the head")
+    g.add_argument("--weight_decay", type=non_negative_float, default=0.0, help="SGD weight decay on the head")
     g.add_argument("--head_layers", type=int, default=1, choices=[1, 2],
                    help="1: one linear layer (standard); 2: two stacked linear layers (the original README)")
     g.add_argument("--feature_norm", default="standardize", choices=list(FEATURE_NORMS),
@@ -89,14 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "head (no trainable parameters; still linear); none: raw features")
     g.add_argument("--augment", action="store_true",
                    help="recompute train features every epoch with random crop + flip (slower)")
-    g.add_argument("--val_split", type=float, default=None,
+    g.add_argument("--val_split", type=finite_float, default=None,
                    help="fraction of the train split held out as validation [0: none; 0.1 with --solver lbfgs]"
                    + by_type)
     g.add_argument("--solver", default="sgd", choices=["sgd", "lbfgs"],
                    help="sgd: the original's schedule above; lbfgs: convex logistic-regression probe, no lr, "
                         "l2 chosen on the val split, refit on train + val (--test_num_epochs, --batch_size, "
                         "--test_learning_rate, --schedule do not apply)")
-    g.add_argument("--l2", type=float, nargs="+", default=list(DEFAULT_L2_GRID),
+    g.add_argument("--l2", type=finite_float, nargs="+", default=list(DEFAULT_L2_GRID),
                    help="--solver lbfgs: l2 penalty values on the head's weight to choose among on the val split")
     g.add_argument("--lbfgs_max_iter", type=positive_int, default=DEFAULT_MAX_ITER,
                    help="--solver lbfgs: most L-BFGS iterations per fit (each fit stops earlier at convergence)")

@@ -40,7 +40,8 @@ from models.resnet import imagenet_classifier
 from utils.augment import (BatchSimCLRAugment, BatchSupervisedAugment, TwoViews, simclr_view_transform,
                            supervised_train_transform)
 from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
-from utils.cli import HelpFormatter, common_parser, non_negative_int, positive_int, str2bool
+from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, image_size, momentum,
+                       non_negative_float, non_negative_int, positive_float, positive_int, str2bool)
 from utils.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                              canonical_dataset)
 from utils.datasets import indices_sha256, load_split, stratified_subset
@@ -69,7 +70,7 @@ METRIC_FIELDS = ["epoch", "loss", "train_acc", "knn_acc", "lr", "images_per_s", 
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     g = p.add_argument_group("what to train")
     g.add_argument("--train_type", default="simclr", choices=["simclr", "selfsupervised", "supervised"],
@@ -80,28 +81,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from torchvision's ImageNet ResNet-18 weights (ImageNet stem, 224 px)")
     g.add_argument("--data_scale", type=float, default=1.0,
                    help="fraction of the training set, a seeded class-stratified subset (nested across scales)")
-    g.add_argument("--image_size", type=int, default=None,
+    g.add_argument("--image_size", type=image_size, default=None,
                    help="training resolution [dataset's native size; 224 with --pretrained true]" + by_type)
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
                    help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
     g.add_argument("--proj_hidden_dim", type=positive_int, default=512, help="SimCLR projection MLP hidden width")
     g.add_argument("--proj_dim", type=positive_int, default=128, help="SimCLR projection output width (z)")
-    g.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
+    g.add_argument("--temperature", type=positive_float, default=0.5, help="NT-Xent temperature")
     g.add_argument("--blur", action="store_true", help="add SimCLR's Gaussian blur (off for 32 px images)")
 
     o = p.add_argument_group("optimisation (defaults differ by --train_type: simclr | supervised)")
     o.add_argument("--epochs", type=non_negative_int, default=None,
                    help="[1000 | 100]; 0 saves the initial model as final.pth (how the ImageNet baseline is made)" + by_type)
     o.add_argument("--batch_size", type=int, default=None, help="global batch [512 | 128]" + by_type)
-    o.add_argument("--learning_rate", "--lr", type=float, default=None, help="peak lr [0.6 | 0.001]" + by_type)
+    o.add_argument("--learning_rate", "--lr", type=finite_float, default=None, help="peak lr [0.6 | 0.001]" + by_type)
     o.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
                    help="[sgd with momentum | adam]" + by_type)
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--weight_decay", type=float, default=None, help="[1e-6 | 1e-4]" + by_type)
-    o.add_argument("--min_lr", type=float, default=None, help="cosine floor, absolute [1e-3 | 0]" + by_type)
+    o.add_argument("--momentum", type=momentum, default=0.9, help="SGD momentum")
+    o.add_argument("--weight_decay", type=non_negative_float, default=None, help="[1e-6 | 1e-4]" + by_type)
+    o.add_argument("--min_lr", type=non_negative_float, default=None, help="cosine floor, absolute [1e-3 | 0]" + by_type)
     o.add_argument("--lr_period_epochs", type=positive_int, default=None,
                    help="cosine half-period in epochs, then hold at --min_lr [whole run | 50]" + by_type)
-    o.add_argument("--warmup_epochs", type=float, default=0.0, help="linear warmup length in epochs")
+    o.add_argument("--warmup_epochs", type=non_negative_float, default=0.0, help="linear warmup length in epochs")
     o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto: bf16 autocast on CUDA (fp16+GradScaler without bf16), fp32 on CPU")
     o.add_argument("--nan_policy", default="stop", choices=["stop", "skip"],
@@ -143,25 +144,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Catch bad values before any work starts (one-line UserError each)."""
+    """Catch bad values before any work starts (one-line UserError each).
+
+    Finiteness and single-flag ranges are the argparse types' job (utils/cli.py); what is left
+    here is written NaN-safe (`not 0 < x <= 1` is True for NaN) or compares flags with each other.
+    """
     if not 0 < args.data_scale <= 1:
         raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
-    if args.learning_rate <= 0:
+    if not args.learning_rate > 0:
         raise UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    if args.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if args.min_lr < 0 or args.min_lr > args.learning_rate:
         raise UserError(f"--min_lr must be in [0, --learning_rate], got {args.min_lr}")
-    if args.image_size is not None and args.image_size < 8:
-        raise UserError(f"--image_size must be >= 8, got {args.image_size}")
     if args.pretrained and args.stem == "cifar":
         raise UserError("--pretrained true loads ImageNet weights, which need --stem imagenet (or auto)")
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one of them")
-    if args.warmup_epochs < 0:
-        raise UserError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}")
 
 
 def describe_data(args: argparse.Namespace) -> dict:

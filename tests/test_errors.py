@@ -68,6 +68,18 @@ BAD_INPUTS = {
     "folder with one class": (["--dataset", "folder"],
                               lambda t: ["--data_dir", str(_image_folder(t / "imgs", ["cats"], 3))], "only one class"),
     "folder missing": (["--dataset", "folder"], lambda t: ["--data_dir", str(t / "nowhere")], "not found"),
+    # issue 14, item 4: NaN / inf / out-of-range numbers stop at argparse, before any data is loaded
+    "temperature nan": (["--temperature", "nan"], None, "argument --temperature: expected a finite number, got 'nan'"),
+    "learning_rate inf": (["--learning_rate", "inf"], None, "argument --learning_rate/--lr: expected a finite number"),
+    "learning_rate nan": (["--learning_rate", "nan"], None, "argument --learning_rate/--lr: expected a finite number"),
+    "seed -5": (["--seed", "-5"], None, "argument --seed: must be in [0, 4294967295], got -5"),
+    "seed too large": (["--seed", "99999999999999999999"], None, "argument --seed: must be in [0, 4294967295]"),
+    "weight_decay -1": (["--weight_decay", "-1"], None, "argument --weight_decay: must be >= 0, got -1"),
+    "momentum -0.5": (["--momentum", "-0.5"], None, "argument --momentum: must be in [0, 1), got -0.5"),
+    "warmup_epochs nan": (["--warmup_epochs", "nan"], None, "argument --warmup_epochs: expected a finite number"),
+    "image_size 100000": (["--image_size", "100000"], None, "argument --image_size: must be in [8, 1024] pixels"),
+    "min_lr inf": (["--min_lr", "inf"], None, "argument --min_lr: expected a finite number"),
+    "data_scale inf": (["--data_scale", "inf"], None, "--data_scale must be in (0, 1]"),
 }
 
 
@@ -100,8 +112,9 @@ def test_bad_input_table(row, tmp_path, capsys):
     assert expected in line
     if line.startswith("error:"):
         assert err.strip() == line  # exactly one line on stderr
-    else:  # argparse's own check: its usage lines, then "<prog>: error: argument ..."
+    else:  # argparse's own check: "<prog>: error: argument ...", one line (utils.cli.ArgumentParser)
         assert ": error: argument --" in line and err.strip().endswith(line)
+        assert err.strip() == line
     assert not list(run_dir.glob("*.pth")) and not (run_dir / "config.json").exists()  # no work was done
 
 
