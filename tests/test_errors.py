@@ -37,6 +37,13 @@ def _image_folder(root: Path, classes: list[str], per_class: int) -> Path:
     return root
 
 
+def _gif_class(tmp: Path) -> Path:
+    root = _image_folder(tmp / "imgs", ["a", "b"], 3)
+    (root / "train" / "c").mkdir()
+    (root / "train" / "c" / "0.gif").write_bytes(b"GIF89a")
+    return root
+
+
 def _file_in_the_way(tmp: Path) -> str:
     (tmp / "a_file.txt").write_text("x")
     return str(tmp / "a_file.txt" / "run")
@@ -68,6 +75,8 @@ BAD_INPUTS = {
     "folder with one class": (["--dataset", "folder"],
                               lambda t: ["--data_dir", str(_image_folder(t / "imgs", ["cats"], 3))], "only one class"),
     "folder missing": (["--dataset", "folder"], lambda t: ["--data_dir", str(t / "nowhere")], "not found"),
+    "folder class with only gifs": (["--dataset", "folder"], lambda t: ["--data_dir", str(_gif_class(t))],
+                                    "with no usable image: c (has only .gif)"),
     # issue 14, item 4: NaN / inf / out-of-range numbers stop at argparse, before any data is loaded
     "temperature nan": (["--temperature", "nan"], None, "argument --temperature: expected a finite number, got 'nan'"),
     "learning_rate inf": (["--learning_rate", "inf"], None, "argument --learning_rate/--lr: expected a finite number"),
