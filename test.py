@@ -52,7 +52,7 @@ import torch
 
 from models import build_backbone, build_probe_head
 from models.resnet import FEATURE_DIM
-from utils.checkpoint import load_checkpoint, load_state_strict, strip_prefixes
+from utils.checkpoint import check_finite_weights, load_checkpoint, load_state_strict, strip_prefixes
 from utils.cli import ArgumentParser, HelpFormatter, common_parser, finite_float, non_negative_float, positive_float, positive_int
 from utils.constants import DATASET_CHOICES, canonical_dataset
 from utils.errors import UserError, run_cli
@@ -153,10 +153,23 @@ def describe_checkpoint(ckpt: dict, path: Path) -> dict:
             raise KeyError("backbone")
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} lacks what linear evaluation needs ({type(exc).__name__}: {exc})") from None
+    if info["finished"] is False and _last_of_a_finished_run(ckpt):
+        info["finished"] = True
     # torchvision's ImageNet weights saved as they are (train.py --epochs 0 --pretrained true).
     info["imagenet_weights"] = info["pretrained"] and (
         info["epoch"] == 0 or str(info["train_dataset"]).startswith("imagenet"))
     return info
+
+
+def _last_of_a_finished_run(ckpt: dict) -> bool:
+    """train.py writes every last.pth with finished=False, the one after the final epoch too: that one
+    is complete (all of --epochs done, no partial epoch) and holds the same weights as final.pth."""
+    config, state = ckpt.get("config"), ckpt.get("train_state")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        return False
+    epochs = config.get("epochs")
+    return (isinstance(epochs, int) and epochs > 0 and ckpt.get("epoch") == epochs
+            and state.get("epoch") == epochs and not state.get("step_in_epoch") and not state.get("partial"))
 
 
 def warn_flag_mismatches(args: argparse.Namespace, info: dict) -> None:
@@ -182,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = load_checkpoint(model_path)  # one-line UserError for missing/empty/corrupt/unsafe files
     sha = file_sha256(model_path)
     info = describe_checkpoint(ckpt, model_path)
+    check_finite_weights(ckpt, model_path, parts=("backbone",))  # the head is dropped
     run_dir = Path(args.run_dir) if args.run_dir else model_path.resolve().parent / f"{stem_name}-{args.dataset}"
     new_dir = not run_dir.exists()
     try:

@@ -153,6 +153,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
+    if args.train_type == "simclr" and args.batch_size < 2 and args.epochs > 0:
+        # NT-Xent's negatives are the batch's other images (all ranks' under DDP): with one there are none
+        raise UserError(f"SimCLR needs --batch_size >= 2 (the other images of a batch are its negatives), "
+                        f"got {args.batch_size}")
     if not args.learning_rate > 0:
         raise UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.min_lr < 0 or args.min_lr > args.learning_rate:

@@ -44,6 +44,11 @@ def _gif_class(tmp: Path) -> Path:
     return root
 
 
+def _a_file(tmp: Path) -> str:
+    (tmp / "data.bin").write_bytes(b"x")
+    return str(tmp / "data.bin")
+
+
 def _file_in_the_way(tmp: Path) -> str:
     (tmp / "a_file.txt").write_text("x")
     return str(tmp / "a_file.txt" / "run")
@@ -77,6 +82,9 @@ BAD_INPUTS = {
     "folder missing": (["--dataset", "folder"], lambda t: ["--data_dir", str(t / "nowhere")], "not found"),
     "folder class with only gifs": (["--dataset", "folder"], lambda t: ["--data_dir", str(_gif_class(t))],
                                     "with no usable image: c (has only .gif)"),
+    "simclr batch_size 1": (["--batch_size", "1"], None, "SimCLR needs --batch_size >= 2"),
+    "data_dir is a file (cifar10)": (["--dataset", "cifar10"], lambda t: ["--data_dir", _a_file(t)],
+                                     "as the data folder (--data_dir): it is a file"),
     # issue 14, item 4: NaN / inf / out-of-range numbers stop at argparse, before any data is loaded
     "temperature nan": (["--temperature", "nan"], None, "argument --temperature: expected a finite number, got 'nan'"),
     "learning_rate inf": (["--learning_rate", "inf"], None, "argument --learning_rate/--lr: expected a finite number"),

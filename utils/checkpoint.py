@@ -102,6 +102,24 @@ def _describe_load_failure(path: Path, exc: Exception) -> str:
     return f"{path} is truncated or corrupt ({type(exc).__name__}: {first})"
 
 
+def check_finite_weights(ckpt: dict, path: str | Path, parts: tuple[str, ...] = ("backbone", "head")) -> None:
+    """UserError naming the first tensor of `ckpt[part]` holding NaN or inf (a diverged or damaged model).
+
+    Checked when a checkpoint is loaded for evaluation or resumption, so such a file fails at
+    once, not after a whole feature pass with a misleading hint about the learning rate.
+    """
+    for part in parts:
+        state = ckpt.get(part)
+        if not isinstance(state, dict):
+            continue
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                kinds = "/".join(k for k, f in (("NaN", torch.isnan), ("inf", torch.isinf)) if bool(f(value).any()))
+                raise UserError(f"{path}: tensor {part}.{name} holds {bad} {kinds} value(s) of {value.numel()}; "
+                                "the model diverged or the file is damaged: use an earlier checkpoint")
+
+
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove wrapper prefixes (`module.` from DDP, `_orig_mod.` from torch.compile) from keys."""
     out = {}

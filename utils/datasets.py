@@ -11,6 +11,7 @@ on the accelerator).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -97,17 +98,34 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
     return np.sort(np.concatenate(keep))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified (train, val) index split: `val_fraction` of every class goes to val."""
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
+                     classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified (train, val) index split: `val_fraction` of every class goes to val.
+
+    Each class gives val round(val_fraction * n) images, at least one, but always keeps at least
+    one for train: a class with a single image stays in train only (no val image for it), and
+    one warning names such classes (`classes` gives their names), since the head would otherwise
+    never see them.
+    """
     if not 0 < val_fraction < 1:
         raise UserError(f"validation fraction must be in (0, 1), got {val_fraction}")
     labels = np.asarray(labels)
-    val = []
+    val, train_only = [], []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         order = np.random.default_rng([seed, int(cls), 1]).permutation(members)
-        val.append(order[: max(1, int(round(val_fraction * len(members))))])
-    val_idx = np.sort(np.concatenate(val))
+        n_val = min(max(1, int(round(val_fraction * len(members)))), len(members) - 1)
+        if n_val == 0:
+            train_only.append(classes[int(cls)] if classes else str(int(cls)))
+        val.append(order[:n_val])
+    if train_only:
+        shown = ", ".join(train_only[:10]) + (f" and {len(train_only) - 10} more" if len(train_only) > 10 else "")
+        logging.getLogger("simclr").warning(
+            "warning: %d class(es) have a single train image, kept for training with none in the validation "
+            "split: %s", len(train_only), shown)
+    val_idx = np.sort(np.concatenate(val)).astype(np.int64)
+    if len(val_idx) == 0:
+        raise UserError("no validation split possible: every class has a single train image")
     train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
     return train_idx, val_idx
 

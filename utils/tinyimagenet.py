@@ -248,8 +248,7 @@ def prepare_tiny_imagenet(
     md5 = (md5 or TINY_IMAGENET_MD5).lower()
     size = TINY_IMAGENET_BYTES if md5 == TINY_IMAGENET_MD5 else None  # a mirror's own file: md5 only
     archive = data_dir / TINY_IMAGENET_ZIP
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(data_dir / ".tiny-imagenet.lock"):
+    with file_lock(data_dir / ".tiny-imagenet.lock"):  # creates data_dir (one line if a file is in the way)
         if not force and tiny_imagenet_ready(data_dir):  # another process finished while we waited
             return root
         if force and root.exists():
