@@ -61,6 +61,7 @@ from utils.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPL
 from utils.plotting import plot_panels
 from utils.probe import (FEATURE_NORMS, FINETUNE, LINEAR, SCHEDULES, Preprocess, load_probe_data, log_epoch,
                          make_config, run_finetune, run_linear_probe)
+from utils.rundir import run_dir_exists
 from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
 
 EVAL_DATASETS = ["cifar100", "cifar10", "tiny-imagenet", "imagenet", "synthetic", "folder"]
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = describe_checkpoint(ckpt, model_path)
     check_finite_weights(ckpt, model_path, parts=("backbone",))  # the head is dropped
     run_dir = Path(args.run_dir) if args.run_dir else model_path.resolve().parent / f"{stem_name}-{args.dataset}"
-    new_dir = not run_dir.exists()
+    new_dir = not run_dir_exists(run_dir)  # a name over the file system's limit: one line
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

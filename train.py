@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import time
@@ -44,7 +43,7 @@ from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_floa
                        non_negative_float, non_negative_int, positive_float, positive_int, str2bool)
 from utils.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                              canonical_dataset)
-from utils.datasets import indices_sha256, load_split, stratified_subset
+from utils.datasets import data_sha256, indices_sha256, load_split, stratified_subset
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
                                per_rank_batch_size)
 from utils.errors import NonFiniteLossError, UserError, run_cli
@@ -56,7 +55,8 @@ from utils.losses import gathered_nt_xent_loss, nt_xent_loss
 from utils.plotting import plot_panels
 from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
                            setup_logging)
-from utils.rundir import clear_run_dir, environment_info, prepare_run_dir, unlock_run_dir
+from utils.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir, remove_unused_run_dir,
+                          run_dir_exists, unlock_run_dir)
 from utils.schedule import cosine_scheduler
 
 # Per-train-type defaults, reproducing the original recipes (../shared/ORIGINAL.md).
@@ -237,7 +237,8 @@ def make_checkpoint(args, model, data, spec, subset, epoch, step, finished, extr
         "model": spec,
         "data": {"dataset": data["dataset"], "image_size": data["image_size"], "mean": data["mean"],
                  "std": data["std"], "classes": data.get("classes"), "data_scale": args.data_scale,
-                 "subset_sha256": subset.get("sha256"), "num_train": subset.get("num_train")},
+                 "subset_sha256": subset.get("sha256"), "num_train": subset.get("num_train"),
+                 "data_sha256": subset.get("data_sha256")},
         "backbone": {k: v.detach().cpu() for k, v in raw.backbone.state_dict().items()},
         "head": {k: v.detach().cpu() for k, v in raw.head.state_dict().items()},
         "epoch": epoch, "step": step, "finished": finished, "config": plain(vars(args)),
@@ -302,16 +303,17 @@ def _train(args, device, env) -> dict:
     args.run_dir = str(run_dir)
     config = plain(vars(args))
     resume_ckpt = None
-    new_dir = not run_dir.exists()
+    new_dir = False
     if env.is_main:
+        new_dir = not run_dir_exists(run_dir)
         resume_ckpt = prepare_run_dir(run_dir, config, args.resume, args.overwrite)
     try:
         return _run(args, device, env, run_dir, config, resume_ckpt, local_bs, precision)
-    except UserError:
-        # A run that stopped on bad input before writing anything leaves no empty folder behind.
-        if env.is_main and new_dir and not any(run_dir.glob("*.pth")) and not (run_dir / "metrics.csv").exists():
-            unlock_run_dir(run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException:
+        # A run that stopped (bad input, a bug, a NaN loss, Ctrl-C) before its first checkpoint or
+        # metrics leaves no folder behind: only .lock, train.log and config.json would be in it.
+        if env.is_main and new_dir:
+            remove_unused_run_dir(run_dir)
         raise
 
 
@@ -332,8 +334,19 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
         if not env.is_main:
             arrays = load_split(args.dataset, "train", args.data_dir, download=False, image_size=args.image_size)
         indices = stratified_subset(arrays.labels, args.data_scale, args.seed)
-        subset = {"sha256": indices_sha256(indices), "num_train": int(len(indices))}
+        subset = {"sha256": indices_sha256(indices), "num_train": int(len(indices)),
+                  "data_sha256": data_sha256(arrays.images, arrays.labels)}
         data["classes"] = arrays.classes
+        if resume_ckpt is not None:  # the same config on other data would mix two datasets in one run
+            changed = data_differences(resume_ckpt.get("data", {}), {
+                "dataset": data["dataset"], "classes": data["classes"], "num_train": subset["num_train"],
+                "subset_sha256": subset["sha256"], "data_sha256": subset["data_sha256"]})
+            if changed:
+                old_dir = resume_ckpt.get("config", {}).get("data_dir")
+                moved = f"; data_dir: {old_dir!r} -> {args.data_dir!r}" if old_dir not in (None, args.data_dir) else ""
+                raise UserError(f"{run_dir / 'last.pth'} was trained on other data ({'; '.join(changed)}{moved}); "
+                                "resuming would mix two datasets in one run: restore that data, or use a new "
+                                "--run_dir or --overwrite")
         if args.epochs > 0 and args.batch_size > len(indices):
             raise UserError(f"--batch_size {args.batch_size} is larger than the training set "
                             f"({len(indices)} images at --data_scale {args.data_scale})")

@@ -85,6 +85,8 @@ BAD_INPUTS = {
     "simclr batch_size 1": (["--batch_size", "1"], None, "SimCLR needs --batch_size >= 2"),
     "data_dir is a file (cifar10)": (["--dataset", "cifar10"], lambda t: ["--data_dir", _a_file(t)],
                                      "as the data folder (--data_dir): it is a file"),
+    "run_dir name over 255 bytes": ([], lambda t: ["--run_dir", str(t / ("r" * 256) / "x")],
+                                    "is 256 bytes long, over the file system's limit of 255"),
     # issue 14, item 4: NaN / inf / out-of-range numbers stop at argparse, before any data is loaded
     "temperature nan": (["--temperature", "nan"], None, "argument --temperature: expected a finite number, got 'nan'"),
     "learning_rate inf": (["--learning_rate", "inf"], None, "argument --learning_rate/--lr: expected a finite number"),
@@ -133,6 +135,7 @@ def test_bad_input_table(row, tmp_path, capsys):
         assert ": error: argument --" in line and err.strip().endswith(line)
         assert err.strip() == line
     assert not list(run_dir.glob("*.pth")) and not (run_dir / "config.json").exists()  # no work was done
+    assert not run_dir.exists()  # and no empty run folder is left behind (issue 14, items 9 and 10)
 
 
 def _sha(path: Path) -> str:

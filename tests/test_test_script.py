@@ -342,3 +342,9 @@ def test_last_pth_of_a_finished_run_is_not_called_unfinished(tmp_path, epoch, st
     ckpt.update(finished=False, epoch=epoch, config={"train_type": "simclr", "epochs": 3},
                 train_state={"epoch": epoch, "step_in_epoch": step_in_epoch, "partial": None})
     assert test_script.describe_checkpoint(ckpt, path)["finished"] is finished
+
+
+def test_run_dir_name_over_the_limit_is_one_line(ckpt_dir, tmp_path, capsys):
+    code, err = _run_cli_in_process(["--model_path", str(ckpt_dir / "final.pth"), "--dataset", "synthetic",
+                                     "--device", "cpu", "--run_dir", str(tmp_path / ("e" * 300))], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is 300 bytes long, over the file system's limit of 255" in err
