@@ -308,3 +308,20 @@ def test_resume_from_moved_but_identical_data_goes_ahead(tmp_path):
     shutil.copytree(data / "train", moved / "train")
     train.main(flags + ["--data_dir", str(moved)])
     assert (run / "final.pth").exists()
+
+
+def test_resume_from_a_last_pth_with_nan_weights_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(IN_PROCESS + ["--epochs", "1", "--run_dir", str(run)])
+    (run / "final.pth").unlink()
+    ckpt = load_checkpoint(run / "last.pth")
+    name = next(iter(ckpt["head"]))
+    ckpt["head"][name].view(-1)[0] = float("nan")
+    from utils.checkpoint import save_checkpoint
+    save_checkpoint(run / "last.pth", ckpt)
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, IN_PROCESS + ["--epochs", "1", "--run_dir", str(run)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot resume: {run / 'last.pth'}: tensor head.{name} holds 1 NaN value(s)")
+    assert "--overwrite" in err
