@@ -95,7 +95,9 @@ def test_array_dataset_seeds_each_sample_by_epoch():
     assert not torch.equal(ds[2][0], first[2])
 
 
-def test_stratified_split_keeps_a_train_image_of_every_class(caplog):
+def test_stratified_split_keeps_a_train_image_of_every_class(caplog, monkeypatch):
+    import logging
+    monkeypatch.setattr(logging.getLogger("simclr"), "propagate", True)  # train.py's setup_logging turns it off
     """A class with one image stays in train (the head must see it), with a warning naming it."""
     labels = np.array([0] * 10 + [1] + [2] * 2)
     with caplog.at_level("WARNING", logger="simclr"):

@@ -114,7 +114,9 @@ def test_class_folder_without_usable_image_is_named(tree):
         load_image_folder(tree, "train", image_size=16)
 
 
-def test_skipped_files_are_counted_in_one_warning(tree, caplog):
+def test_skipped_files_are_counted_in_one_warning(tree, caplog, monkeypatch):
+    import logging
+    monkeypatch.setattr(logging.getLogger("simclr"), "propagate", True)  # train.py's setup_logging turns it off
     (tree / "train" / "dog" / "x.gif").write_bytes(b"GIF89a")
     (tree / "train" / "dog" / "y.gif").write_bytes(b"GIF89a")
     (tree / "train" / "cat" / "gone.png").symlink_to(tree / "nowhere.png")
