@@ -279,3 +279,12 @@ def test_ctrl_c_stops_the_decode_without_waiting_for_it(tmp_path):
         decode_into(np.zeros((5000, 2, 2, 3), np.uint8), files, decode, "test")
     time.sleep(0.5)  # what still runs after the return would show up here
     assert len(calls) < 50  # queued chunks cancelled, running ones stopped at their next image (not 128 each)
+
+
+def test_cache_files_get_the_usual_permissions(tree):
+    """Temp files are created 0600; the finished cache has the mode a plain open() gives (shared data folders)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    load_image_folder(tree, "train", image_size=16)
+    for name in ("train_16px_images.npy", "train_16px_labels.npy", "train_16px_meta.json"):
+        assert (tree / ".cache" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

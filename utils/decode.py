@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.errors import UserError
+from utils.io import _target_mode  # the mode open() would give (umask), as atomic_write does
 
 DECODE_CHUNK = 128  # images per thread task: few futures, a steady progress bar
 MAX_DECODE_THREADS = 8
@@ -143,6 +144,7 @@ def write_decoded_npy(path: Path, files: list[Path], decode: Callable[[Path, int
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npy", dir=path.parent)
+    os.fchmod(fd, _target_mode(path))  # mkstemp makes 0600 files; a shared data folder's cache must stay readable
     os.close(fd)
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
