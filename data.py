@@ -17,7 +17,7 @@ import logging
 import re
 from pathlib import Path
 
-from utils.cli import HelpFormatter
+from utils.cli import ArgumentParser, HelpFormatter
 from utils.cifar import cifar_ready, ensure_cifar
 from utils.errors import UserError, run_cli
 from utils.tinyimagenet import TINY_IMAGENET_MD5, TINY_IMAGENET_URL, prepare_tiny_imagenet, tiny_imagenet_ready
@@ -30,7 +30,7 @@ logger = logging.getLogger("data")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="tiny-imagenet", choices=[*DATASETS, *ALIASES, "all"],
                         help="what to prepare ('imagenet' means Tiny-ImageNet)")
     parser.add_argument("--data_dir", default="data", help="where datasets are stored (and downloaded to)")

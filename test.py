@@ -51,8 +51,8 @@ import torch
 
 from models import build_backbone, build_probe_head
 from models.resnet import FEATURE_DIM
-from utils.checkpoint import load_checkpoint, load_state_strict, strip_prefixes
-from utils.cli import HelpFormatter, common_parser, positive_int
+from utils.checkpoint import check_finite_weights, load_checkpoint, load_state_strict, strip_prefixes
+from utils.cli import ArgumentParser, HelpFormatter, common_parser, finite_float, non_negative_float, positive_float, positive_int
 from utils.constants import DATASET_CHOICES, canonical_dataset
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_json
@@ -61,6 +61,7 @@ from utils.plotting import plot_panels
 from utils.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, load_probe_data,
                          log_epoch, make_config, run_finetune, run_linear_probe)
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help
+from utils.rundir import run_dir_exists
 from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
 
 EVAL_DATASETS = ["cifar100", "cifar10", "tiny-imagenet", "imagenet", "synthetic", "folder"]
@@ -69,7 +70,7 @@ PROBE = ("probe",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     g = p.add_argument_group("evaluation")
     g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
@@ -81,17 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epochs of head training" + recipe_help("epochs", PROBE) + by_type)
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="head training batch size" + recipe_help("batch_size", PROBE) + by_type)
-    g.add_argument("--test_learning_rate", "--learning_rate", dest="test_learning_rate", type=float, default=None,
+    g.add_argument("--test_learning_rate", "--learning_rate", dest="test_learning_rate", type=positive_float,
+                   default=None,
                    help="initial lr (with --schedule two-stage: stage 1, stage 2 a tenth)"
                    + recipe_help("lr", PROBE) + by_type)
-    g.add_argument("--test_final_lr", type=float, default=None,
+    g.add_argument("--test_final_lr", type=non_negative_float, default=None,
                    help="--schedule cosine: the lr at the last step" + recipe_help("final_lr", PROBE) + by_type)
     g.add_argument("--probe_optimizer", default=None, choices=list(OPTIMIZERS),
                    help="the head's optimizer (SGD with momentum 0.9)" + recipe_help("optimizer", PROBE) + by_type)
     g.add_argument("--schedule", default=None, choices=list(SCHEDULES),
                    help="cosine over all epochs, or the original's two SGD stages (lr, then lr/10)"
                    + recipe_help("schedule", PROBE) + by_type)
-    g.add_argument("--weight_decay", type=float, default=None,
+    g.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="weight decay on the head" + recipe_help("weight_decay", PROBE) + by_type)
     g.add_argument("--head_layers", type=int, default=1, choices=[1, 2],
                    help="1: one linear layer (standard); 2: two stacked linear layers (the original README)")
@@ -101,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + recipe_help("feature_norm", PROBE) + by_type)
     g.add_argument("--augment", action="store_true",
                    help="recompute train features every epoch with random crop + flip (slower)")
-    g.add_argument("--val_split", type=float, default=None,
+    g.add_argument("--val_split", type=finite_float, default=None,
                    help="fraction of the train split held out as validation [0: none; 0.1 with --solver lbfgs]"
                    + by_type)
     g.add_argument("--solver", default="sgd", choices=["sgd", "lbfgs"],
@@ -109,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "recipe's Adam, or SGD); lbfgs: convex logistic-regression probe, no lr, "
                         "l2 chosen on the val split, refit on train + val (--test_num_epochs, --batch_size, "
                         "--test_learning_rate, --schedule do not apply)")
-    g.add_argument("--l2", type=float, nargs="+", default=list(DEFAULT_L2_GRID),
+    g.add_argument("--l2", type=finite_float, nargs="+", default=list(DEFAULT_L2_GRID),
                    help="--solver lbfgs: l2 penalty values on the head's weight to choose among on the val split")
     g.add_argument("--lbfgs_max_iter", type=positive_int, default=DEFAULT_MAX_ITER,
                    help="--solver lbfgs: most L-BFGS iterations per fit (each fit stops earlier at convergence)")
@@ -169,10 +171,23 @@ def describe_checkpoint(ckpt: dict, path: Path) -> dict:
             raise KeyError("backbone")
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} lacks what linear evaluation needs ({type(exc).__name__}: {exc})") from None
+    if info["finished"] is False and _last_of_a_finished_run(ckpt):
+        info["finished"] = True
     # torchvision's ImageNet weights saved as they are (train.py --epochs 0 --pretrained true).
     info["imagenet_weights"] = info["pretrained"] and (
         info["epoch"] == 0 or str(info["train_dataset"]).startswith("imagenet"))
     return info
+
+
+def _last_of_a_finished_run(ckpt: dict) -> bool:
+    """train.py writes every last.pth with finished=False, the one after the final epoch too: that one
+    is complete (all of --epochs done, no partial epoch) and holds the same weights as final.pth."""
+    config, state = ckpt.get("config"), ckpt.get("train_state")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        return False
+    epochs = config.get("epochs")
+    return (isinstance(epochs, int) and epochs > 0 and ckpt.get("epoch") == epochs
+            and state.get("epoch") == epochs and not state.get("step_in_epoch") and not state.get("partial"))
 
 
 def warn_flag_mismatches(args: argparse.Namespace, info: dict) -> None:
@@ -198,8 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = load_checkpoint(model_path)  # one-line UserError for missing/empty/corrupt/unsafe files
     sha = file_sha256(model_path)
     info = describe_checkpoint(ckpt, model_path)
+    check_finite_weights(ckpt, model_path, parts=("backbone",))  # the head is dropped
     run_dir = Path(args.run_dir) if args.run_dir else model_path.resolve().parent / f"{stem_name}-{args.dataset}"
-    new_dir = not run_dir.exists()
+    new_dir = not run_dir_exists(run_dir)  # a name over the file system's limit: one line
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

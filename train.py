@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import time
@@ -42,10 +41,12 @@ from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugme
                            SimCLRViewSpec, SupervisedAugSpec, TwoViews,
                            simclr_view_transform, supervised_train_transform)
 from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
-from utils.cli import HelpFormatter, common_parser, non_negative_int, positive_int, str2bool
+from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, image_size, momentum,
+                       non_negative_float, non_negative_int, positive_float, positive_int, probability, fraction,
+                       jitter_strength, degrees, str2bool)
 from utils.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
                              canonical_dataset)
-from utils.datasets import indices_sha256, load_split, stratified_subset
+from utils.datasets import data_sha256, indices_sha256, load_split, stratified_subset
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
                                per_rank_batch_size)
 from utils.errors import NonFiniteLossError, UserError, run_cli
@@ -57,10 +58,11 @@ from utils.losses import gathered_nt_xent_loss, nt_xent_loss
 from utils.plotting import plot_panels
 from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
                            setup_logging)
-from utils.rundir import clear_run_dir, environment_info, prepare_run_dir, unlock_run_dir
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
 from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
 from utils.weights import load_imagenet_state_dict
+from utils.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir, remove_unused_run_dir,
+                          run_dir_exists, unlock_run_dir)
 
 # Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
 # A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
@@ -77,7 +79,7 @@ METRIC_FIELDS = ["epoch", "loss", "train_acc", "knn_acc", "lr", "images_per_s", 
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     g = p.add_argument_group("what to train")
     g.add_argument("--train_type", default="simclr", choices=["simclr", "selfsupervised", "supervised"],
@@ -88,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from torchvision's ImageNet ResNet-18 weights (ImageNet stem, 224 px)")
     g.add_argument("--data_scale", type=float, default=1.0,
                    help="fraction of the training set, a seeded class-stratified subset (nested across scales)")
-    g.add_argument("--image_size", type=int, default=None,
+    g.add_argument("--image_size", type=image_size, default=None,
                    help="training resolution [dataset's native size; 224 with --pretrained true]" + by_type)
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
                    help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
@@ -101,23 +103,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SimCLR projection output width (z)" + recipe_help("proj_dim", ("simclr",)) + by_type)
     g.add_argument("--proj_bn", type=str2bool, default=None,
                    help="BatchNorm in the projection MLP" + recipe_help("proj_bn", ("simclr",)) + by_type)
-    g.add_argument("--temperature", type=float, default=None,
+    g.add_argument("--temperature", type=positive_float, default=None,
                    help="NT-Xent temperature" + recipe_help("temperature", ("simclr",)) + by_type)
 
     a = p.add_argument_group("augmentation (SimCLR views | supervised crops; both paths, --aug gpu and cpu)")
-    a.add_argument("--crop_min_scale", type=float, default=None,
+    a.add_argument("--crop_min_scale", type=fraction, default=None,
                    help="SimCLR: RandomResizedCrop scale (s, 1)" + recipe_help("crop_min_scale", ("simclr",)) + by_type)
-    a.add_argument("--hflip_prob", type=float, default=None,
+    a.add_argument("--hflip_prob", type=probability, default=None,
                    help="horizontal flip probability (turn it off for digits, text ...)" + recipe_help("hflip_prob")
                    + by_type)
-    a.add_argument("--jitter_strength", type=float, default=None,
+    a.add_argument("--jitter_strength", type=jitter_strength, default=None,
                    help="SimCLR colour jitter strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s "
                         "(0.5 = 0.4/0.4/0.4/0.1)" + recipe_help("jitter", ("simclr",)) + by_type)
-    a.add_argument("--jitter_prob", type=float, default=None,
+    a.add_argument("--jitter_prob", type=probability, default=None,
                    help="SimCLR: probability of the colour jitter" + recipe_help("jitter_prob", ("simclr",)) + by_type)
-    a.add_argument("--gray_prob", type=float, default=None,
+    a.add_argument("--gray_prob", type=probability, default=None,
                    help="SimCLR: probability of grayscale" + recipe_help("gray_prob", ("simclr",)) + by_type)
-    a.add_argument("--blur_prob", type=float, default=None,
+    a.add_argument("--blur_prob", type=probability, default=None,
                    help="SimCLR: probability of Gaussian blur (sigma 0.1-2)" + recipe_help("blur_prob", ("simclr",))
                    + by_type)
     a.add_argument("--blur", action="store_true", help="SimCLR's Gaussian blur with p 0.5 (= --blur_prob 0.5)")
@@ -129,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + by_type)
     a.add_argument("--pad_mode", default=None, choices=list(SUPERVISED_PAD_MODES),
                    help="supervised: crop padding mode" + recipe_help("pad_mode", ("supervised",)) + by_type)
-    a.add_argument("--rotation", type=float, default=None,
+    a.add_argument("--rotation", type=degrees, default=None,
                    help="supervised: random rotation in degrees, uniform in [-r, r]"
                    + recipe_help("rotation", ("supervised",)) + by_type)
 
@@ -138,25 +140,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="0 saves the initial model as final.pth (how the ImageNet baseline is made)"
                    + recipe_help("epochs") + by_type)
     o.add_argument("--batch_size", type=int, default=None, help="global batch" + recipe_help("batch_size") + by_type)
-    o.add_argument("--learning_rate", "--lr", type=float, default=None,
+    o.add_argument("--learning_rate", "--lr", type=finite_float, default=None,
                    help="peak lr, absolute; by default the recipe's, scaled linearly with the batch"
                    + recipe_help("lr") + by_type)
     o.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
                    help="SGD with momentum, Adam or AdamW" + recipe_help("optimizer") + by_type)
-    o.add_argument("--momentum", type=float, default=None, help="SGD momentum" + recipe_help("momentum") + by_type)
-    o.add_argument("--weight_decay", type=float, default=None,
+    o.add_argument("--momentum", type=momentum, default=None, help="SGD momentum" + recipe_help("momentum") + by_type)
+    o.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="weight decay on all parameters" + recipe_help("weight_decay") + by_type)
     o.add_argument("--schedule", default=None, choices=list(SCHEDULE_KINDS),
                    help="cosine to --min_lr over the run, or multistep (x --lr_gamma at --lr_milestones)"
                    + recipe_help("schedule") + by_type)
-    o.add_argument("--min_lr", type=float, default=None, help="cosine floor, absolute" + recipe_help("min_lr") + by_type)
-    o.add_argument("--lr_milestones", type=float, nargs="+", default=None,
+    o.add_argument("--min_lr", type=non_negative_float, default=None, help="cosine floor, absolute" + recipe_help("min_lr") + by_type)
+    o.add_argument("--lr_milestones", type=fraction, nargs="+", default=None,
                    help="multistep: fractions of the run at which the lr is multiplied by --lr_gamma"
                    + recipe_help("milestones") + by_type)
-    o.add_argument("--lr_gamma", type=float, default=None, help="multistep decay factor" + recipe_help("gamma") + by_type)
+    o.add_argument("--lr_gamma", type=fraction, default=None, help="multistep decay factor" + recipe_help("gamma") + by_type)
     o.add_argument("--lr_period_epochs", type=positive_int, default=None,
                    help="cosine half-period in epochs, then hold at --min_lr [whole run]" + by_type)
-    o.add_argument("--warmup_epochs", type=float, default=None,
+    o.add_argument("--warmup_epochs", type=non_negative_float, default=None,
                    help="linear warmup length in epochs" + recipe_help("warmup_epochs") + by_type)
     o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto: bf16 autocast on CUDA (fp16+GradScaler without bf16), fp32 on CPU")
@@ -219,11 +221,19 @@ def apply_recipe(args: argparse.Namespace) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Catch bad values before any work starts (one-line UserError each)."""
+    """Catch bad values before any work starts (one-line UserError each).
+
+    Finiteness and single-flag ranges are the argparse types' job (utils/cli.py); what is left
+    here is written NaN-safe (`not 0 < x <= 1` is True for NaN) or compares flags with each other.
+    """
     if not 0 < args.data_scale <= 1:
         raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
+    if args.train_type == "simclr" and args.batch_size < 2 and args.epochs > 0:
+        # NT-Xent's negatives are the batch's other images (all ranks' under DDP): with one there are none
+        raise UserError(f"SimCLR needs --batch_size >= 2 (the other images of a batch are its negatives), "
+                        f"got {args.batch_size}")
     if not args.learning_rate > 0:
         raise UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.train_type == "simclr" and not args.temperature > 0:
@@ -345,7 +355,8 @@ def make_checkpoint(args, model, data, spec, subset, epoch, step, finished, extr
         "model": spec,
         "data": {"dataset": data["dataset"], "image_size": data["image_size"], "mean": data["mean"],
                  "std": data["std"], "classes": data.get("classes"), "data_scale": args.data_scale,
-                 "subset_sha256": subset.get("sha256"), "num_train": subset.get("num_train")},
+                 "subset_sha256": subset.get("sha256"), "num_train": subset.get("num_train"),
+                 "data_sha256": subset.get("data_sha256")},
         "backbone": {k: v.detach().cpu() for k, v in raw.backbone.state_dict().items()},
         "head": {k: v.detach().cpu() for k, v in raw.head.state_dict().items()},
         "epoch": epoch, "step": step, "finished": finished, "config": plain(vars(args)),
@@ -410,16 +421,17 @@ def _train(args, device, env) -> dict:
     args.run_dir = str(run_dir)
     config = plain(vars(args))
     resume_ckpt = None
-    new_dir = not run_dir.exists()
+    new_dir = False
     if env.is_main:
+        new_dir = not run_dir_exists(run_dir)
         resume_ckpt = prepare_run_dir(run_dir, config, args.resume, args.overwrite)
     try:
         return _run(args, device, env, run_dir, config, resume_ckpt, local_bs, precision)
-    except UserError:
-        # A run that stopped on bad input before writing anything leaves no empty folder behind.
-        if env.is_main and new_dir and not any(run_dir.glob("*.pth")) and not (run_dir / "metrics.csv").exists():
-            unlock_run_dir(run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException:
+        # A run that stopped (bad input, a bug, a NaN loss, Ctrl-C) before its first checkpoint or
+        # metrics leaves no folder behind: only .lock, train.log and config.json would be in it.
+        if env.is_main and new_dir:
+            remove_unused_run_dir(run_dir)
         raise
 
 
@@ -440,8 +452,19 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
         if not env.is_main:
             arrays = load_split(args.dataset, "train", args.data_dir, download=False, image_size=args.image_size)
         indices = stratified_subset(arrays.labels, args.data_scale, args.seed)
-        subset = {"sha256": indices_sha256(indices), "num_train": int(len(indices))}
+        subset = {"sha256": indices_sha256(indices), "num_train": int(len(indices)),
+                  "data_sha256": data_sha256(arrays.images, arrays.labels)}
         data["classes"] = arrays.classes
+        if resume_ckpt is not None:  # the same config on other data would mix two datasets in one run
+            changed = data_differences(resume_ckpt.get("data", {}), {
+                "dataset": data["dataset"], "classes": data["classes"], "num_train": subset["num_train"],
+                "subset_sha256": subset["sha256"], "data_sha256": subset["data_sha256"]})
+            if changed:
+                old_dir = resume_ckpt.get("config", {}).get("data_dir")
+                moved = f"; data_dir: {old_dir!r} -> {args.data_dir!r}" if old_dir not in (None, args.data_dir) else ""
+                raise UserError(f"{run_dir / 'last.pth'} was trained on other data ({'; '.join(changed)}{moved}); "
+                                "resuming would mix two datasets in one run: restore that data, or use a new "
+                                "--run_dir or --overwrite")
         if args.epochs > 0 and args.batch_size > len(indices):
             raise UserError(f"--batch_size {args.batch_size} is larger than the training set "
                             f"({len(indices)} images at --data_scale {args.data_scale})")

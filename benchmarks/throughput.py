@@ -51,7 +51,8 @@ from utils.augment import (  # noqa: E402
     eval_transform,
     simclr_view_transform,
 )
-from utils.cli import HelpFormatter, non_negative_int, positive_int  # noqa: E402
+from utils.cli import ArgumentParser, HelpFormatter, non_negative_int, positive_float, positive_int  # noqa: E402
+from utils.cli import seed as seed_type  # noqa: E402
 from utils.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.losses import nt_xent_loss  # noqa: E402
@@ -72,7 +73,7 @@ AUG_BATCHES = {"cuda": 20, "cpu": 6}  # batches timed for the augmentation-only 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run; auto = CUDA if present, else CPU")
     p.add_argument("--batch_size", type=positive_int, default=None,
@@ -83,11 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=non_negative_int, default=None,
                    help="DataLoader workers of the baseline [all CPU cores, at most 16]")
     p.add_argument("--compile", action="store_true", help="torch.compile the model on the fast path")
-    p.add_argument("--peak_tflops", type=float, default=None,
+    p.add_argument("--peak_tflops", type=positive_float, default=None,
                    help="peak TFLOP/s for the utilisation [bf16 table for H100/H200/A100; none on CPU]")
     p.add_argument("--num_images", type=positive_int, default=CIFAR10_TRAIN_IMAGES,
                    help="synthetic training-set size held in memory (CIFAR-10: 50,000)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the data, shuffles and augmentation")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed for the data, shuffles and augmentation")
     p.add_argument("--json", default=None,
                    help="where to write the figures [benchmarks/results/throughput_<device>.json]")
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")

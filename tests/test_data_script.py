@@ -175,3 +175,12 @@ def test_cifar_missing_without_download_names_the_command(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "python data.py --dataset cifar10" in message
     assert str(tmp_path / "cifar-10-batches-py") in message and "cifar-10-python.tar.gz" in message
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "tiny-imagenet", "all"])
+def test_data_dir_that_is_a_file_is_one_line(tmp_path, dataset):
+    (tmp_path / "afile").write_text("x")
+    out = run_data("--dataset", dataset, "--data_dir", str(tmp_path / "afile"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == f"error: cannot use {tmp_path / 'afile'} as the data folder (--data_dir): it is a file\n"
+    assert (tmp_path / "afile").read_text() == "x"

@@ -93,3 +93,19 @@ def test_array_dataset_seeds_each_sample_by_epoch():
     assert torch.equal(ds[2][0], first[2])  # same (seed, epoch, index): same draw, in any order
     ds.set_epoch(1)
     assert not torch.equal(ds[2][0], first[2])
+
+
+def test_stratified_split_keeps_a_train_image_of_every_class(caplog, monkeypatch):
+    import logging
+    monkeypatch.setattr(logging.getLogger("simclr"), "propagate", True)  # train.py's setup_logging turns it off
+    """A class with one image stays in train (the head must see it), with a warning naming it."""
+    labels = np.array([0] * 10 + [1] + [2] * 2)
+    with caplog.at_level("WARNING", logger="simclr"):
+        train, val = stratified_split(labels, 0.1, seed=0, classes=["ant", "bee", "cow"])
+    assert set(labels[train]) == {0, 1, 2} and 1 not in set(labels[val])
+    assert np.bincount(labels[val], minlength=3).tolist() == [1, 0, 1]  # cow: 1 val, 1 train
+    assert len(train) + len(val) == len(labels) and set(train).isdisjoint(val)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "single train image" in warnings[0] and warnings[0].endswith(": bee")
+    with pytest.raises(UserError, match="every class has a single train image"):
+        stratified_split(np.array([0, 1, 2]), 0.5, seed=0)

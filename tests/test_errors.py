@@ -37,6 +37,18 @@ def _image_folder(root: Path, classes: list[str], per_class: int) -> Path:
     return root
 
 
+def _gif_class(tmp: Path) -> Path:
+    root = _image_folder(tmp / "imgs", ["a", "b"], 3)
+    (root / "train" / "c").mkdir()
+    (root / "train" / "c" / "0.gif").write_bytes(b"GIF89a")
+    return root
+
+
+def _a_file(tmp: Path) -> str:
+    (tmp / "data.bin").write_bytes(b"x")
+    return str(tmp / "data.bin")
+
+
 def _file_in_the_way(tmp: Path) -> str:
     (tmp / "a_file.txt").write_text("x")
     return str(tmp / "a_file.txt" / "run")
@@ -68,6 +80,25 @@ BAD_INPUTS = {
     "folder with one class": (["--dataset", "folder"],
                               lambda t: ["--data_dir", str(_image_folder(t / "imgs", ["cats"], 3))], "only one class"),
     "folder missing": (["--dataset", "folder"], lambda t: ["--data_dir", str(t / "nowhere")], "not found"),
+    "folder class with only gifs": (["--dataset", "folder"], lambda t: ["--data_dir", str(_gif_class(t))],
+                                    "with no usable image: c (has only .gif)"),
+    "simclr batch_size 1": (["--batch_size", "1"], None, "SimCLR needs --batch_size >= 2"),
+    "data_dir is a file (cifar10)": (["--dataset", "cifar10"], lambda t: ["--data_dir", _a_file(t)],
+                                     "as the data folder (--data_dir): it is a file"),
+    "run_dir name over 255 bytes": ([], lambda t: ["--run_dir", str(t / ("r" * 256) / "x")],
+                                    "is 256 bytes long, over the file system's limit of 255"),
+    # issue 14, item 4: NaN / inf / out-of-range numbers stop at argparse, before any data is loaded
+    "temperature nan": (["--temperature", "nan"], None, "argument --temperature: expected a finite number, got 'nan'"),
+    "learning_rate inf": (["--learning_rate", "inf"], None, "argument --learning_rate/--lr: expected a finite number"),
+    "learning_rate nan": (["--learning_rate", "nan"], None, "argument --learning_rate/--lr: expected a finite number"),
+    "seed -5": (["--seed", "-5"], None, "argument --seed: must be in [0, 4294967295], got -5"),
+    "seed too large": (["--seed", "99999999999999999999"], None, "argument --seed: must be in [0, 4294967295]"),
+    "weight_decay -1": (["--weight_decay", "-1"], None, "argument --weight_decay: must be >= 0, got -1"),
+    "momentum -0.5": (["--momentum", "-0.5"], None, "argument --momentum: must be in [0, 1), got -0.5"),
+    "warmup_epochs nan": (["--warmup_epochs", "nan"], None, "argument --warmup_epochs: expected a finite number"),
+    "image_size 100000": (["--image_size", "100000"], None, "argument --image_size: must be in [8, 1024] pixels"),
+    "min_lr inf": (["--min_lr", "inf"], None, "argument --min_lr: expected a finite number"),
+    "data_scale inf": (["--data_scale", "inf"], None, "--data_scale must be in (0, 1]"),
 }
 
 
@@ -100,9 +131,11 @@ def test_bad_input_table(row, tmp_path, capsys):
     assert expected in line
     if line.startswith("error:"):
         assert err.strip() == line  # exactly one line on stderr
-    else:  # argparse's own check: its usage lines, then "<prog>: error: argument ..."
+    else:  # argparse's own check: "<prog>: error: argument ...", one line (utils.cli.ArgumentParser)
         assert ": error: argument --" in line and err.strip().endswith(line)
+        assert err.strip() == line
     assert not list(run_dir.glob("*.pth")) and not (run_dir / "config.json").exists()  # no work was done
+    assert not run_dir.exists()  # and no empty run folder is left behind (issue 14, items 9 and 10)
 
 
 def _sha(path: Path) -> str:

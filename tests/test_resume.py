@@ -199,3 +199,129 @@ def test_reused_run_dir_drops_temp_files_left_by_a_kill(tmp_path):
     (run / "notes.tmp").write_text("not ours")
     train.main(TINY + ["--workers", "0", "--epochs", "0", "--run_dir", str(run)])
     assert not stale.exists() and (run / "notes.tmp").exists() and (run / "final.pth").exists()
+
+
+# --- issue 14: runs that stop early leave no folder; foreign files; resume checks the data -------
+
+def test_nan_or_a_bug_before_the_first_checkpoint_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _nan_objective(monkeypatch, lambda n: n == 2)
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, IN_PROCESS + ["--run_dir", str(run)])
+    assert info.value.code == 3 and "no checkpoint was written yet" in capsys.readouterr().err
+    assert not run.exists()
+
+    def bug(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(train.OBJECTIVES, "simclr", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # exit 1 with its traceback, as a bug should
+        run_cli(train.cli, IN_PROCESS + ["--run_dir", str(run)])
+    assert not run.exists()
+    run.mkdir()  # a folder the user made stays, as it was
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(train.cli, IN_PROCESS + ["--run_dir", str(run)])
+    assert run.is_dir()
+
+
+@pytest.mark.parametrize("name, content", [("config.json", '{"lr": 0.1}'), ("metrics.csv", "a,b\n1,2\n"),
+                                           ("curves.png", "png")])
+def test_files_no_run_wrote_are_refused_unless_overwrite(tmp_path, capsys, name, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text(content)
+    argv = IN_PROCESS + ["--epochs", "0", "--run_dir", str(run)]
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err == (f"error: {run} holds {name} that no training run wrote; a run would "
+                                            "overwrite them: use a new --run_dir, or --overwrite to replace them\n")
+    assert (run / name).read_text() == content and sorted(p.name for p in run.iterdir()) == [".lock", name]
+    train.main(argv + ["--overwrite"])
+    assert (run / "final.pth").exists()
+
+
+def test_our_own_leftovers_are_not_foreign(tmp_path):
+    """A run that crashed before its first checkpoint in a folder the user made left config.json and
+    train.log there: the next run goes ahead."""
+    run = tmp_path / "run"
+    train.main(IN_PROCESS + ["--epochs", "0", "--run_dir", str(run)])
+    (run / "final.pth").unlink()
+    train.main(IN_PROCESS + ["--epochs", "0", "--run_dir", str(run)])
+    assert (run / "final.pth").exists()
+
+
+def _folder(root: Path, per_class: int, seed: int) -> Path:
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b", "c"):
+        (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.png")
+    return root
+
+
+def test_resume_refuses_other_data_naming_what_changed(tmp_path, capsys):
+    import shutil
+
+    data, run = _folder(tmp_path / "d", 4, 0), tmp_path / "run"
+    flags = ["--dataset", "folder", "--data_scale", "1", "--batch_size", "4", "--epochs", "1", "--device", "cpu",
+             "--image_size", "8", "--quiet", "--workers", "0", "--aug", "gpu", "--run_dir", str(run)]
+    train.main(flags + ["--data_dir", str(data)])
+    (run / "final.pth").unlink()  # now an unfinished run: its last.pth is resumed by the same command
+
+    def refused(data_dir) -> str:
+        with pytest.raises(SystemExit) as info:
+            run_cli(train.cli, flags + ["--data_dir", str(data_dir)])
+        assert info.value.code == 2
+        return capsys.readouterr().err
+
+    other = _folder(tmp_path / "other", 4, 1)  # same size and classes, other pixels
+    err = refused(other)
+    assert err.startswith(f"error: {run / 'last.pth'} was trained on other data (data_sha256: ")
+    assert f"data_dir: {str(data)!r} -> {str(other)!r}" in err and "--overwrite" in err and err.count("\n") == 1
+
+    _folder(data, 5, 2)  # images added to the same folder
+    err = refused(data)
+    assert "num_train: 12 -> 15; subset_sha256: " in err and "data_dir" not in err
+    (data / "train" / "d").mkdir()
+    shutil.copy(data / "train" / "a" / "0.png", data / "train" / "d" / "0.png")
+    assert "classes: 3 -> 4 (added d)" in refused(data)
+
+    before = load_checkpoint(run / "last.pth")
+    assert before["data"]["num_train"] == 12  # nothing was touched
+    train.main(flags + ["--data_dir", str(data), "--overwrite"])
+    assert load_checkpoint(run / "final.pth")["data"]["num_train"] == 16
+
+
+def test_resume_from_moved_but_identical_data_goes_ahead(tmp_path):
+    import shutil
+
+    data, run = _folder(tmp_path / "d", 4, 0), tmp_path / "run"
+    flags = ["--dataset", "folder", "--data_scale", "1", "--batch_size", "4", "--epochs", "1", "--device", "cpu",
+             "--image_size", "8", "--quiet", "--workers", "0", "--aug", "gpu", "--run_dir", str(run)]
+    train.main(flags + ["--data_dir", str(data)])
+    (run / "final.pth").unlink()
+    moved = tmp_path / "moved"
+    shutil.copytree(data / "train", moved / "train")
+    train.main(flags + ["--data_dir", str(moved)])
+    assert (run / "final.pth").exists()
+
+
+def test_resume_from_a_last_pth_with_nan_weights_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(IN_PROCESS + ["--epochs", "1", "--run_dir", str(run)])
+    (run / "final.pth").unlink()
+    ckpt = load_checkpoint(run / "last.pth")
+    name = next(iter(ckpt["head"]))
+    ckpt["head"][name].view(-1)[0] = float("nan")
+    from utils.checkpoint import save_checkpoint
+    save_checkpoint(run / "last.pth", ckpt)
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, IN_PROCESS + ["--epochs", "1", "--run_dir", str(run)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot resume: {run / 'last.pth'}: tensor head.{name} holds 1 NaN value(s)")
+    assert "--overwrite" in err

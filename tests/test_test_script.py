@@ -309,3 +309,50 @@ def test_simclr_pretraining_beats_random_init(tmp_path):
               random_init["test_loss"])
     assert pretrained["test_accuracy"] > random_init["test_accuracy"] + 3, scores
     assert pretrained["test_loss"] < random_init["test_loss"], scores
+
+
+# --- issue 14 ------------------------------------------------------------------------------------
+
+def _run_cli_in_process(argv, capsys) -> tuple[int, str]:
+    from utils.errors import run_cli as run
+    with pytest.raises(SystemExit) as info:
+        run(test_script.main, argv)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_checkpoint_with_nan_weights_is_refused_at_load(tmp_path, capsys):
+    path = make_checkpoint(tmp_path / "diverged.pth")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["backbone"]["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    ckpt["backbone"]["layer2.0.conv1.weight"][1, 0, 0, 0] = float("inf")
+    save_checkpoint(path, ckpt)
+    code, err = _run_cli_in_process(["--model_path", str(path), "--dataset", "synthetic", "--device", "cpu",
+                                     "--run_dir", str(tmp_path / "ev")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {path}: tensor backbone.layer2.0.conv1.weight holds 2 NaN/inf value(s)")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_data_dir_that_is_a_file_is_one_line(ckpt_dir, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code, err = _run_cli_in_process(["--model_path", str(ckpt_dir / "final.pth"), "--dataset", "cifar100",
+                                     "--data_dir", str(tmp_path / "afile"), "--device", "cpu",
+                                     "--run_dir", str(tmp_path / "ev")], capsys)
+    assert code == 2 and err == f"error: cannot use {tmp_path / 'afile'} as the data folder (--data_dir): it is a file\n"
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("epoch, step_in_epoch, finished", [(3, 0, True), (2, 0, False), (2, 5, False)])
+def test_last_pth_of_a_finished_run_is_not_called_unfinished(tmp_path, epoch, step_in_epoch, finished):
+    """train.py writes every last.pth with finished=False; the one after the final epoch is complete."""
+    path = make_checkpoint(tmp_path / "last.pth")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt.update(finished=False, epoch=epoch, config={"train_type": "simclr", "epochs": 3},
+                train_state={"epoch": epoch, "step_in_epoch": step_in_epoch, "partial": None})
+    assert test_script.describe_checkpoint(ckpt, path)["finished"] is finished
+
+
+def test_run_dir_name_over_the_limit_is_one_line(ckpt_dir, tmp_path, capsys):
+    code, err = _run_cli_in_process(["--model_path", str(ckpt_dir / "final.pth"), "--dataset", "synthetic",
+                                     "--device", "cpu", "--run_dir", str(tmp_path / ("e" * 300))], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is 300 bytes long, over the file system's limit of 255" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from PIL import Image
 import utils.tinyimagenet as tin
 from test_download import LocalServer, closed_port
 from utils.download import ChecksumError
-from utils.errors import DataMissingError
+from utils.errors import DataMissingError, UserError
 from utils.tinyimagenet import load_tiny_imagenet, prepare_tiny_imagenet, tiny_imagenet_ready
 
 WNIDS = ("n09999999", "n01443537", "n05555555")  # deliberately NOT sorted, like the real wnids.txt
@@ -210,3 +211,24 @@ def test_force_rebuilds_from_the_archive_without_network(server, archive, tmp_pa
     prepare_tiny_imagenet(tmp_path, url=f"http://127.0.0.1:{closed_port()}/x.zip", md5=md5, force=True)
     assert len(server.requests) == n_requests and tiny_imagenet_ready(tmp_path)
     assert load_tiny_imagenet(tmp_path, "val", download=False)[1].shape == (len(VAL),)
+
+
+def test_full_disk_while_building_the_cache_is_one_line(server, archive, tmp_path, monkeypatch):
+    """ENOSPC when the array is allocated (before any write into its memory map): one line, no temp file."""
+    import errno
+
+    data, md5 = archive
+    url = server.add("tiny-imagenet-200.zip", data)
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    root = tmp_path / "tiny-imagenet-200"
+    with pytest.raises(UserError) as info:
+        prepare_tiny_imagenet(tmp_path, url=url, md5=md5)
+    assert str(info.value) == f"cannot write the image cache in {root / 'cache.partial'}: No space left on device"
+    assert not [p.name for p in (root / "cache.partial").iterdir() if "tmp" in p.name]
+    monkeypatch.undo()
+    prepare_tiny_imagenet(tmp_path, url=url, md5=md5)
+    assert tiny_imagenet_ready(tmp_path)

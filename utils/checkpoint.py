@@ -60,6 +60,24 @@ def load_state_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], wh
         raise UserError(str(exc)) from None
 
 
+def check_finite_weights(ckpt: dict, path: str | Path, parts: tuple[str, ...] = ("backbone", "head")) -> None:
+    """UserError naming the first tensor of `ckpt[part]` holding NaN or inf (a diverged or damaged model).
+
+    Checked when a checkpoint is loaded for evaluation or resumption, so such a file fails at
+    once, not after a whole feature pass with a misleading hint about the learning rate.
+    """
+    for part in parts:
+        state = ckpt.get(part)
+        if not isinstance(state, dict):
+            continue
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                kinds = "/".join(k for k, f in (("NaN", torch.isnan), ("inf", torch.isinf)) if bool(f(value).any()))
+                raise UserError(f"{path}: tensor {part}.{name} holds {bad} {kinds} value(s) of {value.numel()}; "
+                                "the model diverged or the file is damaged: use an earlier checkpoint")
+
+
 def plain(obj: Any) -> Any:
     """Convert to checkpoint-safe values: Paths -> str, tuples -> lists, numpy scalars -> Python."""
     if isinstance(obj, dict):

@@ -11,6 +11,7 @@ on the accelerator).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -97,17 +98,34 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
     return np.sort(np.concatenate(keep))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified (train, val) index split: `val_fraction` of every class goes to val."""
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
+                     classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified (train, val) index split: `val_fraction` of every class goes to val.
+
+    Each class gives val round(val_fraction * n) images, at least one, but always keeps at least
+    one for train: a class with a single image stays in train only (no val image for it), and
+    one warning names such classes (`classes` gives their names), since the head would otherwise
+    never see them.
+    """
     if not 0 < val_fraction < 1:
         raise UserError(f"validation fraction must be in (0, 1), got {val_fraction}")
     labels = np.asarray(labels)
-    val = []
+    val, train_only = [], []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         order = np.random.default_rng([seed, int(cls), 1]).permutation(members)
-        val.append(order[: max(1, int(round(val_fraction * len(members))))])
-    val_idx = np.sort(np.concatenate(val))
+        n_val = min(max(1, int(round(val_fraction * len(members)))), len(members) - 1)
+        if n_val == 0:
+            train_only.append(classes[int(cls)] if classes else str(int(cls)))
+        val.append(order[:n_val])
+    if train_only:
+        shown = ", ".join(train_only[:10]) + (f" and {len(train_only) - 10} more" if len(train_only) > 10 else "")
+        logging.getLogger("simclr").warning(
+            "warning: %d class(es) have a single train image, kept for training with none in the validation "
+            "split: %s", len(train_only), shown)
+    val_idx = np.sort(np.concatenate(val)).astype(np.int64)
+    if len(val_idx) == 0:
+        raise UserError("no validation split possible: every class has a single train image")
     train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
     return train_idx, val_idx
 
@@ -115,6 +133,19 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 def indices_sha256(indices: np.ndarray) -> str:
     """Fingerprint of a subset (int64 little-endian bytes), recorded in checkpoints."""
     return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+DATA_SHA256_ROWS = 1024  # images hashed by data_sha256: a strided sample, so it costs milliseconds
+
+
+def data_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    """Fingerprint of a dataset split: its shape, every label and a strided sample of DATA_SHA256_ROWS
+    images; recorded in checkpoints so a resumed run can tell that --data_dir now holds other data."""
+    step = max(1, len(labels) // DATA_SHA256_ROWS)
+    digest = hashlib.sha256(f"{tuple(images.shape)}\n".encode())
+    digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(images[::step]).tobytes())
+    return digest.hexdigest()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -107,7 +107,12 @@ def file_lock(path: str | Path) -> Iterator[None]:
     On systems without fcntl (Windows) this is a no-op.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the folders here are data folders: --data_dir that is a file, or unwritable
+        why = {FileExistsError: "it is a file", NotADirectoryError: "a part of that path is a file"}.get(
+            type(exc), exc.strerror or str(exc))
+        raise UserError(f"cannot use {path.parent} as the data folder (--data_dir): {why}") from None
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows

@@ -294,7 +294,7 @@ def load_probe_data(dataset: str, data_dir: str | Path, image_size: int, val_spl
         raise UserError(f"{dataset}: train and test splits have different classes")
     data = ProbeData(train.images, train.labels, test.images, test.labels, list(train.classes))
     if val_split > 0:
-        tr, va = stratified_split(train.labels, val_split, seed)
+        tr, va = stratified_split(train.labels, val_split, seed, classes=list(train.classes))
         data.train_images, data.train_labels = train.images[tr], train.labels[tr]
         data.val_images, data.val_labels = train.images[va], train.labels[va]
     return data

@@ -32,7 +32,7 @@ from PIL import Image
 
 from utils.archive import extract_into_place
 from utils.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
-from utils.decode import decode_into
+from utils.decode import open_image, write_decoded_npy
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)
@@ -167,12 +167,12 @@ def list_split(root: str | Path, split: str, classes: list[str]) -> tuple[list[P
 def decode_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
     """Decode one image to uint8 (size, size, 3) RGB; grayscale/CMYK/palette become RGB."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img = img.convert("RGB")
             if img.size != (size, size):  # never the case in the official archive
                 img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except OSError as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise UserError(f"cannot decode {path}: {exc}") from None
 
 
@@ -201,12 +201,8 @@ def build_cache(root: str | Path) -> Path:
     counts = {}
     for split in SPLITS:
         files, labels = list_split(root, split, classes)
-        images = np.lib.format.open_memmap(
-            partial / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(len(files), IMAGE_SIZE, IMAGE_SIZE, 3)
-        )
-        decode_into(images, files, decode_image, f"decoding {split}")
-        images.flush()
-        del images
+        # allocated up front (a full disk is an OSError, not SIGBUS), renamed into place when complete
+        write_decoded_npy(partial / f"{split}_images.npy", files, decode_image, IMAGE_SIZE, f"decoding {split}")
         np.save(partial / f"{split}_labels.npy", labels)
         (partial / f"{split}_files.txt").write_text("".join(f"{p.relative_to(root).as_posix()}\n" for p in files))
         counts[split] = len(files)
@@ -252,8 +248,7 @@ def prepare_tiny_imagenet(
     md5 = (md5 or TINY_IMAGENET_MD5).lower()
     size = TINY_IMAGENET_BYTES if md5 == TINY_IMAGENET_MD5 else None  # a mirror's own file: md5 only
     archive = data_dir / TINY_IMAGENET_ZIP
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(data_dir / ".tiny-imagenet.lock"):
+    with file_lock(data_dir / ".tiny-imagenet.lock"):  # creates data_dir (one line if a file is in the way)
         if not force and tiny_imagenet_ready(data_dir):  # another process finished while we waited
             return root
         if force and root.exists():
@@ -282,7 +277,10 @@ def prepare_tiny_imagenet(
             extract_into_place(archive, root, member_root=TINY_IMAGENET_FOLDER)
         arrange_val_by_class(root)
         logger.info("decoding the JPEGs once into %s", root / "cache")
-        build_cache(root)
+        try:
+            build_cache(root)
+        except OSError as exc:  # a full disk: one line; the partial cache is redone by the next run
+            raise UserError(f"cannot write the image cache in {root / 'cache.partial'}: {exc.strerror or exc}") from None
     return root
 
 
