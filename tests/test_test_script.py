@@ -301,7 +301,7 @@ def test_simclr_pretraining_beats_random_init(tmp_path):
     train.main(common + ["--run_dir", str(tmp_path / "simclr"), "--epochs", "5", "--batch_size", "128",
                          "--optimizer", "adam", "--learning_rate", "1e-3", "--temperature", "0.1"])
     train.main(common + ["--run_dir", str(tmp_path / "init"), "--epochs", "0"])
-    probe_args = ["--dataset", "synthetic", "--device", "cpu", "--test_num_epochs", "30", "--quiet"]
+    probe_args = ["--dataset", "synthetic", "--device", "cpu", "--quiet"]  # the default probe
     pretrained = test_script.main(["--model_path", str(tmp_path / "simclr" / "final.pth"), *probe_args])
     random_init = test_script.main(["--model_path", str(tmp_path / "init" / "final.pth"), *probe_args])
     assert pretrained["protocol"] == random_init["protocol"] == "linear"
