@@ -99,7 +99,7 @@ def snapshot(out: Path) -> dict:
     return {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in OUTPUTS}
 
 
-FAST = ["--preset", "demo", "--device", "cpu", "--quiet", "--workers", "0"]
+FAST = ["--preset", "demo", "--device", "cpu", "--quiet", "--workers", "0", "--baselines", "none"]
 
 
 def make_rows(values: dict[tuple, list[tuple[float, float]]]) -> list[dict]:
@@ -112,7 +112,8 @@ def make_rows(values: dict[tuple, list[tuple[float, float]]]) -> list[dict]:
                          "probe_epochs": 5, "val_accuracy": val, "val_loss": 1.0, "test_accuracy": tst,
                          "test_loss": 2.0 - tst / 100, "pretrain_loss": 4.0, "pretrain_seconds": 10.0 + seed,
                          "images_per_s": 50.0, "eval_seconds": 3.0, "device": "cpu",
-                         "checkpoint": f"runs/x{seed}/final.pth"})
+                         "checkpoint": f"runs/x{seed}/final.pth", "kind": "simclr", "budget": "epochs",
+                         "steps": 3 * 10, "train_epochs": 3})
     return rows
 
 
