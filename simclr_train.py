@@ -101,8 +101,12 @@ LOGS = "logs"  # OUT/logs/<cell>.log: a worker's output (--jobs > 1, submitit)
 RESULTS_LOCK = ".results.lock"  # held while results.csv / results.md are rebuilt
 PARENT_ENV = "SIMCLR_SWEEP_PARENT"  # a worker's parent pid: the worker stops when that process dies
 LOCK_WAIT_S = 600  # a worker waits this long for a run folder still held by a dying predecessor
-# Flags forwarded unchanged to every train.py and test.py call (a study-wide setting such as a recipe).
-COMMON_PASSTHROUGH: tuple[str, ...] = ()
+
+
+def common_passthrough(args: argparse.Namespace) -> list[str]:
+    """Flags of this script forwarded unchanged to every train.py and test.py call (study-wide settings,
+    e.g. a recipe: return ["--recipe", args.recipe])."""
+    return []
 
 
 def _glue_passthrough(argv: list[str]) -> list[str]:
@@ -269,7 +273,7 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
     sizes = subset_sizes(args) if needs_sizes else None
     sup_batch = None
     if "supervised" in baselines:
-        probe = ["--train_type", "supervised", *COMMON_PASSTHROUGH, *args.train_args_list, *args.supervised_args_list]
+        probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
         sup_batch = _parse_for(train.parse_args, probe, "--supervised_args").batch_size
     cells = sweep.study_cells({k: getattr(args, k) for k in sweep.GRID_KEYS}, args.eval_at, args.budget, baselines,
                               sizes, sup_batch)
@@ -289,7 +293,7 @@ def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device
     """train.py's argv for one cell: the kind, the data, the budget, the shared and passthrough flags."""
     common = ["--dataset", args.dataset, "--seed", str(cell.seed), "--run_dir", str(run_dir),
               "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
-              *COMMON_PASSTHROUGH] + (["--quiet"] if args.quiet else [])
+              *common_passthrough(args)] + (["--quiet"] if args.quiet else [])
     if cell.kind == "random":
         return ["--train_type", "simclr", "--epochs", "0", *common, *args.train_args_list]
     if cell.kind == "imagenet":
@@ -308,7 +312,7 @@ def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: 
     return (["--model_path", str(ckpt), "--dataset", args.eval_dataset, "--test_num_epochs", str(args.test_num_epochs),
              "--val_split", repr(args.val_split), "--run_dir", str(eval_dir), "--seed", str(cell.seed),
              "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
-             *COMMON_PASSTHROUGH] + (["--quiet"] if args.quiet else []) + args.test_args_list)
+             *common_passthrough(args)] + (["--quiet"] if args.quiet else []) + args.test_args_list)
 
 
 def _parse_for(parse, argv: list[str], flag: str) -> argparse.Namespace:
@@ -459,7 +463,11 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
         return 0
     if not (run_dir / "final.pth").exists():
         wait_for_run_dir(run_dir)
-    if not (run_dir / "final.pth").exists():  # (re-checked: a predecessor may have finished it meanwhile)
+        if (run_dir / "final.pth").exists():  # a predecessor finished it meanwhile
+            from utils.rundir import unlock_run_dir
+
+            unlock_run_dir(run_dir)
+    if not (run_dir / "final.pth").exists():
         resuming = (run_dir / "last.pth").exists()
         print(f"{tag} {cell.name}: pretraining{' (resuming from last.pth)' if resuming else ''}", flush=True)
         argv = train_argv(args, cell, run_dir, device)
@@ -553,8 +561,9 @@ def _log_tail(path: Path) -> str:
 def run_local_jobs(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
     """Up to --jobs worker processes at once, each with its own device; returns the cells that failed.
 
-    A worker stops (SIGTERM: train.py saves last.pth) when this process dies, even by SIGKILL; Ctrl-C
-    reaches the workers too, and this process waits for them to save before it exits.
+    A worker stops (SIGTERM: train.py saves last.pth) when this process dies, even by SIGKILL. Workers run
+    in their own sessions, so a Ctrl-C reaches this process alone, which then sends each worker one
+    SIGTERM (a second signal would stop it without saving) and waits for them to save before it exits.
     """
     todo, running, failed = list(pending_cells(args, cells, out_dir)), {}, []
     free = slots(args)
@@ -569,7 +578,7 @@ def run_local_jobs(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: P
                 env = dict(os.environ, **slot["env"], **{PARENT_ENV: str(os.getpid())})
                 log = open(logs / f"{cell.name}.log", "a")
                 proc = subprocess.Popen(worker_command(args, cell, slot["device"]), stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=os.getcwd())
+                                        env=env, cwd=os.getcwd(), start_new_session=True)
                 log.close()
                 running[proc] = (cell, slot)
                 print(f"[{total - len(todo)}/{total}] {cell.name}: started on {slot['where']} (pid {proc.pid})", flush=True)

@@ -11,8 +11,6 @@ scripts in separate processes on a 40-image folder dataset at 16 px.
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ import simclr_train
 import test as test_script
 import train
 from utils import sweep
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +227,40 @@ def test_original_preset_is_the_original_grid_with_both_budgets_and_baselines(no
     assert len(simclr) == 8 + 6  # 4 scales x 2 batches (epochs) + 3 scales x 2 batches (steps; 1.0 shared)
     assert {c.steps for c in simclr if c.budget == "steps"} == {250 * (50_000 // 256), 250 * (50_000 // 512)}
     assert all(c.eval_epochs == (50, 100, 250) for c in simclr)
+
+
+# --- the --jobs scheduler, with stand-in worker commands ---------------------------------------------
+
+def test_jobs_scheduler_gives_each_worker_a_device_threads_and_reports_failures(tmp_path, monkeypatch, capsys):
+    """Each cell's worker gets its slot's device, a share of the cores and the parent's pid (to die with
+    it); a failing cell is reported with its log's last line while the others finish."""
+    out = tmp_path / "study"
+    args = simclr_train.parse_args([*BASE, "--out_dir", str(out), "--data_scales", "0.05", "0.1", "--batch_sizes", "50",
+                                    "--learning_rates", "0.3", "0.6", "--epochs", "1", "--baselines", "none",
+                                    "--jobs", "2", "--devices", "cpu", "cuda:7"])
+    cells = simclr_train.build_cells(args)
+    doomed = cells[1].name
+    script = ("import json, os, sys; name, device = sys.argv[1], sys.argv[2]; "
+              "json.dump({'device': device, 'threads': os.environ['OMP_NUM_THREADS'], "
+              f"'parent': os.environ['{simclr_train.PARENT_ENV}']}}, open(sys.argv[3] + '/' + name, 'w')); "
+              f"print('boom: disk on fire') if name == '{doomed}' else None; sys.exit(5 if name == '{doomed}' else 0)")
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    monkeypatch.setattr(simclr_train, "worker_command",
+                        lambda a, cell, device: [sys.executable, "-c", script, cell.name, device, str(seen)])
+    failed = simclr_train.run_local_jobs(args, cells, out)
+    assert failed == [doomed]
+    printed = capsys.readouterr().out
+    assert f"{doomed}: failed (exit 5): boom: disk on fire" in printed
+    import json
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    got = {p.name: json.loads(p.read_text()) for p in seen.iterdir()}
+    assert sorted(got) == sorted(c.name for c in cells)
+    assert {g["device"] for g in got.values()} == {"cpu", "cuda:7"}
+    assert all(g["threads"] == str(max(1, cores // 2)) and g["parent"] == str(os.getpid()) for g in got.values())
+    assert got[cells[0].name]["device"] == "cpu" and got[cells[1].name]["device"] == "cuda:7"
 
 
 # --- slow: real processes ---------------------------------------------------------------------------------
