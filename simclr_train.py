@@ -157,10 +157,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--eval_dataset", default="cifar100", choices=test.EVAL_DATASETS, help="linear-probe data")
     s.add_argument("--budget", nargs="+", choices=sweep.BUDGETS, default=["epochs"],
                    help="epochs: --epochs over each cell's own subset; steps: every cell of a batch size gets the "
-                        "steps --epochs take at data scale 1.0 (equal compute across scales); both: both kinds of cell")
+                        "steps --epochs take at data scale 1.0 (equal compute across scales); give both for both")
     s.add_argument("--baselines", nargs="*", choices=[*sweep.BASELINES, "none"], default=list(sweep.BASELINES),
                    help="reference cells probed like the SimCLR ones: supervised pretraining on the same subsets, "
-                        "the random-init backbone, torchvision's ImageNet weights (skipped when not on disk)")
+                        "the random-init backbone, torchvision's ImageNet weights (skipped when not on disk); "
+                        "none: no baseline")
     s.add_argument("--test_num_epochs", type=positive_int, default=100, help="linear-probe epochs")
     s.add_argument("--val_split", type=float, default=0.1,
                    help="fraction of the probe's train split held out for selection (0: nothing is chosen)")
@@ -614,7 +615,10 @@ def run_submitit(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Pat
         raise UserError(f"--launcher {args.launcher} needs submitit: pip install submitit") from None
     todo = pending_cells(args, cells, out_dir)
     cluster = "slurm" if args.launcher == "slurm" else "local"
-    executor = submitit.AutoExecutor(folder=out_dir / "submitit" / "%j", cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=out_dir / "submitit" / "%j", cluster=cluster)
+    except RuntimeError as exc:  # e.g. no srun: not on a SLURM cluster
+        raise UserError(f"--launcher {args.launcher}: {exc} (--launcher submitit_local runs the jobs here)") from None
     gpus = args.gpus_per_cell if (args.launcher == "slurm" or default_devices(args)[0].startswith("cuda")) else 0
     params = {"timeout_min": args.slurm_time, "name": f"simclr-{out_dir.name}", "nodes": 1, "tasks_per_node": 1,
               "gpus_per_node": gpus}

@@ -24,7 +24,7 @@ import simclr_train
 import test as test_script
 import train
 from utils import sweep
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +261,48 @@ def test_jobs_scheduler_gives_each_worker_a_device_threads_and_reports_failures(
     assert {g["device"] for g in got.values()} == {"cpu", "cuda:7"}
     assert all(g["threads"] == str(max(1, cores // 2)) and g["parent"] == str(os.getpid()) for g in got.values())
     assert got[cells[0].name]["device"] == "cpu" and got[cells[1].name]["device"] == "cuda:7"
+
+
+def test_slurm_launcher_writes_the_sbatch_options_and_needs_a_cluster(tmp_path, monkeypatch, fakes):
+    """--launcher slurm through submitit: partition, time, account, qos and GPUs reach the sbatch script
+    (a stand-in `srun` on PATH, submission intercepted); without SLURM it is one line."""
+    import submitit
+
+    args = [*BASE, "--out_dir", str(tmp_path / "s"), "--data_scales", "0.05", "--batch_sizes", "50",
+            "--learning_rates", "0.3", "--epochs", "1", "--baselines", "none", "--launcher", "slurm",
+            "--slurm_partition", "gpu", "--slurm_time", "90", "--slurm_account", "proj", "--slurm_qos", "high",
+            "--gpus_per_cell", "2"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="--launcher slurm: .*srun"):
+        simclr_train.main(args)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    scripts, commands = [], []
+
+    class DoneJob:
+        job_id = "42"
+
+        def done(self):
+            return True
+
+        def result(self):
+            return None
+
+    def submit(self, fn):
+        commands.append(fn.command)
+        scripts.append(self._executor._make_submission_file_text("python -m job", "uid"))
+        return DoneJob()
+
+    monkeypatch.setattr(submitit.AutoExecutor, "submit", submit)
+    res = simclr_train.main(args)
+    assert res["failed"] == [] and len(scripts) == 1
+    for option in ("--partition=gpu", "--time=90", "--account=proj", "--qos=high", "--gpus-per-node=2",
+                   "--cpus-per-task=20", "--ntasks-per-node=1"):
+        assert f"#SBATCH {option}" in scripts[0], option
+    assert commands[0][-4:] == ["--worker", "ds0.05_bs50_lr0.3_ep1_seed0", "--device", "cuda"]
 
 
 # --- slow: real processes ---------------------------------------------------------------------------------
