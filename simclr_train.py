@@ -337,7 +337,7 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
     for cell in cells:
         firsts.setdefault((cell.kind, cell.budget), cell)
     for (kind, budget), cell in firsts.items():
-        run_dir, ckpt = out_dir / sweep.RUNS / cell.name, out_dir / "x.pth"
+        run_dir = out_dir / sweep.RUNS / cell.name
         want = {"dataset": args.dataset, "seed": cell.seed, "run_dir": str(run_dir), "overwrite": False}
         if kind in ("random", "imagenet"):
             want.update(epochs=0, steps=None, pretrained=kind == "imagenet")
