@@ -1,40 +1,63 @@
-"""The SimCLR data-scale and hyperparameter study: one resumable command, a results table and plots.
+"""The SimCLR data-scale study: SimCLR against supervised pretraining and reference backbones, at every
+data scale, under an epochs or an equal-steps budget; cells in parallel on one machine or on SLURM.
 
-    python simclr_train.py --preset demo                  # quick start: offline, CPU, a few minutes
-    python simclr_train.py --data_scales 0.1 0.25 0.5 1.0 --batch_sizes 256 512 --learning_rates 0.3 0.6 \\
-        --epochs 250 --eval_at 50 100 --seeds 0 1 2 --out_dir sweeps/cifar10   # the original's study
-    python simclr_train.py --dry_run ...                  # list the cells and estimate their cost, train nothing
+    python simclr_train.py --preset demo                  # quick start: offline, CPU, about 2 minutes
+    python simclr_train.py --preset original --jobs 8     # the original's study, one cell per GPU of a node
+    python simclr_train.py --preset original --launcher slurm --slurm_partition gpu   # one SLURM job per cell
+    python simclr_train.py --dry_run --preset original --jobs 8   # the cells, where they run, a wall-time estimate
     python simclr_train.py --report --out_dir sweeps/demo # redraw results.md and the plots from results.csv
 
-Each cell of the grid (data scale x batch size x learning rate x epochs x seed; GRID below, or
-the flags) is pretrained by train.main (SimCLR on the seeded, nested, class-stratified subset)
-into OUT/runs/<cell>/ and linear-evaluated by test.main into OUT/runs/<cell>/eval-<dataset>-epochNNNN/,
-at its last epoch and at every --eval_at epoch below it (checkpoints the same run keeps via
-train.py --save_at, so choosing the epoch needs no retraining). This script has no loop of its own.
+Cells: the SimCLR grid (data scale x batch size x learning rate x epochs x seed; GRID below, or the
+flags) under each --budget, and the --baselines: `supervised` (supervised pretraining on the same
+seeded subset at each data scale, train.py's supervised recipe), `random` (the backbone at init)
+and `imagenet` (torchvision's ImageNet weights; skipped with one line when they are not on disk).
+Each cell is pretrained by train.main into OUT/runs/<cell>/ and linear-evaluated by test.main into
+OUT/runs/<cell>/eval-<dataset>-epochNNNN/, at its last epoch and at every --eval_at epoch below it
+(checkpoints the same run keeps via train.py --save_at). This script has no loop of its own.
+
+Budgets: `epochs` gives every cell its --epochs over its own subset (a smaller subset gets fewer
+steps); `steps` gives every cell of a batch size the steps --epochs take at data scale 1.0
+(train.py --steps: the same schedule horizon whatever the data scale; --epochs and --eval_at then
+count epochs at scale 1.0). At scale 1.0 the two budgets are the same run, run once.
+
+Parallel: --jobs N runs N cells at once, each in its own process (`simclr_train.py ... --worker
+CELL`, its output in OUT/logs/CELL.log) with its own device from --devices (default: every visible
+GPU; on CPU the cores are divided between the processes). --launcher slurm submits each cell as a
+SLURM job with submitit (pip install submitit); --launcher submitit_local runs the same jobs on this
+machine (how the SLURM path is tested).
 
 Resume: rerun the same command. Finished (cell, eval epoch) pairs are read back from their
-record.json and skipped; an interrupted pretraining resumes from its last.pth; results.csv is
-rewritten atomically after every finished evaluation, so Ctrl-C leaves it consistent. The study
-settings (datasets, probe epochs, --val_split, passthrough args) are kept in OUT/sweep.json and
-a rerun with other settings is refused; the grid itself may grow.
+record.json and skipped; an interrupted pretraining resumes from its last.pth. results.csv is
+rebuilt from the records after every finished evaluation, under a lock and atomically, so it holds
+exactly one row per (cell, eval epoch) however the cells finish; a killed study loses nothing
+finished. The study settings (datasets, probe epochs, --val_split, passthrough args) are kept in
+OUT/sweep.json and a rerun with other settings is refused; the grid itself may grow.
 
 Selection: by the probe's validation accuracy (--val_split of the probe's train split), mean over
 seeds; the test split is reported, never used to choose.
 
-Outputs in OUT: results.csv (one row per cell and eval epoch; checkpoint paths relative to OUT),
-results.md (sorted by validation accuracy, the chosen configuration marked, mean ± std over
-seeds), accuracy_vs_data_scale.png, heatmap_lr_batch.png, sweep.json.
+Outputs in OUT: results.csv (one row per cell and eval epoch; kind, budget and step count on each),
+results.md (SimCLR against the baselines per data scale and budget; every configuration by validation
+accuracy, the chosen one marked; mean ± std over seeds), accuracy_vs_data_scale.png, heatmap_lr_batch.png.
 
-Passthrough: --train_args "..." and --test_args "..." are split like a shell line and appended
-to every train.py / test.py call, e.g. --train_args "--temperature 0.2 --warmup_epochs 10".
-Flags the sweep sets itself (dataset, scale, batch, lr, epochs, seed, run_dir, ...) are refused there.
+Passthrough: --train_args "..." is appended to every train.py call (baselines included),
+--supervised_args "..." to the supervised baseline's only (e.g. "--batch_size 64"), --test_args "..."
+to every test.py call, e.g. --train_args "--temperature 0.2 --warmup_epochs 10". Flags the study sets
+itself (dataset, scale, lr, epochs, seed, run_dir, ...) are refused there.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import math
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import test
@@ -44,41 +67,73 @@ from utils.cli import HelpFormatter, common_parser, positive_int
 from utils.constants import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_json, read_csv
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe
 from utils.runtime import resolve_device
 
-# The grid: edit it here, or override any line with the flag of the same name.
+SCRIPT = Path(__file__).resolve()
+TRAIN_SCRIPT = SCRIPT.parent / "train.py"
+
+# The grid: edit it here, or override any line with the flag of the same name. A learning rate of
+# None ("auto") passes no --learning_rate, so train.py's own rule sets it.
 # The original study swept 10-100 % of CIFAR-10, batch 256/512, lr 0.3/0.6, up to 250 epochs.
 GRID = {
     "data_scales": [0.1, 0.25, 0.5, 1.0],
     "batch_sizes": [256, 512],
-    "learning_rates": [0.3, 0.6],
+    "learning_rates": [None],
     "epochs": [250],
     "seeds": [0],
 }
 
 # --preset demo: the README's quick start: 2 scales x 2 lrs of `synthetic` (100 / 200 images),
-# 2 epochs, a 10-epoch probe. Measured on 2 CPU cores shared with other jobs (load ~6): 8 min 08 s
-# wall, 4 min 54 s CPU; pretraining 4-6 images/s, each probe (feature pass over 2,500 images) 52-65 s.
+# 2 epochs, the recipe's probe, with the supervised (batch 50) and random-init baselines. Measured on 2
+# CPU cores shared with other jobs (load 4-6): 8 min 30 s wall, 334 s CPU; 7 min 30 s with --jobs 2.
+# --preset original: the original's grid, both budgets, every baseline.
 PRESETS = {
     "demo": {"dataset": "synthetic", "eval_dataset": "synthetic", "data_scales": [0.05, 0.1], "batch_sizes": [50],
-             "learning_rates": [0.3, 0.6], "epochs": [2], "seeds": [0], "test_num_epochs": 10,
-             "out_dir": "sweeps/demo"},
+             "learning_rates": [0.3, 0.6], "epochs": [2], "seeds": [0],
+             "supervised_args": "--batch_size 50", "out_dir": "sweeps/demo"},
+    "original": {"dataset": "cifar10", "eval_dataset": "cifar100", "data_scales": [0.1, 0.25, 0.5, 1.0],
+                 "batch_sizes": [256, 512], "learning_rates": [None], "epochs": [250], "eval_at": [50, 100],
+                 "seeds": [0], "budget": ["epochs", "steps"], "out_dir": "sweeps/original"},
 }
 FAILED = "failed.json"  # a cell whose pretraining diverged; skipped on rerun until deleted
 TRAIN_RECORD = "sweep_train.json"  # the device a cell was pretrained on
+LOGS = "logs"  # OUT/logs/<cell>.log: a worker's output (--jobs > 1, submitit)
+RESULTS_LOCK = ".results.lock"  # held while results.csv / results.md are rebuilt
+PARENT_ENV = "SIMCLR_SWEEP_PARENT"  # a worker's parent pid: the worker stops when that process dies
+LOCK_WAIT_S = 600  # a worker waits this long for a run folder still held by a dying predecessor
+
+
+def common_passthrough(args: argparse.Namespace) -> list[str]:
+    """Flags of this script forwarded unchanged to every train.py and test.py call (study-wide settings,
+    the recipe)."""
+    return ["--recipe", args.recipe]
 
 
 def _glue_passthrough(argv: list[str]) -> list[str]:
     """'--train_args --flag' -> '--train_args=--flag': argparse would read a lone '--flag' value as an option."""
     out, i = [], 0
     while i < len(argv):
-        if argv[i] in ("--train_args", "--test_args") and i + 1 < len(argv):
+        if argv[i] in ("--train_args", "--test_args", "--supervised_args") and i + 1 < len(argv):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:
             out.append(argv[i])
             i += 1
     return out
+
+
+def learning_rate(value: str) -> float | None:
+    """A peak lr > 0, or 'auto' (None): train.py's own."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        lr = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (or auto), got {value!r}")
+    return lr
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,50 +145,95 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()],
                                 conflict_handler="resolve")
     grid = p.add_argument_group("grid (each flag replaces that line of GRID; a preset replaces the defaults)")
-    shown = lambda key: f"[GRID: {' '.join(map(str, GRID[key]))}]%(default).0s"  # noqa: E731
+    shown = lambda key: f"[GRID: {' '.join('auto' if v is None else str(v) for v in GRID[key])}]%(default).0s"  # noqa: E731
     grid.add_argument("--data_scales", type=float, nargs="+", help="fractions of the pretraining set " + shown("data_scales"))
     grid.add_argument("--batch_sizes", type=positive_int, nargs="+", help="SimCLR batch sizes " + shown("batch_sizes"))
-    grid.add_argument("--learning_rates", type=float, nargs="+", help="peak SimCLR lrs " + shown("learning_rates"))
-    grid.add_argument("--epochs", type=positive_int, nargs="+", help="pretraining epochs " + shown("epochs"))
+    grid.add_argument("--learning_rates", type=learning_rate, nargs="+",
+                      help="peak SimCLR lrs; auto: train.py's own rule " + shown("learning_rates"))
+    grid.add_argument("--epochs", type=positive_int, nargs="+",
+                      help="pretraining epochs (at data scale 1.0 under --budget steps) " + shown("epochs"))
     grid.add_argument("--seeds", "--seed", type=int, nargs="+", help="seeds (subset, init, order, probe split) " + shown("seeds"))
     s = p.add_argument_group("study")
     s.add_argument("--dataset", default="cifar10", choices=DATASET_CHOICES, help="pretraining data")
     s.add_argument("--eval_dataset", default="cifar100", choices=test.EVAL_DATASETS, help="linear-probe data")
-    s.add_argument("--test_num_epochs", type=positive_int, default=100, help="linear-probe epochs")
+    s.add_argument("--budget", nargs="+", choices=sweep.BUDGETS, default=["epochs"],
+                   help="epochs: --epochs over each cell's own subset; steps: every cell of a batch size gets the "
+                        "steps --epochs take at data scale 1.0 (equal compute across scales); give both for both")
+    s.add_argument("--baselines", nargs="*", choices=[*sweep.BASELINES, "none"], default=list(sweep.BASELINES),
+                   help="reference cells probed like the SimCLR ones: supervised pretraining on the same subsets, "
+                        "the random-init backbone, torchvision's ImageNet weights (skipped when not on disk); "
+                        "none: no baseline")
+    s.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
+                   help="the recipe of every train.py and test.py call (SimCLR, supervised baseline, probe); "
+                        "the SimCLR lr follows its batch rule unless --learning_rates gives one")
+    s.add_argument("--test_num_epochs", type=positive_int, default=None,
+                   help="linear-probe epochs [the recipe's probe: 500]%(default).0s")
     s.add_argument("--val_split", type=float, default=0.1,
                    help="fraction of the probe's train split held out for selection (0: nothing is chosen)")
     s.add_argument("--eval_at", type=positive_int, nargs="*", default=[],
                    help="also evaluate the checkpoints of these epochs (each cell's last epoch always is)")
     s.add_argument("--train_args", default="", help="extra train.py flags for every cell, one quoted string")
+    s.add_argument("--supervised_args", default="",
+                   help="extra train.py flags for the supervised baseline only, e.g. \"--batch_size 64\"")
     s.add_argument("--test_args", default="", help="extra test.py flags for every evaluation, one quoted string")
     o = p.add_argument_group("run")
-    o.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a ready-made study (demo: the quick start)")
+    o.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a ready-made study (demo: the quick start; original: the original's grid, both budgets)")
     o.add_argument("--out_dir", default=None, help="sweep folder [sweeps/simclr-<dataset>-<eval_dataset>]%(default).0s")
-    o.add_argument("--dry_run", action="store_true", help="print the cells and a measured cost estimate; train nothing")
+    o.add_argument("--dry_run", action="store_true",
+                   help="print the cells, where they would run and a wall-time estimate from a measured step; train nothing")
     o.add_argument("--report", action="store_true", help="only redraw results.md and the plots from OUT/results.csv")
     o.add_argument("--quiet", action="store_true", help="pass --quiet to train.py and test.py")
+    x = p.add_argument_group("parallel and cluster")
+    x.add_argument("--jobs", type=positive_int, default=1,
+                   help="cells run at once, each in its own process (1: one after another in this process)")
+    x.add_argument("--devices", nargs="+", default=None,
+                   help="devices handed out to the cells, one each [every visible GPU; else cpu]%(default).0s")
+    x.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit_local"],
+                   help="local: this machine; slurm: one SLURM job per cell (submitit); submitit_local: those jobs "
+                        "on this machine")
+    x.add_argument("--gpus_per_cell", type=positive_int, default=1,
+                   help="GPUs per cell; above 1 a cell's pretraining runs under torchrun (DDP)")
+    x.add_argument("--slurm_partition", default=None, help="SLURM partition")
+    x.add_argument("--slurm_time", type=positive_int, default=24 * 60, help="SLURM time limit per cell, minutes")
+    x.add_argument("--slurm_account", default=None, help="SLURM account (sbatch --account)")
+    x.add_argument("--slurm_qos", default=None, help="SLURM quality of service (sbatch --qos)")
+    x.add_argument("--cpus_per_cell", type=positive_int, default=None,
+                   help="CPU cores per cell [cores / --jobs locally; 10 per GPU on SLURM]%(default).0s")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one cell (by name) and exit
     if preset:
         p.set_defaults(**PRESETS[preset])
     args = p.parse_args(argv)
+    args.argv = [a for a in argv]
+    if args.test_num_epochs is None:
+        args.test_num_epochs = recipe(args.recipe, "probe")["epochs"]
     for key in sweep.GRID_KEYS:
         if getattr(args, key) is None:
             setattr(args, key, list(GRID[key]))
     args.dataset, args.eval_dataset = canonical_dataset(args.dataset), canonical_dataset(args.eval_dataset)
     args.out_dir = Path(args.out_dir or f"sweeps/simclr-{args.dataset}-{args.eval_dataset}")
-    if any(not 0 < v <= 1 for v in args.data_scales):
+    args.budget = [b for b in sweep.BUDGETS if b in args.budget]
+    args.baselines = [b for b in sweep.BASELINES if b in args.baselines]
+    if any(not (0 < v <= 1) for v in args.data_scales):
         raise UserError(f"--data_scales must be in (0, 1], got {args.data_scales}")
-    if any(v <= 0 for v in args.learning_rates):
-        raise UserError(f"--learning_rates must be > 0, got {args.learning_rates}")
     if not 0 <= args.val_split < 1:
         raise UserError(f"--val_split must be in [0, 1), got {args.val_split}")
+    for flag in ("train_args", "supervised_args", "test_args"):
+        try:
+            setattr(args, f"{flag}_list", shlex.split(getattr(args, flag)))
+        except ValueError as exc:
+            raise UserError(f"--{flag} {getattr(args, flag)!r}: {exc} (quote it as in a shell)") from None
     return args
 
 
 def study_settings(args: argparse.Namespace) -> dict:
     """What every row of one out_dir must share (kept in sweep.json)."""
-    return {"dataset": args.dataset, "eval_dataset": args.eval_dataset, "test_num_epochs": args.test_num_epochs,
-            "val_split": args.val_split, "train_args": shlex.split(args.train_args),
-            "test_args": shlex.split(args.test_args)}
+    settings = {"dataset": args.dataset, "eval_dataset": args.eval_dataset, "recipe": args.recipe,
+                "test_num_epochs": args.test_num_epochs,
+                "val_split": args.val_split, "train_args": args.train_args_list, "test_args": args.test_args_list}
+    if args.supervised_args_list:
+        settings["supervised_args"] = args.supervised_args_list
+    return settings
 
 
 def check_study(out_dir: Path, settings: dict, write: bool) -> None:
@@ -141,6 +241,7 @@ def check_study(out_dir: Path, settings: dict, write: bool) -> None:
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+        diffs += [f"{k}: {old[k]!r} -> None" for k in old if k not in settings]
         if diffs:
             raise UserError(f"{out_dir} holds a study made with other settings ({'; '.join(diffs)}); "
                             "use the same flags or another --out_dir")
@@ -148,45 +249,131 @@ def check_study(out_dir: Path, settings: dict, write: bool) -> None:
         atomic_write_json(path, settings)
 
 
-def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path) -> list[str]:
-    keep = [str(e) for e in cell.eval_epochs if e < cell.epochs]
-    return (["--train_type", "simclr", "--dataset", args.dataset, "--data_scale", repr(cell.data_scale),
-             "--batch_size", str(cell.batch_size), "--learning_rate", repr(cell.learning_rate),
-             "--epochs", str(cell.epochs), "--seed", str(cell.seed), "--run_dir", str(run_dir),
-             "--device", args.device, "--data_dir", args.data_dir, "--workers", str(args.workers)]
-            + (["--save_at", *keep] if keep else []) + (["--quiet"] if args.quiet else [])
-            + shlex.split(args.train_args))
+# --- the cells and their command lines ---------------------------------------------------------------
+
+def subset_sizes(args: argparse.Namespace):
+    """data_scale -> images in the seeded subset (exact: built-in sets are class-balanced; a folder is counted)."""
+    sizes = sweep.dataset_sizes(args.dataset)
+    if sizes is not None:
+        return lambda scale: sweep.subset_size(sizes[0], DATASETS[args.dataset].num_classes, scale)
+    from utils.datasets import stratified_subset
+    from utils.folder import list_folder
+
+    labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
+    return lambda scale: len(stratified_subset(labels, scale, 0))
 
 
-def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: Path) -> list[str]:
+def imagenet_weights_missing() -> Path | None:
+    from utils.weights import imagenet_weights_path
+
+    path = imagenet_weights_path()
+    return None if path.is_file() else path
+
+
+def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.Cell]:
+    """Every cell of the study, in run order: the SimCLR grid per budget, then the baselines."""
+    baselines = list(args.baselines)
+    if "imagenet" in baselines and (missing := imagenet_weights_missing()) is not None:
+        baselines.remove("imagenet")
+        if announce:
+            print(f"imagenet baseline skipped: no ImageNet weights at {missing} (offline); place "
+                  f"{missing.name} there to include it", flush=True)
+    needs_sizes = "steps" in args.budget or sweep.dataset_sizes(args.dataset) is not None
+    sizes = subset_sizes(args) if needs_sizes else None
+    sup_batch = None
+    if "supervised" in baselines:
+        probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
+        sup_batch = _parse_for(train.parse_args, probe, "--supervised_args").batch_size
+    cells = sweep.study_cells({k: getattr(args, k) for k in sweep.GRID_KEYS}, args.eval_at, args.budget, baselines,
+                              sizes, sup_batch)
+    if sizes is not None:
+        for cell in cells:
+            if cell.data_scale is None:
+                continue
+            n = sizes(cell.data_scale)
+            if cell.batch_size > n:
+                what = "--supervised_args --batch_size" if cell.kind == "supervised" else "--batch_sizes"
+                raise UserError(f"batch size {cell.batch_size} is larger than the {n} images of {args.dataset} at "
+                                f"data scale {cell.data_scale:g}; lower {what} or drop that scale from --data_scales")
+    return cells
+
+
+def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device: str | None = None) -> list[str]:
+    """train.py's argv for one cell: the kind, the data, the budget, the shared and passthrough flags."""
+    common = ["--dataset", args.dataset, "--seed", str(cell.seed), "--run_dir", str(run_dir),
+              "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
+              *common_passthrough(args)] + (["--quiet"] if args.quiet else [])
+    if cell.kind == "random":
+        return ["--train_type", "simclr", "--epochs", "0", *common, *args.train_args_list]
+    if cell.kind == "imagenet":
+        return ["--train_type", "supervised", "--pretrained", "true", "--epochs", "0", *common, *args.train_args_list]
+    length = ["--epochs", str(cell.epochs)] if cell.budget == "epochs" else ["--steps", str(cell.steps)]
+    keep = sorted({cell.checkpoint_epoch(e) for e in cell.eval_epochs if e < cell.epochs}
+                  - {cell.checkpoint_epoch(cell.epochs)})
+    data = ["--data_scale", repr(cell.data_scale), *length] + (["--save_at", *map(str, keep)] if keep else [])
+    if cell.kind == "supervised":  # batch and lr from the supervised recipe and --supervised_args
+        return ["--train_type", "supervised", *data, *common, *args.train_args_list, *args.supervised_args_list]
+    lr = [] if cell.learning_rate is None else ["--learning_rate", repr(cell.learning_rate)]
+    return ["--train_type", "simclr", "--batch_size", str(cell.batch_size), *lr, *data, *common, *args.train_args_list]
+
+
+def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: Path, device: str | None = None) -> list[str]:
     return (["--model_path", str(ckpt), "--dataset", args.eval_dataset, "--test_num_epochs", str(args.test_num_epochs),
              "--val_split", repr(args.val_split), "--run_dir", str(eval_dir), "--seed", str(cell.seed),
-             "--device", args.device, "--data_dir", args.data_dir, "--workers", str(args.workers)]
-            + (["--quiet"] if args.quiet else []) + shlex.split(args.test_args))
+             "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
+             *common_passthrough(args)] + (["--quiet"] if args.quiet else []) + args.test_args_list)
 
 
-def check_passthrough(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path) -> None:
-    """Parse the real argv of one cell with train.py's and test.py's parsers; refuse overridden sweep flags."""
-    run_dir, ckpt = out_dir / sweep.RUNS / cell.name, out_dir / "x.pth"
-    expected = {
-        "--train_args": (train.parse_args, train_argv(args, cell, run_dir), {
-            "train_type": "simclr", "dataset": args.dataset, "data_scale": cell.data_scale,
-            "batch_size": cell.batch_size, "learning_rate": cell.learning_rate, "epochs": cell.epochs,
-            "seed": cell.seed, "run_dir": str(run_dir), "overwrite": False,
-            "save_at": [e for e in cell.eval_epochs if e < cell.epochs]}),
-        "--test_args": (test.parse_args, test_argv(args, cell, ckpt, run_dir / "eval"), {
-            "model_path": str(ckpt), "dataset": args.eval_dataset, "test_num_epochs": args.test_num_epochs,
-            "val_split": args.val_split, "run_dir": str(run_dir / "eval"), "seed": cell.seed, "finetune": False}),
-    }
-    for flag, (parse, argv, want) in expected.items():
-        try:
-            parsed = vars(parse(argv))
-        except SystemExit:
-            raise UserError(f"{flag} {getattr(args, flag[2:])!r} was refused by its script (see the message above)") from None
+def _parse_for(parse, argv: list[str], flag: str) -> argparse.Namespace:
+    """Run a script's parser on argv; its complaint becomes one line naming `flag` (not this script)."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse(argv)
+    except SystemExit:
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        why = lines[-1].split("error: ", 1)[-1] if lines else "refused"
+        raise UserError(f"{flag} was refused by {parse.__module__}.py: {why}") from None
+    except UserError as exc:
+        raise UserError(f"{flag} was refused by {parse.__module__}.py: {exc}") from None
+
+
+def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> None:
+    """Parse the real argv of one cell of each kind with train.py's and test.py's parsers; refuse flags
+    that override what the study sets."""
+    firsts = {}
+    for cell in cells:
+        firsts.setdefault((cell.kind, cell.budget), cell)
+    for (kind, budget), cell in firsts.items():
+        run_dir = out_dir / sweep.RUNS / cell.name
+        want = {"dataset": args.dataset, "seed": cell.seed, "run_dir": str(run_dir), "overwrite": False}
+        if kind in ("random", "imagenet"):
+            want.update(epochs=0, steps=None, pretrained=kind == "imagenet")
+        else:
+            want.update(train_type=kind, data_scale=cell.data_scale, batch_size=cell.batch_size,
+                        save_at=sorted({cell.checkpoint_epoch(e) for e in cell.eval_epochs if e < cell.epochs}
+                                       - {cell.checkpoint_epoch(cell.epochs)}),
+                        epochs=cell.epochs if budget == "epochs" else None,
+                        steps=cell.steps if budget == "steps" else None)
+            if kind == "simclr":  # the grid's lr, or (auto) train.py's own, never one from --train_args
+                bare = argparse.Namespace(**{**vars(args), "train_args_list": []})
+                want["learning_rate"] = (cell.learning_rate if cell.learning_rate is not None
+                                         else train.parse_args(train_argv(bare, cell, run_dir)).learning_rate)
+        flag = "--supervised_args" if kind == "supervised" and args.supervised_args_list else "--train_args"
+        parsed = vars(_parse_for(train.parse_args, train_argv(args, cell, run_dir), flag))
         clash = [k for k, v in want.items() if parsed.get(k) != v]
         if clash:
-            raise UserError(f"{flag} must not set {', '.join(clash)}: the sweep sets those itself")
+            raise UserError(f"{flag} must not set {', '.join(clash)}: the study sets those itself")
+    cell = cells[0]
+    want = {"model_path": str(out_dir / "x.pth"), "dataset": args.eval_dataset, "test_num_epochs": args.test_num_epochs,
+            "val_split": args.val_split, "run_dir": str(out_dir / "eval"), "seed": cell.seed, "finetune": False}
+    parsed = vars(_parse_for(test.parse_args, test_argv(args, cell, out_dir / "x.pth", out_dir / "eval"), "--test_args"))
+    clash = [k for k, v in want.items() if parsed.get(k) != v]
+    if clash:
+        raise UserError(f"--test_args must not set {', '.join(clash)}: the study sets those itself")
 
+
+# --- one cell: pretrain (or resume, or skip), then evaluate its missing eval epochs -------------------
 
 def describe_device(name: str) -> str:
     import torch
@@ -205,8 +392,76 @@ def collect_rows(out_dir: Path) -> list[dict]:
             for p in sorted((out_dir / sweep.RUNS).glob(f"*/eval-*/{sweep.RECORD}"))]
 
 
-def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str) -> int:
+@contextlib.contextmanager
+def results_lock(out_dir: Path):
+    """An exclusive lock on OUT/.results.lock (flock): one process at a time rebuilds results.csv / .md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / RESULTS_LOCK, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def publish(out_dir: Path, plots: bool = False) -> list[dict]:
+    """Rebuild results.csv from every record (one row per cell and eval epoch) and results.md, under the lock."""
+    with results_lock(out_dir):
+        found = collect_rows(out_dir)
+        if not found:
+            return []
+        sweep.write_results_csv(out_dir / sweep.RESULTS_CSV, found)
+        rows = sweep.read_results(out_dir / sweep.RESULTS_CSV)
+        plots_missing = not all((out_dir / n).exists() for n in (sweep.PLOT_SCALE, sweep.PLOT_HEATMAP))
+        sweep.write_report(out_dir, rows, plots=plots or plots_missing)
+        return rows
+
+
+def wait_for_run_dir(run_dir: Path) -> None:
+    """Take the run folder's lock, waiting while a previous process (a killed study's worker finishing its
+    last step, a duplicate SLURM job) still holds it. train.main then finds the lock already ours."""
+    from utils.rundir import lock_run_dir
+
+    if not run_dir.is_dir():
+        return
+    deadline, said = time.monotonic() + LOCK_WAIT_S, False
+    while True:
+        try:
+            lock_run_dir(run_dir)
+            return
+        except UserError:
+            if time.monotonic() > deadline:
+                raise
+            if not said:
+                print(f"waiting for the process still holding {run_dir}", flush=True)
+                said = True
+            time.sleep(1.0)
+
+
+def run_train(args: argparse.Namespace, argv: list[str], gpus: int) -> None:
+    """train.main in this process, or under torchrun with `gpus` processes (DDP) for a multi-GPU cell."""
+    if gpus <= 1:
+        train.main(argv)
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
+           str(TRAIN_SCRIPT), *argv]
+    rc = subprocess.call(cmd)
+    if rc == 3:
+        raise NonFiniteLossError(f"non-finite loss (torchrun train.py exit 3; see {argv[argv.index('--run_dir') + 1]})")
+    if rc in (130, 143):
+        raise train.Interrupted(f"torchrun train.py stopped (exit {rc})", rc - 128)
+    if rc != 0:
+        raise UserError(f"torchrun train.py failed with exit code {rc}")
+
+
+def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str, device: str | None = None) -> int:
     """Pretrain (or resume, or skip) one cell, then evaluate its missing eval epochs; returns rows added."""
+    device = device or args.device
     run_dir = out_dir / sweep.RUNS / cell.name
     todo = [e for e in cell.eval_epochs if not (eval_dir(run_dir, args, e) / sweep.RECORD).exists()]
     if not todo:
@@ -216,129 +471,368 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
         print(f"{tag} {cell.name}: skipped, its pretraining diverged ({run_dir / FAILED}; delete it to retry)", flush=True)
         return 0
     if not (run_dir / "final.pth").exists():
+        wait_for_run_dir(run_dir)
+        if (run_dir / "final.pth").exists():  # a predecessor finished it meanwhile
+            from utils.rundir import unlock_run_dir
+
+            unlock_run_dir(run_dir)
+    if not (run_dir / "final.pth").exists():
         resuming = (run_dir / "last.pth").exists()
         print(f"{tag} {cell.name}: pretraining{' (resuming from last.pth)' if resuming else ''}", flush=True)
-        argv = train_argv(args, cell, run_dir)
+        argv = train_argv(args, cell, run_dir, device)
         try:
-            train.main(argv)
+            run_train(args, argv, args.gpus_per_cell if cell.epochs else 1)
         except NonFiniteLossError as exc:
             atomic_write_json(run_dir / FAILED, {"error": str(exc), "train_argv": argv})
             print(f"{tag} {cell.name}: pretraining diverged, cell skipped: {exc}", flush=True)
             return 0
-        atomic_write_json(run_dir / TRAIN_RECORD, {"device": describe_device(args.device), "train_argv": argv})
-    history = read_csv(run_dir / "metrics.csv")
+        atomic_write_json(run_dir / TRAIN_RECORD, {"device": describe_device(device), "train_argv": argv})
+    history = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     record = run_dir / TRAIN_RECORD
-    device = json.loads(record.read_text())["device"] if record.exists() else describe_device(args.device)
+    trained_on = json.loads(record.read_text())["device"] if record.exists() else describe_device(device)
+    config = run_dir / "config.json"
+    used = json.loads(config.read_text())["args"] if config.exists() else {}
     added = 0
     for epoch in todo:
-        ckpt = run_dir / ("final.pth" if epoch == cell.epochs else f"epoch_{epoch:04d}.pth")
+        final = epoch == cell.epochs
+        ckpt = run_dir / ("final.pth" if final else f"epoch_{cell.checkpoint_epoch(epoch):04d}.pth")
         if not ckpt.exists():
             print(f"{tag} {cell.name}: no {ckpt.name} (pretrained without --eval_at {epoch}); not evaluated", flush=True)
             continue
         print(f"{tag} {cell.name}: linear probe on {args.eval_dataset}, checkpoint of epoch {epoch}", flush=True)
         edir = eval_dir(run_dir, args, epoch)
-        argv = test_argv(args, cell, ckpt, edir)
+        argv = test_argv(args, cell, ckpt, edir, device)
         evaluation = test.main(argv)
-        row = sweep.make_row(cell, epoch, history, evaluation, study_settings(args), device,
-                             ckpt.relative_to(out_dir).as_posix())
+        simclr_or_sup = cell.kind in ("simclr", "supervised")
+        row = sweep.make_row(cell, epoch, history, evaluation, study_settings(args), trained_on,
+                             ckpt.relative_to(out_dir).as_posix(),
+                             learning_rate=used.get("learning_rate") if simclr_or_sup else None,
+                             batch_size=used.get("batch_size") if simclr_or_sup else None)
         atomic_write_json(edir / sweep.RECORD, {"row": row, "test_argv": argv})
-        sweep.write_results_csv(out_dir / sweep.RESULTS_CSV, collect_rows(out_dir))  # after every row
-        sweep.write_report(out_dir, sweep.read_results(out_dir / sweep.RESULTS_CSV), plots=False)
+        publish(out_dir)  # after every row: a kill loses no finished evaluation
         added += 1
     return added
 
 
+# --- many cells: one after another here, N worker processes, or submitit jobs ----------------------
+
+def default_devices(args: argparse.Namespace) -> list[str]:
+    if args.devices:
+        return list(args.devices)
+    import torch
+
+    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [args.device if args.device != "auto" else "cpu"]
+
+
+def slots(args: argparse.Namespace) -> list[dict]:
+    """One slot per concurrent cell: its device (or GPU group) and its environment overrides."""
+    devices, g = default_devices(args), args.gpus_per_cell
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.cpus_per_cell or max(1, cores // args.jobs)
+    out = []
+    for i in range(args.jobs):
+        env = {"OMP_NUM_THREADS": str(threads)}
+        if devices[0].startswith("cuda") and g > 1:
+            group = [devices[(i * g + k) % len(devices)] for k in range(g)]
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+            ids = [d.split(":")[1] if ":" in d else "0" for d in group]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[int(k)] if visible != [""] else k for k in ids)
+            out.append({"device": "cuda", "where": "+".join(group), "env": env})
+        else:
+            device = devices[i % len(devices)]
+            out.append({"device": device, "where": device if device != "cpu" else f"cpu ({threads} threads)",
+                        "env": env})
+    return out
+
+
+def pending_cells(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[sweep.Cell]:
+    def unfinished(cell):
+        run_dir = out_dir / sweep.RUNS / cell.name
+        return not (run_dir / FAILED).exists() and any(
+            not (eval_dir(run_dir, args, e) / sweep.RECORD).exists() for e in cell.eval_epochs)
+    return [c for c in cells if unfinished(c)]
+
+
+def worker_command(args: argparse.Namespace, cell: sweep.Cell, device: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), *args.argv, "--worker", cell.name, "--device", device]
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def run_local_jobs(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
+    """Up to --jobs worker processes at once, each with its own device; returns the cells that failed.
+
+    A worker stops (SIGTERM: train.py saves last.pth) when this process dies, even by SIGKILL. Workers run
+    in their own sessions, so a Ctrl-C reaches this process alone, which then sends each worker one
+    SIGTERM (a second signal would stop it without saving) and waits for them to save before it exits.
+    """
+    todo, running, failed = list(pending_cells(args, cells, out_dir)), {}, []
+    free = slots(args)
+    logs = out_dir / LOGS
+    logs.mkdir(parents=True, exist_ok=True)
+    total = len(todo)
+    print(f"{total} cells to run, {len(free)} at a time; each one's output in {logs}/<cell>.log", flush=True)
+    try:
+        while todo or running:
+            while todo and free:
+                cell, slot = todo.pop(0), free.pop(0)
+                env = dict(os.environ, **slot["env"], **{PARENT_ENV: str(os.getpid())})
+                log = open(logs / f"{cell.name}.log", "a")
+                proc = subprocess.Popen(worker_command(args, cell, slot["device"]), stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, cwd=os.getcwd(), start_new_session=True)
+                log.close()
+                running[proc] = (cell, slot)
+                print(f"[{total - len(todo)}/{total}] {cell.name}: started on {slot['where']} (pid {proc.pid})", flush=True)
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                cell, slot = running.pop(proc)
+                free.append(slot)
+                if proc.returncode == 0:
+                    print(f"{cell.name}: finished", flush=True)
+                else:
+                    failed.append(cell.name)
+                    print(f"{cell.name}: failed (exit {proc.returncode}): {_log_tail(logs / f'{cell.name}.log')}",
+                          flush=True)
+    except KeyboardInterrupt:
+        print(f"interrupted: waiting for {len(running)} running cells to save their last.pth", flush=True)
+        for proc in running:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=120)
+        publish(out_dir)
+        raise
+    return failed
+
+
+def run_submitit(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
+    """One submitit job per unfinished cell (SLURM, or this machine's local executor); waits for them and
+    returns the cells whose job failed. A rerun submits only what is still unfinished."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError(f"--launcher {args.launcher} needs submitit: pip install submitit") from None
+    todo = pending_cells(args, cells, out_dir)
+    cluster = "slurm" if args.launcher == "slurm" else "local"
+    try:
+        executor = submitit.AutoExecutor(folder=out_dir / "submitit" / "%j", cluster=cluster)
+    except RuntimeError as exc:  # e.g. no srun: not on a SLURM cluster
+        raise UserError(f"--launcher {args.launcher}: {exc} (--launcher submitit_local runs the jobs here)") from None
+    gpus = args.gpus_per_cell if (args.launcher == "slurm" or default_devices(args)[0].startswith("cuda")) else 0
+    params = {"timeout_min": args.slurm_time, "name": f"simclr-{out_dir.name}", "nodes": 1, "tasks_per_node": 1,
+              "gpus_per_node": gpus}
+    if args.cpus_per_cell or args.launcher == "slurm":
+        params["cpus_per_task"] = args.cpus_per_cell or 10 * max(1, gpus)
+    if args.launcher == "slurm":
+        params.update({f"slurm_{k}": v for k, v in (("partition", args.slurm_partition), ("account", args.slurm_account),
+                                                    ("qos", args.slurm_qos)) if v})
+    executor.update_parameters(**params)
+    device = "cuda" if gpus else "cpu"
+    jobs = {}
+    for cell in todo:
+        command = submitit.helpers.CommandFunction(worker_command(args, cell, device), cwd=os.getcwd(), verbose=False)
+        jobs[cell.name] = executor.submit(command)
+        print(f"{cell.name}: submitted as job {jobs[cell.name].job_id} ({cluster})", flush=True)
+    failed = []
+    while jobs:
+        for name, job in list(jobs.items()):
+            if not job.done():
+                continue
+            del jobs[name]
+            try:
+                job.result()
+                print(f"{name}: job {job.job_id} finished", flush=True)
+            except Exception as exc:  # the job's own error: reported, the others go on
+                failed.append(name)
+                why = [line for line in str(exc).splitlines() if line.strip()]
+                print(f"{name}: job {job.job_id} failed: {why[-1] if why else type(exc).__name__}", flush=True)
+        time.sleep(0.5)
+    return failed
+
+
+def die_with_parent() -> None:
+    """A --jobs worker: stop (SIGTERM, so train.py saves last.pth) when the study process dies (Linux)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before the prctl
+        raise SystemExit(143)
+
+
+def run_worker(args: argparse.Namespace, out_dir: Path) -> dict:
+    die_with_parent()
+    cell = next((c for c in build_cells(args, announce=False) if c.name == args.worker), None)
+    if cell is None:
+        raise UserError(f"--worker: no cell {args.worker} in this study")
+    added = run_cell(args, cell, out_dir, f"[{cell.name}]", args.device)
+    return {"out_dir": str(out_dir), "cell": cell, "added": added}
+
+
+# --- dry run, report, main ------------------------------------------------------------------------------
+
 def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> float | None:
-    """Print each cell's status and estimated cost from a measured step time; returns the total seconds."""
-    device = resolve_device(args.device)
+    """Print each cell's status, where it would run and its estimated cost from a measured step time;
+    returns the estimated wall time (seconds) of the whole study with --jobs cells at once."""
+    places = slots(args) if args.launcher == "local" else [{"device": args.device, "where": f"{args.launcher} job"}]
+    wanted = places[0]["device"] if args.launcher == "local" else args.device
+    try:
+        device = resolve_device(wanted)
+    except UserError:  # planning for another machine (a GPU node, from a login node): measure what is here
+        device = resolve_device("auto")
+        print(f"{wanted} is not on this machine: the step time is measured on {device}", flush=True)
     image_size = DATASETS[args.dataset].image_size or 64
     pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
-    cap = sweep.MEASURE_CAP.get(device.type, max(c.batch_size for c in cells))
+    sizes = subset_sizes(args) if pre is not None or "steps" in args.budget else None
+    trained = [c for c in cells if c.kind in ("simclr", "supervised")]
+    cap = sweep.MEASURE_CAP.get(device.type, max([c.batch_size for c in trained] or [1]))
     measured = {b: sweep.measure_step_seconds(b, image_size, device, cap)
-                for b in sorted({min(c.batch_size, cap) for c in cells})}
-    timings = {c.batch_size: measured[min(c.batch_size, cap)] for c in cells}
+                for b in sorted({min(c.batch_size, cap) for c in trained} or {min(16, cap)})}
     for t in measured.values():
         print(f"measured on {device}: SimCLR step {t['train_s_per_image'] * t['batch']:.3f} s for {t['batch']} images "
               f"(two views) = {1 / t['train_s_per_image']:.1f} images/s; feature pass "
               f"{1 / t['forward_s_per_image']:.1f} images/s", flush=True)
-    total, known = 0.0, True
-    print(f"{'#':>3}  {'cell':<36} {'eval epochs':<14} {'status':<22} {'images':>8} {'estimate':>9}")
+    forward = next(iter(measured.values()))["forward_s_per_image"]
+    if any(c.kind == "imagenet" for c in cells):  # its probe runs at 224 px through the ImageNet stem
+        forward_224 = sweep.measure_step_seconds(1, 224, device, 1)["forward_s_per_image"]
+    free_at = [0.0] * len(places)
+    total_known, work = True, 0.0
+    print(f"{'#':>3}  {'cell':<48} {'eval epochs':<12} {'status':<22} {'images':>7} {'steps':>7} {'estimate':>9}  where")
     for i, cell in enumerate(cells, 1):
         run_dir = out_dir / sweep.RUNS / cell.name
         todo = [e for e in cell.eval_epochs if not (eval_dir(run_dir, args, e) / sweep.RECORD).exists()]
-        done_epochs = len(read_csv(run_dir / "metrics.csv")) if (run_dir / "metrics.csv").exists() else 0
+        history = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+        n = sizes(cell.data_scale) if sizes is not None and cell.data_scale is not None else None
+        total_steps = (cell.steps if cell.budget == "steps" else cell.epochs * (n // cell.batch_size)) \
+            if n is not None and cell.epochs else (0 if not cell.epochs else None)
+        done_steps = int(history[-1].get("step") or 0) if history else 0
         if (run_dir / "final.pth").exists():
-            done_epochs = cell.epochs
+            done_steps = total_steps or 0
         status = ("done" if not todo else "diverged" if (run_dir / FAILED).exists()
-                  else "evaluate" if done_epochs == cell.epochs else f"resume after epoch {done_epochs}"
-                  if done_epochs else "new")
-        t = timings[cell.batch_size]
-        n = sweep.subset_size(pre[0], DATASETS[args.dataset].num_classes, cell.data_scale) if pre else None
+                  else "evaluate" if total_steps is not None and done_steps >= total_steps
+                  else f"resume after step {done_steps}" if done_steps else "new")
         seconds = None
-        if n is not None and post is not None and status not in ("done", "diverged"):
-            per_epoch = (n // cell.batch_size) * cell.batch_size
-            seconds = ((cell.epochs - done_epochs) * per_epoch * t["train_s_per_image"]
-                       + len(todo) * sum(post) * t["forward_s_per_image"])
-        elif status in ("done", "diverged"):
+        if status in ("done", "diverged"):
             seconds = 0.0
-        known = known and seconds is not None
-        total += seconds or 0.0
-        print(f"{i:>3}  {cell.name:<36} {','.join(map(str, cell.eval_epochs)):<14} {status:<22} "
-              f"{n if n is not None else '?':>8} {sweep.format_seconds(seconds):>9}")
-    print(f"total estimate: {sweep.format_seconds(total) if known else 'unknown (dataset size unknown)'} for "
-          f"{len(cells)} cells on {device} (model steps and probe feature passes; augmentation, data loading and "
-          f"probe head training not included)", flush=True)
-    return total if known else None
+        elif total_steps is not None and post is not None:
+            per_image = measured[min(cell.batch_size, cap)]["train_s_per_image"] if cell.epochs else 0.0
+            if cell.kind == "supervised":
+                per_image /= 2  # one view instead of two
+            probe = len(todo) * sum(post) * (forward_224 if cell.kind == "imagenet" else forward)
+            seconds = (total_steps - done_steps) * (cell.batch_size or 0) * per_image + probe
+            if wanted == "cpu" and args.launcher == "local":
+                seconds *= len(places)  # measured on all the cores, which the cells at once then share
+        total_known = total_known and seconds is not None
+        slot = min(range(len(places)), key=lambda k: free_at[k])
+        if args.launcher == "local":
+            free_at[slot] += seconds or 0.0
+        work += seconds or 0.0
+        print(f"{i:>3}  {cell.name:<48} {','.join(map(str, cell.eval_epochs)):<12} {status:<22} "
+              f"{n if n is not None else '–':>7} {total_steps if total_steps is not None else '?':>7} "
+              f"{sweep.format_seconds(seconds):>9}  {places[slot]['where']}")
+    wall = max(free_at) if args.launcher == "local" else None
+    if not total_known:
+        print(f"total estimate: unknown (dataset size unknown) for {len(cells)} cells", flush=True)
+        return None
+    if args.launcher == "local":
+        print(f"total estimate: {sweep.format_seconds(wall)} wall time for {len(cells)} cells, {len(places)} at a time "
+              f"on {', '.join(sorted({p['where'] for p in places}))} ({sweep.format_seconds(work)} of cell time; model "
+              f"steps and probe feature passes only: augmentation, data loading and probe head training not "
+              f"included)", flush=True)
+        return wall
+    print(f"total estimate: {sweep.format_seconds(work)} of cell time in {len(cells)} {args.launcher} jobs (wall time: "
+          f"the longest job plus queueing)", flush=True)
+    return work
+
+
+def report(args: argparse.Namespace, out_dir: Path) -> dict:
+    """--report: results.md and the plots from results.csv alone; a damaged file is refused, naming the row,
+    and never replaces a good report by an empty one."""
+    csv_path = out_dir / sweep.RESULTS_CSV
+    if not csv_path.exists():
+        raise UserError(f"--report: no {csv_path}; run the sweep first")
+    try:
+        rows = sweep.read_results(csv_path)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"--report: cannot use {csv_path}: {exc}; rerun the study without --report to rebuild it "
+                        "from the cells' records (nothing was rewritten)") from None
+    for path in sweep.write_report(out_dir, rows, plots=True) or [out_dir / sweep.RESULTS_MD]:
+        print(f"wrote {path}")
+    return {"out_dir": str(out_dir), "rows": rows, "chosen": sweep.choose(sweep.aggregate(rows))}
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out_dir = args.out_dir
-    csv_path = out_dir / sweep.RESULTS_CSV
     if args.report:
-        if not csv_path.exists():
-            raise UserError(f"--report: no {csv_path}; run the sweep first")
-        rows = sweep.read_results(csv_path)
-        for path in sweep.write_report(out_dir, rows, plots=True) or [out_dir / sweep.RESULTS_MD]:
-            print(f"wrote {path}")
-        return {"out_dir": str(out_dir), "rows": rows, "chosen": sweep.choose(sweep.aggregate(rows))}
-
-    cells = sweep.expand_grid({k: getattr(args, k) for k in sweep.GRID_KEYS}, args.eval_at)
-    sizes = sweep.dataset_sizes(args.dataset)
-    for cell in cells:
-        n = sweep.subset_size(sizes[0], DATASETS[args.dataset].num_classes, cell.data_scale) if sizes else None
-        if n is not None and cell.batch_size > n:
-            raise UserError(f"batch size {cell.batch_size} is larger than the {n} images of {args.dataset} at data "
-                            f"scale {cell.data_scale:g}; drop it from --batch_sizes or --data_scales")
-    check_passthrough(args, cells[0], out_dir)
+        return report(args, out_dir)
+    if args.worker:
+        return run_worker(args, out_dir)
+    cells = build_cells(args)
+    if not cells:
+        raise UserError("no cells: give the grid, or --baselines")
+    check_passthrough(args, cells, out_dir)
     check_study(out_dir, study_settings(args), write=not args.dry_run)
-    print(f"{len(cells)} cells: data scales {args.data_scales}, batch sizes {args.batch_sizes}, lrs "
-          f"{args.learning_rates}, epochs {args.epochs}, seeds {args.seeds}, eval at {args.eval_at or 'the end'}; "
+    n_simclr = sum(c.kind == "simclr" for c in cells)
+    print(f"{len(cells)} cells ({n_simclr} SimCLR, {len(cells) - n_simclr} baselines: "
+          f"{', '.join(sorted({c.kind for c in cells if c.kind != 'simclr'})) or 'none'}): data scales "
+          f"{args.data_scales}, batch sizes {args.batch_sizes}, lrs {['auto' if v is None else v for v in args.learning_rates]}, "
+          f"epochs {args.epochs}, budget {' and '.join(args.budget)}, seeds {args.seeds}, eval at {args.eval_at or 'the end'}; "
           f"{args.dataset} -> linear probe on {args.eval_dataset}; out_dir {out_dir}", flush=True)
     if args.dry_run:
         return {"out_dir": str(out_dir), "cells": cells, "estimate_s": dry_run(args, cells, out_dir)}
 
-    added = sum(run_cell(args, cell, out_dir, f"[{i}/{len(cells)}]") for i, cell in enumerate(cells, 1))
-    sweep.write_results_csv(csv_path, collect_rows(out_dir))
-    rows = sweep.read_results(csv_path) if csv_path.exists() else []
-    plots_missing = not all((out_dir / name).exists() for name in (sweep.PLOT_SCALE, sweep.PLOT_HEATMAP))
-    sweep.write_report(out_dir, rows, plots=bool(added) or plots_missing)
+    failed: list[str] = []
+    before = len(collect_rows(out_dir))
+    if args.launcher != "local":
+        failed = run_submitit(args, cells, out_dir)
+    elif args.jobs > 1:
+        for place in slots(args):
+            resolve_device(place["device"] if place["device"] != "cuda" else place["where"].split("+")[0])
+        failed = run_local_jobs(args, cells, out_dir)
+    else:
+        for i, cell in enumerate(cells, 1):
+            run_cell(args, cell, out_dir, f"[{i}/{len(cells)}]")
+    found = collect_rows(out_dir)
+    added = len(found) - before
+    rows = publish(out_dir, plots=bool(added))
     chosen = sweep.choose(sweep.aggregate(rows))
-    print(f"{len(rows)} rows in {csv_path} ({added} new); table in {out_dir / sweep.RESULTS_MD}", flush=True)
+    print(f"{len(rows)} rows in {out_dir / sweep.RESULTS_CSV} ({added} new); table in {out_dir / sweep.RESULTS_MD}",
+          flush=True)
     if chosen is not None:
         print(f"chosen by validation accuracy: {sweep.config_text(chosen)}: val {chosen['val_accuracy_mean']:.2f} %, "
               f"test {chosen['test_accuracy_mean']:.2f} %", flush=True)
-    return {"out_dir": str(out_dir), "rows": rows, "chosen": chosen, "cells": cells, "added": added}
+    if failed:
+        print(f"{len(failed)} cells failed: {', '.join(failed)}; their logs are in {out_dir / LOGS}; rerun the same "
+              "command to retry them", file=sys.stderr, flush=True)
+    return {"out_dir": str(out_dir), "rows": rows, "chosen": chosen, "cells": cells, "added": added, "failed": failed}
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Command-line entry: an interrupted pretraining (last.pth saved) exits 128 + signum, like train.py."""
+    """Command-line entry: an interrupted pretraining (last.pth saved) exits 128 + signum, like train.py;
+    failed cells exit 1 after the others have finished."""
     try:
-        main(argv)
+        result = main(argv)
     except train.Interrupted as exc:
         print(f"interrupted: {exc}\nsweep: results.csv holds every finished evaluation; rerun the same command to "
               "resume the sweep", file=sys.stderr, flush=True)
         raise SystemExit(128 + getattr(exc, "signum", 2)) from None
+    if result.get("failed"):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

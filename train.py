@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,7 +76,9 @@ RECIPE_FLAGS = {
     "gray_prob": "gray_prob", "blur_prob": "blur_prob", "normalize": "normalize",
     "crop_padding": "crop_padding", "pad_mode": "pad_mode", "rotation": "rotation",
 }
-METRIC_FIELDS = ["epoch", "loss", "train_acc", "knn_acc", "lr", "images_per_s", "seconds", "skipped_steps"]
+# step: the cumulative training steps at the end of the epoch row (the lr schedule's position; skipped_steps
+# of them were skipped by --nan_policy skip), so runs given the same --steps can be checked to end level.
+METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "knn_acc", "lr", "images_per_s", "seconds", "skipped_steps"]
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -143,6 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--learning_rate", "--lr", type=finite_float, default=None,
                    help="peak lr, absolute; by default the recipe's, scaled linearly with the batch"
                    + recipe_help("lr") + by_type)
+    o.add_argument("--steps", type=positive_int, default=None,
+                   help="train for exactly this many steps instead of --epochs (the schedule's horizon): the "
+                        "epochs follow from the subset size, ceil(steps / steps per epoch), the last one partial "
+                        "(an equal-compute budget across data scales)")
     o.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
                    help="SGD with momentum, Adam or AdamW" + recipe_help("optimizer") + by_type)
     o.add_argument("--momentum", type=momentum, default=None, help="SGD momentum" + recipe_help("momentum") + by_type)
@@ -193,7 +200,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     args.train_type = "simclr" if args.train_type == "selfsupervised" else args.train_type
     args.dataset = canonical_dataset(args.dataset)
+    if args.steps is not None and args.epochs is not None:
+        raise UserError("give --epochs or --steps, not both (with --steps the epochs follow from the data)")
     apply_recipe(args)
+    if args.steps is not None:
+        args.epochs = None  # derived from the subset size once the data is loaded (see run_length)
     check_args(args)
     return args
 
@@ -230,7 +241,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
-    if args.train_type == "simclr" and args.batch_size < 2 and args.epochs > 0:
+    if args.train_type == "simclr" and args.batch_size < 2 and (args.steps is not None or args.epochs > 0):
         # NT-Xent's negatives are the batch's other images (all ranks' under DDP): with one there are none
         raise UserError(f"SimCLR needs --batch_size >= 2 (the other images of a batch are its negatives), "
                         f"got {args.batch_size}")
@@ -270,6 +281,13 @@ def view_spec(args: argparse.Namespace) -> SimCLRViewSpec | SupervisedAugSpec:
                               blur_prob=args.blur_prob)
     return SupervisedAugSpec(padding=args.crop_padding, pad_mode=args.pad_mode, hflip_prob=args.hflip_prob,
                              rotation=args.rotation)
+
+
+def run_length(args: argparse.Namespace, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, total steps): --epochs full epochs, or --steps steps over ceil(steps / steps_per_epoch) epochs."""
+    if args.steps is None:
+        return args.epochs, args.epochs * steps_per_epoch
+    return -(-args.steps // steps_per_epoch), args.steps
 
 
 def describe_data(args: argparse.Namespace) -> dict:
@@ -445,7 +463,8 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     classes_unknown = args.train_type == "supervised" and DATASETS[args.dataset].num_classes is None
     arrays = indices = arrays_test = None
     subset: dict = {}
-    if (args.epochs > 0 or classes_unknown) and not imagenet_baseline:
+    trains = args.steps is not None or args.epochs > 0
+    if (trains or classes_unknown) and not imagenet_baseline:
         if env.is_main:
             arrays = load_split(args.dataset, "train", args.data_dir, image_size=args.image_size)
         barrier()
@@ -465,7 +484,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                 raise UserError(f"{run_dir / 'last.pth'} was trained on other data ({'; '.join(changed)}{moved}); "
                                 "resuming would mix two datasets in one run: restore that data, or use a new "
                                 "--run_dir or --overwrite")
-        if args.epochs > 0 and args.batch_size > len(indices):
+        if trains and args.batch_size > len(indices):
             raise UserError(f"--batch_size {args.batch_size} is larger than the training set "
                             f"({len(indices)} images at --data_scale {args.data_scale})")
         if args.knn_every:
@@ -503,7 +522,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
 
     batches = build_batches(args, arrays, indices, data, env, device, local_bs)
     steps_per_epoch = batches.steps_per_epoch
-    total_steps = steps_per_epoch * args.epochs
+    epochs, total_steps = run_length(args, steps_per_epoch)
     sync_bn = args.sync_bn if args.sync_bn is not None else (env.is_distributed and args.train_type == "simclr")
     if env.is_distributed:
         if sync_bn and device.type == "cuda":
@@ -514,9 +533,9 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(args, model, device)
     scheduler = make_scheduler(optimizer, make_lr_fn(args, total_steps, steps_per_epoch), args.learning_rate)
-    if args.schedule == "cosine" and args.lr_period_epochs and args.lr_period_epochs < args.epochs and env.is_main:
-        LOG.warning("warning: --lr_period_epochs %d < --epochs %d: the lr holds at --min_lr %g for the last %d epochs",
-                    args.lr_period_epochs, args.epochs, args.min_lr, args.epochs - args.lr_period_epochs)
+    if args.schedule == "cosine" and args.lr_period_epochs and args.lr_period_epochs < epochs and env.is_main:
+        LOG.warning("warning: --lr_period_epochs %d < %d epochs: the lr holds at --min_lr %g for the last %d epochs",
+                    args.lr_period_epochs, epochs, args.min_lr, epochs - args.lr_period_epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -545,7 +564,8 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     if env.is_main:
         atomic_write_json(run_dir / "config.json", {"args": config, "env": environment_info(),
                                                     "world_size": env.world_size, "precision": precision,
-                                                    "steps_per_epoch": steps_per_epoch, "data": data | {"classes": None}})
+                                                    "steps_per_epoch": steps_per_epoch,
+                                                    "epochs": epochs, "total_steps": total_steps, "data": data | {"classes": None}})
     LOG.info("run directory %s (to resume after a crash: the same command with --run_dir %s)", run_dir, run_dir)
     LOG.info("%s on %s: %d images, %d steps/epoch, global batch %d (%d per rank x %d), lr %g, %s, %s, aug %s",
              args.train_type, args.dataset, subset["num_train"], steps_per_epoch, args.batch_size, local_bs,
@@ -561,7 +581,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     nan_run = 0
     test_signal = test_signal_hook()
     with StopFlag() as stop:
-        for epoch in range(start_epoch, args.epochs):
+        for epoch in range(start_epoch, epochs):
             train_model.train()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -572,9 +592,10 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                 correct += carry["correct"].to(device)
                 seen, skipped, seconds_before = carry["seen"], carry["skipped"], carry["seconds"]
             first = start_step if epoch == start_epoch else 0
+            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # --steps: last one partial
             recent: list[torch.Tensor] = []  # losses since the last finiteness check
-            bar = tqdm(batches.epoch(epoch, first), total=steps_per_epoch, initial=first, leave=False,
-                       disable=args.quiet or not env.is_main, desc=f"epoch {epoch + 1}/{args.epochs}")
+            bar = tqdm(islice(batches.epoch(epoch, first), epoch_steps - first), total=epoch_steps, initial=first,
+                       leave=False, disable=args.quiet or not env.is_main, desc=f"epoch {epoch + 1}/{epochs}")
             for step, (views, labels) in enumerate(bar, start=first):
                 with amp():
                     loss, n_correct = objective(train_model, views, labels, args, env.is_distributed)
@@ -598,12 +619,12 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                 if n_correct is not None:
                     correct += n_correct
                 seen += labels.shape[0]
-                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                if (step + 1) % check_every == 0 or step + 1 == epoch_steps:
                     check_finite(recent, epoch, step, run_dir)  # the loop's only sync, every check_every steps
                     recent = []
                 if test_signal and global_step == test_signal[0]:
                     os.kill(os.getpid(), test_signal[1])
-                if (step + 1) % args.log_every == 0 or step + 1 == steps_per_epoch:
+                if (step + 1) % args.log_every == 0 or step + 1 == epoch_steps:
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                                     img_s=f"{seen * env.world_size / (time.perf_counter() - t0 + 1e-9):.0f}")
                 if _stop_requested(stop, env, step, args, device):
@@ -623,12 +644,12 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
             loss_total = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)]))
             seconds = seconds_before + time.perf_counter() - t0
             n_seen = max(1.0, loss_total[2].item())
-            row = {"epoch": epoch + 1, "loss": round(loss_total[0].item() / n_seen, 6),
+            row = {"epoch": epoch + 1, "step": epoch * steps_per_epoch + epoch_steps, "loss": round(loss_total[0].item() / n_seen, 6),
                    "train_acc": round(100 * loss_total[1].item() / n_seen, 4) if args.train_type == "supervised" else None,
                    "knn_acc": None, "lr": optimizer.param_groups[0]["lr"],
                    "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
                    "skipped_steps": skipped}
-            if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs) and env.is_main:
+            if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == epochs) and env.is_main:
                 row["knn_acc"] = round(knn_monitor(model, arrays, indices, arrays_test, data, device), 4)
             history.append(row)
             if env.is_main:
@@ -643,7 +664,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
                     for key in ("loss", "train_acc", "knn_acc", "lr", "images_per_s"):
                         if row.get(key) is not None:
                             writer.add_scalar(f"pretrain/{key}", row[key], epoch + 1)
-            LOG.info("epoch %d/%d  loss %.4f%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, args.epochs, row["loss"],
+            LOG.info("epoch %d/%d  loss %.4f%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, epochs, row["loss"],
                      f"  train acc {row['train_acc']:.2f}%" if row["train_acc"] is not None else "",
                      f"  kNN acc {row['knn_acc']:.2f}%" if row["knn_acc"] is not None else "",
                      row["lr"], row["images_per_s"], row["seconds"])
@@ -651,7 +672,7 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
 
     final = run_dir / "final.pth"
     if env.is_main:
-        _save(final, make_checkpoint(args, model, data, spec, subset, args.epochs, global_step, True))
+        _save(final, make_checkpoint(args, model, data, spec, subset, epochs, global_step, True))
         if writer is not None:
             writer.close()
         LOG.info("done: %s", final)

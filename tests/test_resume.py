@@ -226,6 +226,7 @@ def test_nan_or_a_bug_before_the_first_checkpoint_leaves_no_run_folder(tmp_path,
 
 @pytest.mark.parametrize("name, content", [("config.json", '{"lr": 0.1}'), ("metrics.csv", "a,b\n1,2\n"),
                                            ("curves.png", "png")])
+
 def test_files_no_run_wrote_are_refused_unless_overwrite(tmp_path, capsys, name, content):
     run = tmp_path / "run"
     run.mkdir()
@@ -325,3 +326,32 @@ def test_resume_from_a_last_pth_with_nan_weights_is_refused(tmp_path, capsys):
     assert info.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: cannot resume: {run / 'last.pth'}: tensor head.{name} holds 1 NaN value(s)")
     assert "--overwrite" in err
+
+@pytest.mark.slow
+def test_steps_budget_killed_in_its_partial_last_epoch_resumes_bitwise(tmp_path):
+    """--steps 7 at 3 steps per epoch: epochs of 3, 3 and 1 steps. SIGKILL right after step 7 (the
+    partial epoch's only step, before its checkpoint), then the same command: it ends at step 7 with the
+    weights and metrics of an uninterrupted run."""
+    flags = [f for f in TINY if f not in ("--epochs", "2")] + ["--steps", "7", "--aug", "gpu", "--workers", "0",
+                                                               "--deterministic"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop(train.TEST_SIGNAL_ENV, None)
+
+    def run(run_dir, signal_at=None):
+        e = dict(env, **({train.TEST_SIGNAL_ENV: signal_at} if signal_at else {}))
+        return subprocess.run([sys.executable, "train.py", *flags, "--run_dir", str(run_dir)], cwd=ROOT, env=e,
+                              capture_output=True, text=True, timeout=300)
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert run(reference).returncode == 0
+    assert run(resumed, "7:KILL").returncode == -signal.SIGKILL
+    assert _train_state(resumed) == (2, 0, 6) and not (resumed / "final.pth").exists()
+    finished = run(resumed)
+    assert finished.returncode == 0, finished.stderr
+    a, b = load_checkpoint(reference / "final.pth"), load_checkpoint(resumed / "final.pth")
+    assert a["step"] == b["step"] == 7 and a["epoch"] == b["epoch"] == 3
+    for part in ("backbone", "head"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert [r["step"] for r in _rows(reference)] == ["3", "6", "7"]
+    for key in ("epoch", "step", "loss", "lr"):
+        assert [r[key] for r in _rows(reference)] == [r[key] for r in _rows(resumed)], key

@@ -99,7 +99,7 @@ def snapshot(out: Path) -> dict:
     return {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in OUTPUTS}
 
 
-FAST = ["--preset", "demo", "--device", "cpu", "--quiet", "--workers", "0"]
+FAST = ["--preset", "demo", "--device", "cpu", "--quiet", "--workers", "0", "--baselines", "none"]
 
 
 def make_rows(values: dict[tuple, list[tuple[float, float]]]) -> list[dict]:
@@ -112,7 +112,8 @@ def make_rows(values: dict[tuple, list[tuple[float, float]]]) -> list[dict]:
                          "probe_epochs": 5, "val_accuracy": val, "val_loss": 1.0, "test_accuracy": tst,
                          "test_loss": 2.0 - tst / 100, "pretrain_loss": 4.0, "pretrain_seconds": 10.0 + seed,
                          "images_per_s": 50.0, "eval_seconds": 3.0, "device": "cpu",
-                         "checkpoint": f"runs/x{seed}/final.pth"})
+                         "checkpoint": f"runs/x{seed}/final.pth", "kind": "simclr", "budget": "epochs",
+                         "steps": 3 * 10, "train_epochs": 3, "recipe": "tuned"})
     return rows
 
 
@@ -134,7 +135,7 @@ def test_grid_flags_override_grid(monkeypatch):
     args = simclr_train.parse_args(["--preset", "demo", "--epochs", "1", "--learning_rates", "0.1"])
     assert args.epochs == [1] and args.learning_rates == [0.1]  # flags beat the preset
     assert args.data_scales == demo["data_scales"] and args.dataset == "synthetic"
-    assert args.eval_dataset == "synthetic" and args.test_num_epochs == demo["test_num_epochs"]
+    assert args.eval_dataset == "synthetic" and args.test_num_epochs == 500 and args.recipe == "tuned"  # the probe's
 
     cells = sweep.expand_grid({k: getattr(args, k) for k in sweep.GRID_KEYS}, [])
     assert len(cells) == len(demo["data_scales"]) * len(demo["batch_sizes"]) * len(demo["seeds"])

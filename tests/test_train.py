@@ -142,3 +142,34 @@ def test_no_epoch_runs_at_lr_zero_before_the_last(tmp_path, recipe, train_type):
              else config["learning_rate"] * config["lr_gamma"] ** len(config["lr_milestones"]))
     assert lrs[-1] == pytest.approx(final, abs=1e-12), lrs
     assert config["recipe"] == recipe and config["lr_rule"].endswith(("/ 512", "/ 128", "(not scaled)"))
+
+
+def test_steps_budget_ends_every_data_scale_at_the_same_step(tmp_path):
+    """--steps 5 at two data scales: 2 and 4 steps per epoch give 3 and 2 epochs, the last one partial,
+    both ending at step 5 with the schedule's horizon at step 5 (lr at min_lr after the last step)."""
+    from utils.schedule import cosine_lr
+
+    flags = ["--dataset", "synthetic", "--batch_size", "10", "--steps", "5", "--image_size", "8",
+             "--learning_rate", "0.3", "--min_lr", "0.01", "--device", "cpu", "--workers", "0", "--quiet"]
+    expected = {0.01: (3, ["2", "4", "5"]), 0.02: (2, ["4", "5"])}  # 20 and 40 images, batch 10
+    for scale, (epochs, steps) in expected.items():
+        run = tmp_path / f"ds{scale}"
+        train.main(flags + ["--data_scale", str(scale), "--run_dir", str(run)])
+        rows = list(csv.DictReader(open(run / "metrics.csv")))
+        assert [r["step"] for r in rows] == steps and [r["epoch"] for r in rows] == [str(e + 1) for e in range(epochs)]
+        first_epoch_end = int(steps[0])  # lr after that many scheduler steps: cosine at that index, horizon 5
+        assert float(rows[0]["lr"]) == pytest.approx(cosine_lr(first_epoch_end, 0.3, 0.01, 5))
+        assert float(rows[-1]["lr"]) == pytest.approx(0.01)
+        ckpt = torch.load(run / "final.pth", weights_only=True)
+        assert ckpt["step"] == 5 and ckpt["epoch"] == epochs and ckpt["finished"] is True
+        config = json.load(open(run / "config.json"))
+        assert (config["epochs"], config["total_steps"], config["args"]["steps"]) == (epochs, 5, 5)
+        assert config["args"]["epochs"] is None
+
+
+def test_steps_and_epochs_together_are_refused():
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match="--epochs or --steps"):
+        train.parse_args(["--steps", "10", "--epochs", "3"])
+    assert train.parse_args(["--steps", "10"]).epochs is None

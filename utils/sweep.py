@@ -6,6 +6,12 @@ finished (cell, eval epoch) leaves a record.json in its evaluation folder; resul
 rebuilt from those records after each one, atomically, so it always holds exactly one row per
 finished (cell, eval epoch). results.md and the plots are drawn from results.csv alone.
 
+Cells are of four kinds: `simclr` (the grid), and the baselines `supervised` (supervised
+pretraining on the same seeded subset at each data scale), `random` (the backbone at init) and
+`imagenet` (torchvision's ImageNet weights), all probed the same way. A cell's compute budget is
+`epochs` (its --epochs over its own subset) or `steps` (the steps that --epochs take at data
+scale 1.0, whatever its data scale: equal compute across scales for one batch size).
+
 Selection uses the probe's validation accuracy only (the mean over seeds); test figures are
 reported, never used to choose. Spreads are the sample standard deviation (ddof=1) over seeds.
 
@@ -18,13 +24,13 @@ import io
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from utils.io import atomic_write, read_csv
+from utils.io import atomic_write
 
 GRID_KEYS = ("data_scales", "batch_sizes", "learning_rates", "epochs", "seeds")
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
@@ -33,15 +39,33 @@ RECORD = "record.json"  # one per (cell, eval epoch), written after test.main re
 RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 
 # results.csv columns, in order. `checkpoint` is relative to the sweep's out_dir.
+# kind: simclr | supervised | random | imagenet; budget: epochs | steps (empty in older files: simclr,
+# epochs). epochs / eval_epoch count epochs at data scale 1.0 under the steps budget; train_epochs is
+# the epoch of the evaluated checkpoint in the cell's own run and steps its cumulative training steps.
+# recipe: the --recipe of the study (utils/recipes.py; empty in older files).
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
     "pretrain_loss", "pretrain_seconds", "images_per_s", "eval_seconds", "device", "checkpoint",
+    "kind", "budget", "steps", "train_epochs", "recipe",
 ]
-INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs"}
-STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint"}
+INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs"}
+STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe"}
+REQUIRED_FIELDS = ("dataset", "eval_epoch", "seed", "eval_dataset", "test_accuracy", "test_loss")
 CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch")
-STUDY_KEYS = ("dataset", "eval_dataset", "val_split", "probe_epochs")
+STUDY_KEYS = ("dataset", "eval_dataset", "val_split", "probe_epochs", "recipe")
+KINDS = ("simclr", "supervised", "random", "imagenet")
+BASELINES = KINDS[1:]
+BUDGETS = ("epochs", "steps")
+KIND_LABELS = {"simclr": "SimCLR", "supervised": "supervised", "random": "random init", "imagenet": "ImageNet weights"}
+
+
+def kind_of(row: Mapping) -> str:
+    return row.get("kind") or "simclr"
+
+
+def budget_of(row: Mapping) -> str:
+    return row.get("budget") or "epochs"
 
 # Dry-run step timing: the largest batch actually run per measured step. On CPU a ResNet-18
 # SimCLR step runs at ~10-25 images/s on 2 cores, so the cost per image is measured on a small
@@ -52,20 +76,42 @@ MEASURE_STEPS = 2  # timed steps, after one untimed warm-up step
 
 @dataclass(frozen=True)
 class Cell:
-    """One pretraining run of the grid and the epochs at which its checkpoints are evaluated."""
+    """One pretraining run (or baseline) and the epochs at which its checkpoints are evaluated.
 
-    data_scale: float
-    batch_size: int
-    learning_rate: float
+    learning_rate None: train.py's own (the recipe's rule). Under the steps budget `steps` is the
+    run's length and `steps_per_epoch` that of its subset; `epochs` / `eval_epochs` count epochs at
+    data scale 1.0. `random` / `imagenet` cells have no data scale, batch or lr and epochs 0.
+    """
+
+    data_scale: float | None
+    batch_size: int | None
+    learning_rate: float | None
     epochs: int
     seed: int
     eval_epochs: tuple[int, ...]
+    kind: str = "simclr"
+    budget: str = "epochs"
+    steps: int | None = None
+    steps_per_epoch: int | None = None
 
     @property
     def name(self) -> str:
-        """Folder name under out_dir/runs, e.g. ds0.5_bs256_lr0.3_ep250_seed0."""
-        return (f"ds{self.data_scale:g}_bs{self.batch_size}_lr{self.learning_rate:g}"
-                f"_ep{self.epochs}_seed{self.seed}")
+        """Folder name under out_dir/runs, e.g. ds0.5_bs256_lr0.3_ep250_seed0, supervised_ds0.5_bs128_lrauto_
+        steps97500_seed0, random_seed0."""
+        if self.kind in ("random", "imagenet"):
+            return f"{self.kind}_seed{self.seed}"
+        lr = "auto" if self.learning_rate is None else f"{self.learning_rate:g}"
+        length = f"ep{self.epochs}" if self.budget == "epochs" else f"steps{self.steps}"
+        prefix = "" if self.kind == "simclr" else f"{self.kind}_"
+        return f"{prefix}ds{self.data_scale:g}_bs{self.batch_size}_lr{lr}_{length}_seed{self.seed}"
+
+    def checkpoint_epoch(self, eval_epoch: int) -> int:
+        """The epoch of this cell's own run whose checkpoint stands for `eval_epoch` (epochs at scale 1.0
+        under the steps budget: the epoch in which that share of the steps is reached)."""
+        if self.budget == "epochs":
+            return eval_epoch
+        target = self.steps * eval_epoch // self.epochs
+        return -(-target // self.steps_per_epoch)
 
 
 def _unique(values: Iterable) -> list:
@@ -90,7 +136,47 @@ def expand_grid(grid: Mapping[str, Sequence], eval_at: Sequence[int] = ()) -> li
                                                          values["batch_sizes"], values["learning_rates"],
                                                          values["epochs"]):
         evals = tuple(sorted({int(e) for e in eval_at if 0 < int(e) < int(epochs)} | {int(epochs)}))
-        cells.append(Cell(float(scale), int(bs), float(lr), int(epochs), int(seed), evals))
+        cells.append(Cell(float(scale), int(bs), None if lr is None else float(lr), int(epochs), int(seed), evals))
+    return cells
+
+
+def steps_budget(epochs: int, full_size: int, batch_size: int) -> int:
+    """Steps that `epochs` epochs take at data scale 1.0 (train.py drops the last partial batch)."""
+    return epochs * (full_size // batch_size)
+
+
+def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: Sequence[str],
+                baselines: Sequence[str], sizes, supervised_batch: int | None = None) -> list[Cell]:
+    """The SimCLR grid under each budget, then the baselines (seeds outermost within each).
+
+    `sizes(data_scale) -> images in the seeded subset` (needed by the steps budget, else unused).
+    Under both budgets a steps cell at data scale 1.0 would repeat its epochs cell step for step; it is
+    run once, as the epochs cell, and the report uses it for both. Supervised cells follow the grid's
+    data scales and epochs with `supervised_batch` (train.py's supervised recipe decides the rest).
+    """
+    cells: list[Cell] = []
+    full = sizes(1.0) if "steps" in budgets else None
+
+    def budgeted(cell: Cell, budget: str) -> Cell | None:
+        if budget == "epochs":
+            return cell
+        if cell.data_scale == 1.0 and "epochs" in budgets:
+            return None
+        steps = steps_budget(cell.epochs, full, cell.batch_size)
+        return replace(cell, budget="steps", steps=steps,
+                       steps_per_epoch=sizes(cell.data_scale) // cell.batch_size)
+
+    simclr = expand_grid(grid, eval_at)
+    for budget in budgets:
+        cells += [c for c in (budgeted(c, budget) for c in simclr) if c is not None]
+    if "supervised" in baselines:
+        sup = [replace(c, kind="supervised", batch_size=supervised_batch, learning_rate=None)
+               for c in expand_grid(dict(grid, batch_sizes=[supervised_batch or 1], learning_rates=[None]), eval_at)]
+        for budget in budgets:
+            cells += [c for c in (budgeted(c, budget) for c in sup) if c is not None]
+    for kind in ("random", "imagenet"):
+        if kind in baselines:
+            cells += [Cell(None, None, None, 0, int(seed), (0,), kind=kind) for seed in _unique(grid["seeds"])]
     return cells
 
 
@@ -115,18 +201,22 @@ def dataset_sizes(name: str) -> tuple[int, int] | None:
 # ---------------------------------------------------------------------------------------------
 
 def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation: Mapping, study: Mapping,
-             device: str, checkpoint: str) -> dict:
-    """One results.csv row. `history`: train.py metrics.csv rows (epoch, loss, images_per_s, seconds)."""
-    done = [h for h in history if int(h["epoch"]) <= eval_epoch]
+             device: str, checkpoint: str, learning_rate: float | None = None, batch_size: int | None = None) -> dict:
+    """One results.csv row. `history`: train.py metrics.csv rows (epoch, step, loss, images_per_s, seconds);
+    `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py."""
+    ckpt_epoch = cell.checkpoint_epoch(eval_epoch)
+    done = [h for h in history if int(h["epoch"]) <= ckpt_epoch]
+    step = done[-1].get("step") if done else None
     seconds = [float(h["seconds"]) for h in done]
     images = sum(float(h["images_per_s"]) * s for h, s in zip(done, seconds))
     total = sum(seconds)
     val_acc, val_loss = evaluation.get("val_accuracy"), evaluation.get("val_loss")
     return {
-        "dataset": study["dataset"], "data_scale": cell.data_scale, "batch_size": cell.batch_size,
-        "learning_rate": cell.learning_rate, "epochs": cell.epochs, "eval_epoch": eval_epoch, "seed": cell.seed,
+        "dataset": study["dataset"], "data_scale": cell.data_scale,
+        "batch_size": cell.batch_size if batch_size is None else batch_size,
+        "learning_rate": cell.learning_rate if learning_rate is None else learning_rate, "epochs": cell.epochs, "eval_epoch": eval_epoch, "seed": cell.seed,
         "eval_dataset": study["eval_dataset"], "val_split": study["val_split"],
-        "probe_epochs": study["test_num_epochs"],
+        "probe_epochs": study["test_num_epochs"], "recipe": study.get("recipe", ""),
         "val_accuracy": None if val_acc is None else round(float(val_acc), 4),
         "val_loss": None if val_loss is None else round(float(val_loss), 6),
         "test_accuracy": round(float(evaluation["test_accuracy"]), 4),
@@ -135,16 +225,24 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
         "pretrain_seconds": round(total, 2),
         "images_per_s": round(images / total, 2) if total > 0 else None,
         "eval_seconds": round(float(evaluation.get("seconds", {}).get("total", float("nan"))), 2),
-        "device": device, "checkpoint": checkpoint,
+        "device": device, "checkpoint": checkpoint, "kind": cell.kind, "budget": cell.budget,
+        "steps": int(step) if step not in (None, "") else (0 if cell.epochs == 0 else None),
+        "train_epochs": ckpt_epoch,
     }
 
 
+def _orderable(value) -> tuple:
+    """None sorts first and never meets a number in a comparison."""
+    return (value is not None, value if value is not None else 0)
+
+
 def _sort_key(row: Mapping) -> tuple:
-    return tuple(row[k] for k in ("data_scale", "batch_size", "learning_rate", "epochs", "seed", "eval_epoch"))
+    return (KINDS.index(kind_of(row)), BUDGETS.index(budget_of(row))) + tuple(
+        _orderable(row.get(k)) for k in ("data_scale", "batch_size", "learning_rate", "epochs", "seed", "eval_epoch"))
 
 
 def parse_row(raw: Mapping[str, str]) -> dict:
-    """Types back from a results.csv row (empty cells become None)."""
+    """Types back from a results.csv row (empty cells become None); ValueError names a bad field."""
     row: dict = {}
     for key in RESULT_FIELDS:
         value = raw.get(key, "")
@@ -156,6 +254,8 @@ def parse_row(raw: Mapping[str, str]) -> dict:
             row[key] = value
         else:
             row[key] = float(value)
+            if math.isnan(row[key]) or math.isinf(row[key]):
+                raise ValueError(f"{key} is {value}")
     return row
 
 
@@ -179,8 +279,36 @@ def write_if_changed(path: Path, text: str) -> bool:
 
 
 def read_results(path: Path) -> list[dict]:
-    """Typed rows of a results.csv."""
-    return [parse_row(r) for r in read_csv(path)]
+    """Typed rows of a results.csv; ValueError with one line naming the row when the file is damaged."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [k for k in REQUIRED_FIELDS if k not in header]
+            if missing:
+                raise ValueError(f"its header lacks {', '.join(missing)}" if header else "it is empty")
+            rows = []
+            for raw in reader:
+                where = f"row {reader.line_num}"
+                if None in raw or any(raw.get(k) is None for k in header):
+                    raise ValueError(f"{where} has {'more' if None in raw else 'fewer'} fields than the header")
+                if any(raw.get(k) in ("", None) for k in REQUIRED_FIELDS):
+                    raise ValueError(f"{where} lacks {', '.join(k for k in REQUIRED_FIELDS if not raw.get(k))}")
+                try:
+                    row = parse_row(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                if kind_of(row) not in KINDS or budget_of(row) not in BUDGETS:
+                    raise ValueError(f"{where}: unknown kind {row['kind']!r} or budget {row['budget']!r}")
+                rows.append(row)
+    except UnicodeDecodeError:
+        raise ValueError("it is not text (binary data)") from None
+    except csv.Error as exc:
+        raise ValueError(f"it is not a valid CSV ({exc})") from None
+    if not rows:
+        raise ValueError("it holds no rows")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,13 +324,16 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
 
 
 def aggregate(rows: Sequence[Mapping]) -> list[dict]:
-    """One entry per configuration (CONFIG_KEYS + STUDY_KEYS) with mean/std over its seeds."""
+    """One entry per configuration (kind, budget, CONFIG_KEYS, STUDY_KEYS) with mean/std over its seeds."""
     groups: dict[tuple, list[Mapping]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in STUDY_KEYS + CONFIG_KEYS), []).append(row)
+        key = (kind_of(row), budget_of(row)) + tuple(row.get(k) for k in STUDY_KEYS + CONFIG_KEYS)
+        groups.setdefault(key, []).append(row)
     out = []
     for key, members in groups.items():
-        entry = dict(zip(STUDY_KEYS + CONFIG_KEYS, key))
+        entry = dict(zip(("kind", "budget") + STUDY_KEYS + CONFIG_KEYS, key))
+        steps = {m.get("steps") for m in members}
+        entry["steps"] = steps.pop() if len(steps) == 1 else None
         entry["seeds"] = sorted(int(m["seed"]) for m in members)
         entry["n_seeds"] = len(members)
         for metric in ("val_accuracy", "test_accuracy", "test_loss", "pretrain_seconds", "images_per_s"):
@@ -214,14 +345,38 @@ def aggregate(rows: Sequence[Mapping]) -> list[dict]:
 def selection_order(entry: Mapping) -> tuple:
     """Sort key: highest mean validation accuracy first, then the cheaper configuration. No test figure."""
     val = entry.get("val_accuracy_mean")
-    config = tuple(entry[k] for k in CONFIG_KEYS)
+    config = (KINDS.index(kind_of(entry)), BUDGETS.index(budget_of(entry))) + tuple(
+        _orderable(entry.get(k)) for k in CONFIG_KEYS)
     return (val is None, -(val or 0.0), config)
 
 
-def choose(entries: Sequence[Mapping]) -> Mapping | None:
-    """The configuration with the best mean validation accuracy (None without a validation split)."""
-    ranked = [e for e in sorted(entries, key=selection_order) if e.get("val_accuracy_mean") is not None]
+def choose(entries: Sequence[Mapping], kind: str = "simclr") -> Mapping | None:
+    """The `kind` configuration with the best mean validation accuracy (None without a validation split)."""
+    ranked = [e for e in sorted(entries, key=selection_order)
+              if e.get("val_accuracy_mean") is not None and kind_of(e) == kind]
     return ranked[0] if ranked else None
+
+
+def of_kind(entries: Sequence[Mapping], kind: str, budget: str | None = None) -> list[Mapping]:
+    """Entries of one kind (and budget). Under the steps budget the data-scale-1.0 epochs entries count
+    too: at scale 1.0 both budgets are the same run, which is run once (as the epochs cell)."""
+    out = [e for e in entries if kind_of(e) == kind and (budget is None or budget_of(e) == budget)]
+    if budget == "steps" and not any(e["data_scale"] == 1.0 for e in out):
+        out += [e for e in entries if kind_of(e) == kind and budget_of(e) == "epochs" and e["data_scale"] == 1.0]
+    return out
+
+
+def best_per_scale(entries: Sequence[Mapping], kind: str, budget: str) -> list[Mapping]:
+    """For each data scale, the `kind` configuration of `budget` with the best validation accuracy
+    (the only one when there is no validation split and a single configuration per scale)."""
+    pool = of_kind(entries, kind, budget)
+    out = []
+    for scale in sorted({e["data_scale"] for e in pool if e["data_scale"] is not None}):
+        at = [e for e in pool if e["data_scale"] == scale]
+        best = choose(at, kind) or (at[0] if len(at) == 1 else None)
+        if best is not None:
+            out.append(best)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,37 +389,80 @@ def _pm(mean: float | None, std: float | None, fmt: str) -> str:
     return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std is not None else "")
 
 
+def _g(value, fmt: str = "g") -> str:
+    return "–" if value is None else f"{value:{fmt}}"
+
+
 def config_text(e: Mapping) -> str:
-    """'data scale 0.5, batch 256, lr 0.3, 250 epochs, checkpoint of epoch 250'."""
-    return (f"data scale {e['data_scale']:g}, batch {e['batch_size']}, lr {e['learning_rate']:g}, "
-            f"{e['epochs']} epochs, checkpoint of epoch {e['eval_epoch']}")
+    """'data scale 0.5, batch 256, lr 0.3, 250 epochs, checkpoint of epoch 250' (+ ', steps budget')."""
+    return (f"data scale {e['data_scale']:g}, batch {_g(e['batch_size'])}, lr {_g(e['learning_rate'])}, "
+            f"{e['epochs']} epochs, checkpoint of epoch {e['eval_epoch']}"
+            + (", steps budget" if budget_of(e) == "steps" else ""))
 
 
 def _table(entries: Sequence[Mapping], chosen: Mapping | None) -> list[str]:
     lines = ["| | data scale | batch | lr | epochs | eval epoch | seeds | val acc (%) | test acc (%) | test loss "
-             "| pretrain (s) | images/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| pretrain (s) | images/s | budget | steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         mark = "★" if e is chosen else ""
         lines.append(
-            f"| {mark} | {e['data_scale']:g} | {e['batch_size']} | {e['learning_rate']:g} | {e['epochs']} "
+            f"| {mark} | {_g(e['data_scale'])} | {_g(e['batch_size'])} | {_g(e['learning_rate'])} | {e['epochs']} "
             f"| {e['eval_epoch']} | {e['n_seeds']} | {_pm(e['val_accuracy_mean'], e['val_accuracy_std'], '.2f')} "
             f"| {_pm(e['test_accuracy_mean'], e['test_accuracy_std'], '.2f')} "
             f"| {_pm(e['test_loss_mean'], e['test_loss_std'], '.3f')} "
-            f"| {_pm(e['pretrain_seconds_mean'], None, '.1f')} | {_pm(e['images_per_s_mean'], None, '.1f')} |")
+            f"| {_pm(e['pretrain_seconds_mean'], None, '.1f')} | {_pm(e['images_per_s_mean'], None, '.1f')} "
+            f"| {budget_of(e)} | {_g(e.get('steps'), 'd')} |")
     return lines
+
+
+def _baseline_lines(entries: Sequence[Mapping]) -> list[str]:
+    """Per budget: the best SimCLR and supervised configuration per data scale, and the references."""
+    refs = []
+    for kind in ("random", "imagenet"):
+        ref = of_kind(entries, kind)
+        if ref:
+            e = ref[0]
+            refs.append(f"{KIND_LABELS[kind]} {_pm(e['test_accuracy_mean'], e['test_accuracy_std'], '.2f')} % "
+                        f"({e['n_seeds']} seed{'s' if e['n_seeds'] > 1 else ''})")
+    out = ["## SimCLR against the baselines, test accuracy (%) per data scale", "",
+           "Best configuration per data scale by validation accuracy for SimCLR and for supervised pretraining "
+           "on the same seeded subset; every backbone probed by the same protocol. References without "
+           f"pretraining: {'; '.join(refs) if refs else 'none run'}.", ""]
+    for budget in BUDGETS:
+        simclr, sup = best_per_scale(entries, "simclr", budget), best_per_scale(entries, "supervised", budget)
+        if not any(budget_of(e) == budget for e in entries if kind_of(e) in ("simclr", "supervised")):
+            continue
+        what = ("epochs budget: every cell runs its epochs over its own subset" if budget == "epochs" else
+                "steps budget: every cell of a batch size runs the steps of its epochs at data scale 1.0")
+        out += [f"**{what}**", "", "| data scale | SimCLR | SimCLR configuration | supervised "
+                "| supervised configuration | SimCLR − supervised |", "|---|---|---|---|---|---|"]
+        for scale in sorted({e["data_scale"] for e in simclr + sup}):
+            a = next((e for e in simclr if e["data_scale"] == scale), None)
+            b = next((e for e in sup if e["data_scale"] == scale), None)
+            acc = lambda e: _pm(e["test_accuracy_mean"], e["test_accuracy_std"], ".2f") if e else "–"  # noqa: E731
+            conf = lambda e: (f"bs {_g(e['batch_size'])}, lr {_g(e['learning_rate'])}, ep {e['epochs']}@"  # noqa: E731
+                              f"{e['eval_epoch']}, {_g(e.get('steps'), 'd')} steps") if e else "–"
+            diff = (f"{a['test_accuracy_mean'] - b['test_accuracy_mean']:+.2f}"
+                    if a and b and a["test_accuracy_mean"] is not None and b["test_accuracy_mean"] is not None else "–")
+            out.append(f"| {scale:g} | {acc(a)} | {conf(a)} | {acc(b)} | {conf(b)} | {diff} |")
+        out.append("")
+    return out
 
 
 def results_markdown(rows: Sequence[Mapping]) -> str:
     """results.md from typed results.csv rows alone (no clock, no paths: reruns give the same bytes)."""
-    entries = aggregate(rows)
+    everything = aggregate(rows)
+    entries = [e for e in everything if kind_of(e) == "simclr"]
+    baselines = [e for e in everything if kind_of(e) != "simclr"]
     chosen = choose(entries)
-    study = {k: sorted({str(r[k]) for r in rows}) for k in STUDY_KEYS}
+    study = {k: sorted({str(r.get(k) or '') for r in rows} - {''}) for k in STUDY_KEYS}
     seeds = sorted({int(r["seed"]) for r in rows})
     out = [f"# SimCLR sweep: pretraining on {', '.join(study['dataset'])}, "
            f"linear probe on {', '.join(study['eval_dataset'])}", ""]
-    out.append(f"{len(rows)} rows (cell x eval epoch) from {RESULTS_CSV}; {len(entries)} configurations; "
-               f"seeds {', '.join(map(str, seeds))}; probe {', '.join(study['probe_epochs'])} epochs, "
+    out.append(f"{len(rows)} rows (cell x eval epoch) from {RESULTS_CSV}; {len(everything)} configurations; "
+               f"seeds {', '.join(map(str, seeds))}; recipe {', '.join(study['recipe']) or '-'} (pretraining and "
+               f"probe); probe {', '.join(study['probe_epochs'])} epochs, "
                f"validation split {', '.join(study['val_split'])} of the probe's train split.")
     out.append("")
     out.append("Selection uses the linear probe's validation accuracy (mean over seeds) only; test accuracy "
@@ -278,12 +476,26 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
                 f"{_pm(chosen['val_accuracy_mean'], chosen['val_accuracy_std'], '.2f')} %, test "
                 f"{_pm(chosen['test_accuracy_mean'], chosen['test_accuracy_std'], '.2f')} % "
                 f"({chosen['n_seeds']} seed{'s' if chosen['n_seeds'] > 1 else ''}).", ""]
-    out += ["## All configurations, by validation accuracy", ""] + _table(entries, chosen) + [""]
+    if baselines:
+        out += _baseline_lines(everything)
+    out += ["## All SimCLR configurations, by validation accuracy", ""] + _table(entries, chosen) + [""]
     scales = sorted({e["data_scale"] for e in entries})
     if len(scales) > 1 and chosen is not None:
         best = [choose([e for e in entries if e["data_scale"] == s]) for s in scales]
         out += ["## Best configuration per data scale (by validation accuracy)", ""]
         out += _table([b for b in best if b is not None], chosen) + [""]
+    if baselines:
+        out += ["## Baselines, by validation accuracy", "",
+                "| kind | data scale | batch | lr | epochs | eval epoch | seeds | val acc (%) | test acc (%) "
+                "| test loss | budget | steps |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in sorted(baselines, key=lambda e: (KINDS.index(kind_of(e)),) + selection_order(e)):
+            out.append(f"| {KIND_LABELS[kind_of(e)]} | {_g(e['data_scale'])} | {_g(e['batch_size'])} "
+                       f"| {_g(e['learning_rate'])} | {e['epochs']} | {e['eval_epoch']} | {e['n_seeds']} "
+                       f"| {_pm(e['val_accuracy_mean'], e['val_accuracy_std'], '.2f')} "
+                       f"| {_pm(e['test_accuracy_mean'], e['test_accuracy_std'], '.2f')} "
+                       f"| {_pm(e['test_loss_mean'], e['test_loss_std'], '.3f')} | {budget_of(e)} "
+                       f"| {_g(e.get('steps'), 'd')} |")
+        out.append("")
     out += [f"Plots: [{PLOT_SCALE}]({PLOT_SCALE}), [{PLOT_HEATMAP}]({PLOT_HEATMAP}). "
             "Redraw with `python simclr_train.py --report --out_dir <this folder>`.", ""]
     return "\n".join(out)
@@ -301,27 +513,55 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
-    """Mean test accuracy against data scale, one line per (batch, lr[, epochs, eval epoch]); std error bars."""
+    """Mean test accuracy (± std over seeds) against data scale.
+
+    Per budget (solid: epochs, dashed: steps): SimCLR's best configuration per scale by validation
+    accuracy (without a validation split: one line per configuration) and supervised pretraining's;
+    random init and ImageNet weights as horizontal references with their std as a band.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    varying = [k for k in ("batch_size", "learning_rate", "epochs", "eval_epoch")
-               if len({e[k] for e in entries}) > 1] or ["batch_size", "learning_rate"]
-    names = {"batch_size": "bs", "learning_rate": "lr", "epochs": "ep", "eval_epoch": "@"}
-    lines: dict[tuple, list[Mapping]] = {}
-    for e in entries:
-        lines.setdefault(tuple(e[k] for k in varying), []).append(e)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key in sorted(lines):
-        pts = sorted((e for e in lines[key] if e["test_accuracy_mean"] is not None), key=lambda e: e["data_scale"])
-        if not pts:
-            continue
-        label = " ".join(f"{names[k]} {v:g}" if isinstance(v, float) else f"{names[k]} {v}" for k, v in zip(varying, key))
-        ax.errorbar([e["data_scale"] for e in pts], [e["test_accuracy_mean"] for e in pts],
-                    yerr=[e["test_accuracy_std"] or 0.0 for e in pts], marker="o", capsize=3, label=label)
-    scales = sorted({e["data_scale"] for e in entries})
+    styles = {"epochs": "-", "steps": "--"}
+    colours = {"simclr": "tab:blue", "supervised": "tab:orange", "random": "tab:gray", "imagenet": "tab:green"}
+    budgets = [b for b in BUDGETS if any(budget_of(e) == b and kind_of(e) in ("simclr", "supervised")
+                                         for e in entries)]
+    names = {"batch_size": "bs", "learning_rate": "lr", "epochs": "ep", "eval_epoch": "@"}
+
+    def draw(pts, label, colour, style):
+        pts = sorted((e for e in pts if e["test_accuracy_mean"] is not None), key=lambda e: e["data_scale"])
+        if pts:
+            ax.errorbar([e["data_scale"] for e in pts], [e["test_accuracy_mean"] for e in pts],
+                        yerr=[e["test_accuracy_std"] or 0.0 for e in pts], marker="o", capsize=3, label=label,
+                        color=colour, linestyle=style)
+
+    for budget in budgets:
+        tag = f" ({budget} budget)" if len(budgets) > 1 else ""
+        simclr = of_kind(entries, "simclr", budget)
+        if any(e["val_accuracy_mean"] is not None for e in simclr):
+            draw(best_per_scale(entries, "simclr", budget), f"SimCLR, best by val{tag}", colours["simclr"],
+                 styles[budget])
+        else:  # nothing to choose with: one line per configuration
+            varying = [k for k in names if len({e[k] for e in simclr}) > 1] or ["batch_size", "learning_rate"]
+            lines: dict[tuple, list[Mapping]] = {}
+            for e in simclr:
+                lines.setdefault(tuple(e[k] for k in varying), []).append(e)
+            for key in sorted(lines, key=lambda k: tuple(_orderable(v) for v in k)):
+                label = " ".join(f"{names[k]} {_g(v)}" for k, v in zip(varying, key))
+                draw(lines[key], f"SimCLR {label}{tag}", None, styles[budget])
+        draw(best_per_scale(entries, "supervised", budget), f"supervised, best by val{tag}", colours["supervised"],
+             styles[budget])
+    for kind in ("random", "imagenet"):
+        ref = of_kind(entries, kind)
+        if ref and ref[0]["test_accuracy_mean"] is not None:
+            mean, std = ref[0]["test_accuracy_mean"], ref[0]["test_accuracy_std"] or 0.0
+            ax.axhline(mean, color=colours[kind], linestyle=":", label=KIND_LABELS[kind])
+            if std:
+                ax.axhspan(mean - std, mean + std, color=colours[kind], alpha=0.15)
+    scales = sorted({e["data_scale"] for e in entries if e["data_scale"] is not None})
     if len(scales) > 1 and scales[-1] / scales[0] >= 4:
         ax.set_xscale("log")
     ax.set_xticks(scales)
@@ -338,7 +578,8 @@ def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
 
 
 def plot_heatmaps(entries: Sequence[Mapping], path: Path) -> Path:
-    """One lr x batch-size panel per data scale, coloured by mean val accuracy (test if none), both printed.
+    """One lr x batch-size panel per data scale (and budget) of the SimCLR cells, coloured by mean val
+    accuracy (test if none), both printed.
 
     Where a (scale, batch, lr) has several epochs / eval epochs, the one validation would pick is shown.
     """
@@ -347,23 +588,26 @@ def plot_heatmaps(entries: Sequence[Mapping], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    entries = [e for e in entries if kind_of(e) == "simclr"]
     use_val = any(e["val_accuracy_mean"] is not None for e in entries)
     colour_key = "val_accuracy_mean" if use_val else "test_accuracy_mean"
-    scales = sorted({e["data_scale"] for e in entries})
-    lrs = sorted({e["learning_rate"] for e in entries})
-    bss = sorted({e["batch_size"] for e in entries})
+    panels = sorted({(BUDGETS.index(budget_of(e)), e["data_scale"]) for e in entries})
+    two_budgets = len({b for b, _ in panels}) > 1
+    lrs = sorted({e["learning_rate"] for e in entries}, key=_orderable)
+    bss = sorted({e["batch_size"] for e in entries}, key=_orderable)
     values = [e[colour_key] for e in entries if e[colour_key] is not None]
     vmin, vmax = (min(values), max(values)) if values else (0.0, 1.0)
     if vmax - vmin < 1e-9:
         vmin, vmax = vmin - 0.5, vmax + 0.5
-    fig, axes = plt.subplots(1, len(scales), figsize=(1.8 + 1.5 * len(bss) * len(scales), 1.4 + 0.8 * len(lrs)),
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 + 1.5 * len(bss) * len(panels), 1.4 + 0.8 * len(lrs)),
                              squeeze=False, layout="constrained")
     image = None
-    for k, (ax, scale) in enumerate(zip(axes[0], scales)):
+    for k, (ax, (budget_index, scale)) in enumerate(zip(axes[0], panels)):
         grid = np.full((len(lrs), len(bss)), np.nan)
         for i, lr in enumerate(lrs):
             for j, bs in enumerate(bss):
-                cell = [e for e in entries if (e["data_scale"], e["learning_rate"], e["batch_size"]) == (scale, lr, bs)]
+                cell = [e for e in entries if (e["data_scale"], e["learning_rate"], e["batch_size"]) == (scale, lr, bs)
+                        and BUDGETS.index(budget_of(e)) == budget_index]
                 best = (choose(cell) if use_val else None) or (cell[0] if cell else None)
                 if best is None or best[colour_key] is None:
                     continue
@@ -373,12 +617,12 @@ def plot_heatmaps(entries: Sequence[Mapping], path: Path) -> Path:
                 dark = (best[colour_key] - vmin) / (vmax - vmin) < 0.5  # viridis is dark at the low end
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
         image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(bss)), [str(b) for b in bss])
-        ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs] if k == 0 else [])
+        ax.set_xticks(range(len(bss)), [_g(b) for b in bss])
+        ax.set_yticks(range(len(lrs)), [_g(lr) for lr in lrs] if k == 0 else [])
         ax.set_xlabel("batch size")
         if k == 0:
             ax.set_ylabel("learning rate")
-        ax.set_title(f"data scale {scale:g}", fontsize=10)
+        ax.set_title(f"data scale {scale:g}" + (f", {BUDGETS[budget_index]}" if two_budgets else ""), fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=list(axes[0]), label=("val" if use_val else "test") + " accuracy (%)")
     fig.suptitle(f"Linear probe accuracy, coloured by {'validation' if use_val else 'test'} accuracy", fontsize=10)
@@ -395,7 +639,8 @@ def write_report(out_dir: Path, rows: Sequence[Mapping], plots: bool = True) -> 
     if plots and rows:
         entries = aggregate(rows)
         written.append(plot_accuracy_vs_scale(entries, out_dir / PLOT_SCALE))
-        written.append(plot_heatmaps(entries, out_dir / PLOT_HEATMAP))
+        if any(kind_of(e) == "simclr" for e in entries):
+            written.append(plot_heatmaps(entries, out_dir / PLOT_HEATMAP))
     return written
 
 
