@@ -6,7 +6,7 @@
     python data.py --dataset tiny-imagenet --url http://mirror/tiny-imagenet-200.zip --md5 <md5>
 
 Downloads resume after an interruption, are md5-checked before they get their final name, and
-archives are extracted safely (utils/download.py, utils/archive.py). A second run finds
+archives are extracted safely (utils/data/download.py, utils/data/archive.py). A second run finds
 everything in place and says so in one line without touching the network. `train.py` and
 `test.py` fetch what they need by themselves; this script is for doing it ahead of time.
 """
@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 
 from utils.cli import ArgumentParser, HelpFormatter
-from utils.cifar import cifar_ready, ensure_cifar
+from utils.data.cifar import cifar_ready, ensure_cifar
+from utils.data.tinyimagenet import TINY_IMAGENET_MD5, TINY_IMAGENET_URL, prepare_tiny_imagenet, tiny_imagenet_ready
 from utils.errors import UserError, run_cli
-from utils.tinyimagenet import TINY_IMAGENET_MD5, TINY_IMAGENET_URL, prepare_tiny_imagenet, tiny_imagenet_ready
 
 DATASETS = ("tiny-imagenet", "cifar10", "cifar100")
 ALIASES = {"imagenet": "tiny-imagenet"}  # the original project's name for Tiny-ImageNet

@@ -64,11 +64,11 @@ import test
 import train
 from utils import sweep
 from utils.cli import HelpFormatter, common_parser, positive_int
-from utils.constants import DATASET_CHOICES, DATASETS, canonical_dataset
+from utils.data.constants import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_json, read_csv
-from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe
 from utils.runtime import resolve_device
+from utils.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe
 
 SCRIPT = Path(__file__).resolve()
 TRAIN_SCRIPT = SCRIPT.parent / "train.py"
@@ -256,15 +256,15 @@ def subset_sizes(args: argparse.Namespace):
     sizes = sweep.dataset_sizes(args.dataset)
     if sizes is not None:
         return lambda scale: sweep.subset_size(sizes[0], DATASETS[args.dataset].num_classes, scale)
-    from utils.datasets import stratified_subset
-    from utils.folder import list_folder
+    from utils.data.datasets import stratified_subset
+    from utils.data.folder import list_folder
 
     labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
     return lambda scale: len(stratified_subset(labels, scale, 0))
 
 
 def imagenet_weights_missing() -> Path | None:
-    from utils.weights import imagenet_weights_path
+    from utils.data.weights import imagenet_weights_path
 
     path = imagenet_weights_path()
     return None if path.is_file() else path
@@ -425,7 +425,7 @@ def publish(out_dir: Path, plots: bool = False) -> list[dict]:
 def wait_for_run_dir(run_dir: Path) -> None:
     """Take the run folder's lock, waiting while a previous process (a killed study's worker finishing its
     last step, a duplicate SLURM job) still holds it. train.main then finds the lock already ours."""
-    from utils.rundir import lock_run_dir
+    from utils.train.rundir import lock_run_dir
 
     if not run_dir.is_dir():
         return
@@ -473,7 +473,7 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
     if not (run_dir / "final.pth").exists():
         wait_for_run_dir(run_dir)
         if (run_dir / "final.pth").exists():  # a predecessor finished it meanwhile
-            from utils.rundir import unlock_run_dir
+            from utils.train.rundir import unlock_run_dir
 
             unlock_run_dir(run_dir)
     if not (run_dir / "final.pth").exists():

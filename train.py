@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,34 +39,34 @@ from tqdm import tqdm
 
 from models import build_model
 from models.resnet import imagenet_classifier
-from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugment, BatchSupervisedAugment,
-                           SimCLRViewSpec, SupervisedAugSpec, TwoViews,
-                           simclr_view_transform, supervised_train_transform)
 from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
 from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, image_size, momentum,
                        non_negative_float, non_negative_int, positive_float, positive_int, probability, fraction,
                        jitter_strength, degrees, str2bool)
-from utils.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
-                             canonical_dataset)
-from utils.datasets import data_sha256, indices_sha256, load_split, stratified_subset
+from utils.data.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
+                                  canonical_dataset)
+from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_subset
+from utils.data.loaders import DeviceBatches, LoaderBatches
+from utils.data.weights import load_imagenet_state_dict
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
                                per_rank_batch_size)
 from utils.errors import NonFiniteLossError, UserError, run_cli
-from utils.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
-                          last_good, test_signal_hook)
 from utils.io import atomic_write_csv, atomic_write_json
-from utils.loaders import DeviceBatches, LoaderBatches
-from utils.losses import gathered_nt_xent_loss, nt_xent_loss
 from utils.plotting import plot_panels
 from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
                            setup_logging)
-from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
-from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
-from utils.weights import load_imagenet_state_dict
-from utils.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir, remove_unused_run_dir,
-                          run_dir_exists, unlock_run_dir)
+from utils.train.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugment, BatchSupervisedAugment,
+                                 SimCLRViewSpec, SupervisedAugSpec, TwoViews,
+                                 simclr_view_transform, supervised_train_transform)
+from utils.train.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
+                                last_good, test_signal_hook)
+from utils.train.losses import gathered_nt_xent_loss, nt_xent_loss
+from utils.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
+from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
+                                remove_unused_run_dir, run_dir_exists, unlock_run_dir)
+from utils.train.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
 
-# Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
+# Flags whose default comes from the recipe's part for --train_type (utils/train/recipes.py): flag -> recipe key.
 # A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
 RECIPE_FLAGS = {
     "epochs": "epochs", "batch_size": "batch_size", "optimizer": "optimizer", "momentum": "momentum",
@@ -84,6 +85,26 @@ METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "knn_acc", "lr", "images_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
+    _add_what_to_train(p, by_type)
+    _add_augmentation(p, by_type)
+    _add_optimisation(p, by_type)
+    _add_speed(p, by_type)
+    _add_outputs(p, by_type)
+    args = p.parse_args(argv)
+
+    args.train_type = "simclr" if args.train_type == "selfsupervised" else args.train_type
+    args.dataset = canonical_dataset(args.dataset)
+    if args.steps is not None and args.epochs is not None:
+        raise UserError("give --epochs or --steps, not both (with --steps the epochs follow from the data)")
+    apply_recipe(args)
+    if args.steps is not None:
+        args.epochs = None  # derived from the subset size once the data is loaded (see run_length)
+    check_args(args)
+    return args
+
+
+def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
+    """Flags: what to train (train type, data, stem, recipe, projection head)."""
     g = p.add_argument_group("what to train")
     g.add_argument("--train_type", default="simclr", choices=["simclr", "selfsupervised", "supervised"],
                    help="simclr (alias selfsupervised) or supervised")
@@ -98,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
                    help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
-                   help="named values for everything below that is not given (utils/recipes.py, README Recipes): "
+                   help="named values for everything below that is not given (utils/train/recipes.py, README Recipes): "
                         "tuned = published ResNet-18 CIFAR recipes, original = the course project's, bugs fixed")
     g.add_argument("--proj_hidden_dim", type=positive_int, default=None,
                    help="SimCLR projection MLP hidden width" + recipe_help("proj_hidden_dim", ("simclr",)) + by_type)
@@ -109,6 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--temperature", type=positive_float, default=None,
                    help="NT-Xent temperature" + recipe_help("temperature", ("simclr",)) + by_type)
 
+
+def _add_augmentation(p: argparse.ArgumentParser, by_type: str) -> None:
+    """Flags: the augmentation (SimCLR views, supervised crops)."""
     a = p.add_argument_group("augmentation (SimCLR views | supervised crops; both paths, --aug gpu and cpu)")
     a.add_argument("--crop_min_scale", type=fraction, default=None,
                    help="SimCLR: RandomResizedCrop scale (s, 1)" + recipe_help("crop_min_scale", ("simclr",)) + by_type)
@@ -138,6 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="supervised: random rotation in degrees, uniform in [-r, r]"
                    + recipe_help("rotation", ("supervised",)) + by_type)
 
+
+def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
+    """Flags: optimisation (defaults from --recipe), precision, NaN policy."""
     o = p.add_argument_group("optimisation (defaults from --recipe, by --train_type: simclr | supervised)")
     o.add_argument("--epochs", type=non_negative_int, default=None,
                    help="0 saves the initial model as final.pth (how the ImageNet baseline is made)"
@@ -173,6 +200,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="on a NaN/inf loss: stop (keep the last good last.pth) or skip the step")
     o.add_argument("--max_nan_skips", type=positive_int, default=10, help="with skip: stop after this many in a row")
 
+
+def _add_speed(p: argparse.ArgumentParser, by_type: str) -> None:
+    """Flags: speed (augmentation device, compile, memory format, determinism, SyncBatchNorm)."""
     s = p.add_argument_group("speed")
     s.add_argument("--aug", default="auto", choices=["auto", "gpu", "cpu"],
                    help="gpu: data resident on the training device (GPU or CPU), batched augmentation there; "
@@ -185,6 +215,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--sync_bn", type=str2bool, default=None,
                    help="SyncBatchNorm across GPUs [on for multi-GPU SimCLR; never on CPU]" + by_type)
 
+
+def _add_outputs(p: argparse.ArgumentParser, by_type: str) -> None:
+    """Flags: outputs and resuming (run folder, extra checkpoints, kNN monitor, logging)."""
     r = p.add_argument_group("outputs and resuming")
     r.add_argument("--run_dir", default=None, help="output folder [checkpoints/<train_type>-<dataset>-<UTC time>]" + by_type)
     r.add_argument("--resume", action="store_true", help="resume from --run_dir/last.pth (automatic when configs match)")
@@ -196,17 +229,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--log_every", type=positive_int, default=20, help="steps between progress updates")
     r.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    args = p.parse_args(argv)
-
-    args.train_type = "simclr" if args.train_type == "selfsupervised" else args.train_type
-    args.dataset = canonical_dataset(args.dataset)
-    if args.steps is not None and args.epochs is not None:
-        raise UserError("give --epochs or --steps, not both (with --steps the epochs follow from the data)")
-    apply_recipe(args)
-    if args.steps is not None:
-        args.epochs = None  # derived from the subset size once the data is loaded (see run_length)
-    check_args(args)
-    return args
 
 
 def apply_recipe(args: argparse.Namespace) -> None:
@@ -355,7 +377,7 @@ def make_optimizer(args, model, device):
 
 
 def make_lr_fn(args: argparse.Namespace, total_steps: int, steps_per_epoch: int):
-    """step -> lr of the run: the recipe's schedule over its whole length (utils/schedule.py)."""
+    """step -> lr of the run: the recipe's schedule over its whole length (utils/train/schedule.py)."""
     warmup = round(args.warmup_epochs * steps_per_epoch)
     if args.schedule == "multistep":
         return lr_schedule("multistep", args.learning_rate, total_steps, warmup_steps=warmup, gamma=args.lr_gamma,
@@ -400,8 +422,8 @@ def write_metrics(run_dir: Path, history: list[dict], args) -> None:
 
 def knn_monitor(model, arrays_train, indices, arrays_test, data, device) -> float:
     """Weighted kNN accuracy (%) of the backbone's features: train subset as memory, test split as queries."""
-    from utils.features import extract_features
-    from utils.knn import knn_accuracy
+    from utils.eval.features import extract_features
+    from utils.eval.knn import knn_accuracy
 
     raw = model.module if isinstance(model, DistributedDataParallel) else model
     raw = getattr(raw, "_orig_mod", raw)
@@ -453,44 +475,134 @@ def _train(args, device, env) -> dict:
         raise
 
 
+@dataclass
+class Run:
+    """What the epoch loop reads and updates, assembled by _run's setup steps below."""
+
+    args: argparse.Namespace
+    env: object                 # utils.distributed's process-group view (rank, world size, is_main)
+    device: torch.device
+    run_dir: Path
+    data: dict                  # describe_data(), plus the class names once the data is loaded
+    subset: dict                # the training subset's identity: sha256, num_train, data_sha256
+    arrays: object = None       # the train split (None when nothing is trained)
+    indices: object = None      # the --data_scale subset of it
+    arrays_test: object = None  # the test split, for --knn_every
+    spec: dict = field(default_factory=dict)  # the model spec stored in every checkpoint
+    model: torch.nn.Module | None = None      # DistributedDataParallel-wrapped when distributed
+    train_model: torch.nn.Module | None = None  # model, or its torch.compile
+    batches: object = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    scaler: object = None
+    amp: object = nullcontext   # () -> the autocast context of --precision
+    check_every: int = 1
+    epochs: int = 0
+    total_steps: int = 0
+    history: list = field(default_factory=list)
+    global_step: int = 0
+    nan_run: int = 0            # non-finite losses in a row (--nan_policy skip), across epochs
+    writer: object = None
+    test_signal: tuple | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches.steps_per_epoch
+
+    def checkpoint(self, epoch: int, finished: bool, extra: dict | None = None) -> dict:
+        return make_checkpoint(self.args, self.model, self.data, self.spec, self.subset, epoch, self.global_step,
+                               finished, extra)
+
+    def train_state(self, epoch: int, step_in_epoch: int, partial: dict | None) -> dict:
+        """What resuming needs beyond the weights: optimizer, schedule, scaler, RNG, history, position."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partial}
+
+
 def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: int, precision: str) -> dict:
     barrier()
     setup_logging(run_dir / "train.log" if env.is_main else None, quiet=args.quiet or not env.is_main)
-    data = describe_data(args)
-
-    # Data: rank 0 fetches/prepares first, the others then read what it left on disk.
+    run = Run(args, env, device, run_dir, data=describe_data(args), subset={})
     imagenet_baseline = args.pretrained and args.epochs == 0  # torchvision's weights as they are: no data needed
-    classes_unknown = args.train_type == "supervised" and DATASETS[args.dataset].num_classes is None
-    arrays = indices = arrays_test = None
-    subset: dict = {}
-    trains = args.steps is not None or args.epochs > 0
-    if (trains or classes_unknown) and not imagenet_baseline:
-        if env.is_main:
-            arrays = load_split(args.dataset, "train", args.data_dir, image_size=args.image_size)
-        barrier()
-        if not env.is_main:
-            arrays = load_split(args.dataset, "train", args.data_dir, download=False, image_size=args.image_size)
-        indices = stratified_subset(arrays.labels, args.data_scale, args.seed)
-        subset = {"sha256": indices_sha256(indices), "num_train": int(len(indices)),
-                  "data_sha256": data_sha256(arrays.images, arrays.labels)}
-        data["classes"] = arrays.classes
-        if resume_ckpt is not None:  # the same config on other data would mix two datasets in one run
-            changed = data_differences(resume_ckpt.get("data", {}), {
-                "dataset": data["dataset"], "classes": data["classes"], "num_train": subset["num_train"],
-                "subset_sha256": subset["sha256"], "data_sha256": subset["data_sha256"]})
-            if changed:
-                old_dir = resume_ckpt.get("config", {}).get("data_dir")
-                moved = f"; data_dir: {old_dir!r} -> {args.data_dir!r}" if old_dir not in (None, args.data_dir) else ""
-                raise UserError(f"{run_dir / 'last.pth'} was trained on other data ({'; '.join(changed)}{moved}); "
-                                "resuming would mix two datasets in one run: restore that data, or use a new "
-                                "--run_dir or --overwrite")
-        if trains and args.batch_size > len(indices):
-            raise UserError(f"--batch_size {args.batch_size} is larger than the training set "
-                            f"({len(indices)} images at --data_scale {args.data_scale})")
-        if args.knn_every:
-            arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
+    load_training_data(run, resume_ckpt, imagenet_baseline)
+    run.model, run.spec = build_training_model(args, run.data, device, imagenet_baseline)
+    if args.overwrite and env.is_main:  # every input is checked by now: the old run may go
+        clear_run_dir(run_dir)
+        setup_logging(run_dir / "train.log", quiet=args.quiet)
+    if args.epochs == 0:
+        return save_initial_model(run, config)
 
-    # Model: built identically on every rank from the seed.
+    prepare_optimisation(run, local_bs, precision)
+    if env.is_distributed:
+        resume_ckpt = broadcast_object(resume_ckpt)
+    start_epoch, start_step, carry = resume(run, resume_ckpt) if resume_ckpt is not None else (0, 0, None)
+    announce(run, config, precision, local_bs)
+    run.writer = _tensorboard(args, run_dir) if env.is_main else None
+    run.test_signal = test_signal_hook()
+    with StopFlag() as stop:
+        for epoch in range(start_epoch, run.epochs):
+            resumed = epoch == start_epoch
+            tally = train_epoch(run, epoch, start_step if resumed else 0, carry if resumed else None, stop)
+            end_epoch(run, epoch, tally)
+            barrier()
+
+    final = run_dir / "final.pth"
+    if env.is_main:
+        _save(final, run.checkpoint(run.epochs, True))
+        if run.writer is not None:
+            run.writer.close()
+        LOG.info("done: %s", final)
+    barrier()
+    return {"run_dir": str(run_dir), "final": str(final), "history": run.history}
+
+
+# --- setup: data, model, optimisation, resume ------------------------------------------------
+
+def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bool) -> None:
+    """Load the train split and its --data_scale subset (and the test split for --knn_every) into `run`.
+
+    Rank 0 fetches/prepares first, the others then read what it left on disk. Refuses to resume
+    on other data and a batch larger than the subset.
+    """
+    args, env, data = run.args, run.env, run.data
+    classes_unknown = args.train_type == "supervised" and DATASETS[args.dataset].num_classes is None
+    trains = args.steps is not None or args.epochs > 0
+    if not (trains or classes_unknown) or imagenet_baseline:
+        return
+    if env.is_main:
+        run.arrays = load_split(args.dataset, "train", args.data_dir, image_size=args.image_size)
+    barrier()
+    if not env.is_main:
+        run.arrays = load_split(args.dataset, "train", args.data_dir, download=False, image_size=args.image_size)
+    run.indices = stratified_subset(run.arrays.labels, args.data_scale, args.seed)
+    run.subset = {"sha256": indices_sha256(run.indices), "num_train": int(len(run.indices)),
+                  "data_sha256": data_sha256(run.arrays.images, run.arrays.labels)}
+    data["classes"] = run.arrays.classes
+    if resume_ckpt is not None:  # the same config on other data would mix two datasets in one run
+        check_same_data(resume_ckpt, data, run.subset, args, run.run_dir)
+    if trains and args.batch_size > len(run.indices):
+        raise UserError(f"--batch_size {args.batch_size} is larger than the training set "
+                        f"({len(run.indices)} images at --data_scale {args.data_scale})")
+    if args.knn_every:
+        run.arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
+
+
+def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: Path) -> None:
+    """UserError naming what differs when last.pth was trained on other data than the data found now."""
+    changed = data_differences(resume_ckpt.get("data", {}), {
+        "dataset": data["dataset"], "classes": data["classes"], "num_train": subset["num_train"],
+        "subset_sha256": subset["sha256"], "data_sha256": subset["data_sha256"]})
+    if changed:
+        old_dir = resume_ckpt.get("config", {}).get("data_dir")
+        moved = f"; data_dir: {old_dir!r} -> {args.data_dir!r}" if old_dir not in (None, args.data_dir) else ""
+        raise UserError(f"{run_dir / 'last.pth'} was trained on other data ({'; '.join(changed)}{moved}); "
+                        "resuming would mix two datasets in one run: restore that data, or use a new "
+                        "--run_dir or --overwrite")
+
+
+def build_training_model(args, data: dict, device: torch.device, imagenet_baseline: bool):
+    """(model on the device, its spec): built identically on every rank from the seed."""
     seed_everything(args.seed)
     num_classes = len(data["classes"]) if data.get("classes") else DATASETS[args.dataset].num_classes
     keep_imagenet_head = imagenet_baseline and args.train_type == "supervised"
@@ -507,177 +619,188 @@ def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: 
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if args.overwrite and env.is_main:  # every input is checked by now: the old run may go
-        clear_run_dir(run_dir)
-        setup_logging(run_dir / "train.log", quiet=args.quiet)
+    return model, spec
 
-    if args.epochs == 0:
-        final = run_dir / "final.pth"
-        if env.is_main:
-            atomic_write_json(run_dir / "config.json", {"args": config, "env": environment_info()})
-            _save(final, make_checkpoint(args, model, data, spec, subset, 0, 0, True))
-            LOG.info("--epochs 0: saved the initial model (%s) to %s",
-                     "ImageNet weights" if args.pretrained else "random init", final)
-        return {"run_dir": str(run_dir), "final": str(final), "history": []}
 
-    batches = build_batches(args, arrays, indices, data, env, device, local_bs)
-    steps_per_epoch = batches.steps_per_epoch
-    epochs, total_steps = run_length(args, steps_per_epoch)
+def save_initial_model(run: Run, config: dict) -> dict:
+    """--epochs 0: the initial model (ImageNet weights or random init) becomes final.pth."""
+    final = run.run_dir / "final.pth"
+    if run.env.is_main:
+        atomic_write_json(run.run_dir / "config.json", {"args": config, "env": environment_info()})
+        _save(final, run.checkpoint(0, True))
+        LOG.info("--epochs 0: saved the initial model (%s) to %s",
+                 "ImageNet weights" if run.args.pretrained else "random init", final)
+    return {"run_dir": str(run.run_dir), "final": str(final), "history": []}
+
+
+def prepare_optimisation(run: Run, local_bs: int, precision: str) -> None:
+    """Batches, run length, DDP (and SyncBatchNorm), optimizer, lr schedule, mixed precision."""
+    args, env, device = run.args, run.env, run.device
+    run.batches = build_batches(args, run.arrays, run.indices, run.data, env, device, local_bs)
+    run.epochs, run.total_steps = run_length(args, run.steps_per_epoch)
     sync_bn = args.sync_bn if args.sync_bn is not None else (env.is_distributed and args.train_type == "simclr")
     if env.is_distributed:
         if sync_bn and device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
         elif sync_bn and env.is_main:
             LOG.warning("SyncBatchNorm needs CUDA (NCCL); on %s each process keeps its own BatchNorm statistics",
                         device.type)
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer(args, model, device)
-    scheduler = make_scheduler(optimizer, make_lr_fn(args, total_steps, steps_per_epoch), args.learning_rate)
-    if args.schedule == "cosine" and args.lr_period_epochs and args.lr_period_epochs < epochs and env.is_main:
+        run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    run.optimizer = make_optimizer(args, run.model, device)
+    run.scheduler = make_scheduler(run.optimizer, make_lr_fn(args, run.total_steps, run.steps_per_epoch),
+                                   args.learning_rate)
+    if args.schedule == "cosine" and args.lr_period_epochs and args.lr_period_epochs < run.epochs and env.is_main:
         LOG.warning("warning: --lr_period_epochs %d < %d epochs: the lr holds at --min_lr %g for the last %d epochs",
-                    args.lr_period_epochs, epochs, args.min_lr, epochs - args.lr_period_epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+                    args.lr_period_epochs, run.epochs, args.min_lr, run.epochs - args.lr_period_epochs)
+    run.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    check_every = 1 if device.type == "cpu" else args.log_every  # a host sync is free on CPU, costly on GPU
-    train_model = torch.compile(model) if args.compile else model
+    run.amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    run.check_every = 1 if device.type == "cpu" else args.log_every  # a host sync is free on CPU, costly on GPU
+    run.train_model = torch.compile(run.model) if args.compile else run.model
 
-    # Resume: model, optimizer, scheduler, scaler, RNG, history and position within the epoch.
-    history: list[dict] = []
-    start_epoch, start_step, global_step, carry = 0, 0, 0, None
-    if env.is_distributed:
-        resume_ckpt = broadcast_object(resume_ckpt)
-    if resume_ckpt is not None:
-        state = resume_ckpt["train_state"]
-        raw = model.module if isinstance(model, DistributedDataParallel) else model
-        load_state_strict(raw.backbone, resume_ckpt["backbone"], "resume backbone")
-        load_state_strict(raw.head, resume_ckpt["head"], "resume head")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        history = list(state["history"])
-        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], resume_ckpt["step"]
-        carry = state.get("partial")
-        LOG.info("resuming from %s: epoch %d, %d of %d steps done", run_dir / "last.pth", start_epoch + 1,
-                 start_step, steps_per_epoch)
+
+def resume(run: Run, resume_ckpt: dict) -> tuple[int, int, dict | None]:
+    """Restore model, optimizer, scheduler, scaler, RNG and history; (start epoch, start step, partial tally)."""
+    state = resume_ckpt["train_state"]
+    raw = run.model.module if isinstance(run.model, DistributedDataParallel) else run.model
+    load_state_strict(raw.backbone, resume_ckpt["backbone"], "resume backbone")
+    load_state_strict(raw.head, resume_ckpt["head"], "resume head")
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    run.history = list(state["history"])
+    run.global_step = resume_ckpt["step"]
+    LOG.info("resuming from %s: epoch %d, %d of %d steps done", run.run_dir / "last.pth", state["epoch"] + 1,
+             state["step_in_epoch"], run.steps_per_epoch)
+    return state["epoch"], state["step_in_epoch"], state.get("partial")
+
+
+def announce(run: Run, config: dict, precision: str, local_bs: int) -> None:
+    """config.json (with the resolved run length) and the run's opening log lines."""
+    args, env = run.args, run.env
     if env.is_main:
-        atomic_write_json(run_dir / "config.json", {"args": config, "env": environment_info(),
-                                                    "world_size": env.world_size, "precision": precision,
-                                                    "steps_per_epoch": steps_per_epoch,
-                                                    "epochs": epochs, "total_steps": total_steps, "data": data | {"classes": None}})
-    LOG.info("run directory %s (to resume after a crash: the same command with --run_dir %s)", run_dir, run_dir)
+        atomic_write_json(run.run_dir / "config.json", {"args": config, "env": environment_info(),
+                                                        "world_size": env.world_size, "precision": precision,
+                                                        "steps_per_epoch": run.steps_per_epoch,
+                                                        "epochs": run.epochs, "total_steps": run.total_steps,
+                                                        "data": run.data | {"classes": None}})
+    LOG.info("run directory %s (to resume after a crash: the same command with --run_dir %s)", run.run_dir, run.run_dir)
     LOG.info("%s on %s: %d images, %d steps/epoch, global batch %d (%d per rank x %d), lr %g, %s, %s, aug %s",
-             args.train_type, args.dataset, subset["num_train"], steps_per_epoch, args.batch_size, local_bs,
-             env.world_size, args.learning_rate, device, precision, type(batches).__name__)
-    writer = _tensorboard(args, run_dir) if env.is_main else None
+             args.train_type, args.dataset, run.subset["num_train"], run.steps_per_epoch, args.batch_size, local_bs,
+             env.world_size, args.learning_rate, run.device, precision, type(run.batches).__name__)
 
-    def checkpoint_state(epoch, step_in_epoch, partial):
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
-                "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partial}
 
+# --- the epoch loop ----------------------------------------------------------------------------
+
+def train_epoch(run: Run, epoch: int, first: int, carry: dict | None, stop: StopFlag) -> dict:
+    """Steps first.. of one epoch (carry: the tally of the steps before `first`, from last.pth).
+
+    Returns the epoch's tally: loss_sum and correct (device tensors), seen, skipped, seconds,
+    steps. A stop signal saves last.pth after the current step and raises Interrupted.
+    """
+    args, device, optimizer, scheduler, scaler = run.args, run.device, run.optimizer, run.scheduler, run.scaler
+    run.train_model.train()
+    t0 = time.perf_counter()
+    tally = {"loss_sum": torch.zeros((), device=device), "correct": torch.zeros((), device=device, dtype=torch.long),
+             "seen": 0, "skipped": 0, "seconds": 0.0}
+    if carry is not None:
+        tally["loss_sum"] += carry["loss_sum"].to(device)
+        tally["correct"] += carry["correct"].to(device)
+        tally.update(seen=carry["seen"], skipped=carry["skipped"], seconds=carry["seconds"])
+    seconds_before = tally["seconds"]
+    epoch_steps = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)  # --steps: last partial
     objective = OBJECTIVES[args.train_type]
-    nan_run = 0
-    test_signal = test_signal_hook()
-    with StopFlag() as stop:
-        for epoch in range(start_epoch, epochs):
-            train_model.train()
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen, skipped, seconds_before = 0, 0, 0.0
-            if carry is not None and epoch == start_epoch:
-                loss_sum += carry["loss_sum"].to(device)
-                correct += carry["correct"].to(device)
-                seen, skipped, seconds_before = carry["seen"], carry["skipped"], carry["seconds"]
-            first = start_step if epoch == start_epoch else 0
-            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # --steps: last one partial
-            recent: list[torch.Tensor] = []  # losses since the last finiteness check
-            bar = tqdm(islice(batches.epoch(epoch, first), epoch_steps - first), total=epoch_steps, initial=first,
-                       leave=False, disable=args.quiet or not env.is_main, desc=f"epoch {epoch + 1}/{epochs}")
-            for step, (views, labels) in enumerate(bar, start=first):
-                with amp():
-                    loss, n_correct = objective(train_model, views, labels, args, env.is_distributed)
-                if args.nan_policy == "skip" and not torch.isfinite(loss):
-                    skipped, nan_run = skipped + 1, nan_run + 1
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    if nan_run >= args.max_nan_skips:
-                        raise NonFiniteLossError(f"{nan_run} non-finite losses in a row (--max_nan_skips) at epoch "
-                                                 f"{epoch + 1}, step {step + 1}; {last_good(run_dir)}")
-                    continue
-                nan_run = 0
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                global_step += 1
-                loss_sum += loss.detach().float() * labels.shape[0]  # no host sync inside the step
-                recent.append(loss.detach())
-                if n_correct is not None:
-                    correct += n_correct
-                seen += labels.shape[0]
-                if (step + 1) % check_every == 0 or step + 1 == epoch_steps:
-                    check_finite(recent, epoch, step, run_dir)  # the loop's only sync, every check_every steps
-                    recent = []
-                if test_signal and global_step == test_signal[0]:
-                    os.kill(os.getpid(), test_signal[1])
-                if (step + 1) % args.log_every == 0 or step + 1 == epoch_steps:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-                                    img_s=f"{seen * env.world_size / (time.perf_counter() - t0 + 1e-9):.0f}")
-                if _stop_requested(stop, env, step, args, device):
-                    check_finite(recent, epoch, step, run_dir)
-                    partial = {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
-                               "skipped": skipped, "seconds": seconds_before + time.perf_counter() - t0}
-                    if env.is_main:
-                        _save(run_dir / "last.pth", make_checkpoint(
-                            args, model, data, spec, subset, epoch, global_step, False,
-                            checkpoint_state(epoch, step + 1, partial)))
-                    bar.close()
-                    raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at epoch {epoch + 1}, step "
-                                      f"{step + 1}/{steps_per_epoch}; saved {run_dir / 'last.pth'}. To resume, run "
-                                      f"the same command with --run_dir {run_dir}", stop.signum)
+    recent: list[torch.Tensor] = []  # losses since the last finiteness check
+    bar = tqdm(islice(run.batches.epoch(epoch, first), epoch_steps - first), total=epoch_steps, initial=first,
+               leave=False, disable=args.quiet or not run.env.is_main, desc=f"epoch {epoch + 1}/{run.epochs}")
+    for step, (views, labels) in enumerate(bar, start=first):
+        with run.amp():
+            loss, n_correct = objective(run.train_model, views, labels, args, run.env.is_distributed)
+        if args.nan_policy == "skip" and not torch.isfinite(loss):
+            skip_step(run, tally, epoch, step)
+            continue
+        run.nan_run = 0
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        run.global_step += 1
+        tally["loss_sum"] += loss.detach().float() * labels.shape[0]  # no host sync inside the step
+        recent.append(loss.detach())
+        if n_correct is not None:
+            tally["correct"] += n_correct
+        tally["seen"] += labels.shape[0]
+        if (step + 1) % run.check_every == 0 or step + 1 == epoch_steps:
+            check_finite(recent, epoch, step, run.run_dir)  # the loop's only sync, every check_every steps
+            recent = []
+        if run.test_signal and run.global_step == run.test_signal[0]:
+            os.kill(os.getpid(), run.test_signal[1])
+        if (step + 1) % args.log_every == 0 or step + 1 == epoch_steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                            img_s=f"{tally['seen'] * run.env.world_size / (time.perf_counter() - t0 + 1e-9):.0f}")
+        if _stop_requested(stop, run.env, step, args, device):
+            check_finite(recent, epoch, step, run.run_dir)
+            tally["seconds"] = seconds_before + time.perf_counter() - t0
             bar.close()
-            # Epoch end: the only place the loop waits for the device.
-            loss_total = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)]))
-            seconds = seconds_before + time.perf_counter() - t0
-            n_seen = max(1.0, loss_total[2].item())
-            row = {"epoch": epoch + 1, "step": epoch * steps_per_epoch + epoch_steps, "loss": round(loss_total[0].item() / n_seen, 6),
-                   "train_acc": round(100 * loss_total[1].item() / n_seen, 4) if args.train_type == "supervised" else None,
-                   "knn_acc": None, "lr": optimizer.param_groups[0]["lr"],
-                   "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
-                   "skipped_steps": skipped}
-            if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == epochs) and env.is_main:
-                row["knn_acc"] = round(knn_monitor(model, arrays, indices, arrays_test, data, device), 4)
-            history.append(row)
-            if env.is_main:
-                _save(run_dir / "last.pth", make_checkpoint(
-                    args, model, data, spec, subset, epoch + 1, global_step, False,
-                    checkpoint_state(epoch + 1, 0, None)))
-                if (args.save_every and (epoch + 1) % args.save_every == 0) or (epoch + 1) in args.save_at:
-                    _save(run_dir / f"epoch_{epoch + 1:04d}.pth",
-                          make_checkpoint(args, model, data, spec, subset, epoch + 1, global_step, False))
-                write_metrics(run_dir, history, args)
-                if writer is not None:
-                    for key in ("loss", "train_acc", "knn_acc", "lr", "images_per_s"):
-                        if row.get(key) is not None:
-                            writer.add_scalar(f"pretrain/{key}", row[key], epoch + 1)
-            LOG.info("epoch %d/%d  loss %.4f%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, epochs, row["loss"],
-                     f"  train acc {row['train_acc']:.2f}%" if row["train_acc"] is not None else "",
-                     f"  kNN acc {row['knn_acc']:.2f}%" if row["knn_acc"] is not None else "",
-                     row["lr"], row["images_per_s"], row["seconds"])
-            barrier()
+            save_and_stop(run, tally, epoch, step, stop)
+    bar.close()
+    tally.update(seconds=seconds_before + time.perf_counter() - t0, steps=epoch_steps)
+    return tally
 
-    final = run_dir / "final.pth"
-    if env.is_main:
-        _save(final, make_checkpoint(args, model, data, spec, subset, epochs, global_step, True))
-        if writer is not None:
-            writer.close()
-        LOG.info("done: %s", final)
-    barrier()
-    return {"run_dir": str(run_dir), "final": str(final), "history": history}
+
+def skip_step(run: Run, tally: dict, epoch: int, step: int) -> None:
+    """--nan_policy skip: drop this step's update (the schedule still moves); stop after --max_nan_skips in a row."""
+    tally["skipped"] += 1
+    run.nan_run += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if run.nan_run >= run.args.max_nan_skips:
+        raise NonFiniteLossError(f"{run.nan_run} non-finite losses in a row (--max_nan_skips) at epoch "
+                                 f"{epoch + 1}, step {step + 1}; {last_good(run.run_dir)}")
+
+
+def save_and_stop(run: Run, tally: dict, epoch: int, step: int, stop: StopFlag) -> None:
+    """After a stop signal: last.pth with the position inside the epoch and its tally so far, then Interrupted."""
+    partial = {"loss_sum": tally["loss_sum"].cpu(), "correct": tally["correct"].cpu(), "seen": tally["seen"],
+               "skipped": tally["skipped"], "seconds": tally["seconds"]}
+    if run.env.is_main:
+        _save(run.run_dir / "last.pth", run.checkpoint(epoch, False, run.train_state(epoch, step + 1, partial)))
+    raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at epoch {epoch + 1}, step "
+                      f"{step + 1}/{run.steps_per_epoch}; saved {run.run_dir / 'last.pth'}. To resume, run "
+                      f"the same command with --run_dir {run.run_dir}", stop.signum)
+
+
+def end_epoch(run: Run, epoch: int, tally: dict) -> None:
+    """The metrics row (the only place the loop waits for the device), kNN, checkpoints, metrics.csv, log line."""
+    args, device = run.args, run.device
+    totals = all_reduce_sum(torch.stack([tally["loss_sum"], tally["correct"].float(),
+                                         torch.tensor(float(tally["seen"]), device=device)]))
+    seconds = tally["seconds"]
+    n_seen = max(1.0, totals[2].item())
+    row = {"epoch": epoch + 1, "step": epoch * run.steps_per_epoch + tally["steps"],
+           "loss": round(totals[0].item() / n_seen, 6),
+           "train_acc": round(100 * totals[1].item() / n_seen, 4) if args.train_type == "supervised" else None,
+           "knn_acc": None, "lr": run.optimizer.param_groups[0]["lr"],
+           "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
+           "skipped_steps": tally["skipped"]}
+    if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == run.epochs) and run.env.is_main:
+        row["knn_acc"] = round(knn_monitor(run.model, run.arrays, run.indices, run.arrays_test, run.data, device), 4)
+    run.history.append(row)
+    if run.env.is_main:
+        _save(run.run_dir / "last.pth", run.checkpoint(epoch + 1, False, run.train_state(epoch + 1, 0, None)))
+        if (args.save_every and (epoch + 1) % args.save_every == 0) or (epoch + 1) in args.save_at:
+            _save(run.run_dir / f"epoch_{epoch + 1:04d}.pth", run.checkpoint(epoch + 1, False))
+        write_metrics(run.run_dir, run.history, args)
+        if run.writer is not None:
+            for key in ("loss", "train_acc", "knn_acc", "lr", "images_per_s"):
+                if row.get(key) is not None:
+                    run.writer.add_scalar(f"pretrain/{key}", row[key], epoch + 1)
+    LOG.info("epoch %d/%d  loss %.4f%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, run.epochs, row["loss"],
+             f"  train acc {row['train_acc']:.2f}%" if row["train_acc"] is not None else "",
+             f"  kNN acc {row['knn_acc']:.2f}%" if row["knn_acc"] is not None else "",
+             row["lr"], row["images_per_s"], row["seconds"])
 
 
 def _save(path: Path, ckpt: dict) -> None:

@@ -44,19 +44,19 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from models import PretrainModel, ProjectionHead, build_backbone  # noqa: E402
-from utils.augment import (  # noqa: E402
+from utils.cli import ArgumentParser, HelpFormatter, non_negative_int, positive_float, positive_int  # noqa: E402
+from utils.cli import seed as seed_type  # noqa: E402
+from utils.data.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.runtime import autocast_context, resolve_device  # noqa: E402
+from utils.train.augment import (  # noqa: E402
     BatchSimCLRAugment,
     TwoViews,
     batch_eval_transform,
     eval_transform,
     simclr_view_transform,
 )
-from utils.cli import ArgumentParser, HelpFormatter, non_negative_int, positive_float, positive_int  # noqa: E402
-from utils.cli import seed as seed_type  # noqa: E402
-from utils.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.losses import nt_xent_loss  # noqa: E402
-from utils.runtime import autocast_context, resolve_device  # noqa: E402
+from utils.train.losses import nt_xent_loss  # noqa: E402
 
 CIFAR10_TRAIN_IMAGES = 50_000  # images per CIFAR-10 epoch
 IMAGE_SIZE = 32

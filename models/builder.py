@@ -19,7 +19,7 @@ def build_model(spec: dict, weights: dict[str, torch.Tensor] | None = None) -> P
     proj_bn (a BatchNorm in the projection MLP; True when absent, as in checkpoints written before it).
 
     `weights`: a torchvision ResNet-18 state dict loaded into the backbone (ImageNet stem only),
-    e.g. utils.weights.load_imagenet_state_dict().
+    e.g. utils.data.weights.load_imagenet_state_dict().
     """
     backbone = build_backbone(spec["stem"], weights=weights)
     if spec["train_type"] == "simclr":

@@ -25,7 +25,7 @@ from models.resnet import STEMS, build_backbone
 class ToUint8Image:
     """PIL image or uint8 tensor -> uint8 tensor (3, S, S), or (B, 3, H, W) for a batch, as test.py reads images.
 
-    A PIL image is read the way test.py reads an image folder (utils/folder.py): EXIF orientation
+    A PIL image is read the way test.py reads an image folder (utils/data/folder.py): EXIF orientation
     applied, RGB, shorter side to `image_size` (bilinear) and the central square. A uint8 tensor
     (3, H, W) or batch (B, 3, H, W) is passed on unchanged, as test.py passes dataset arrays
     (CIFAR, Tiny-ImageNet) on; the next steps resize it to image_size x image_size. One channel
@@ -56,8 +56,8 @@ class ToUint8Image:
 def eval_preprocess(image_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     """test.py's evaluation preprocessing for one image (or a uint8 batch): -> float32 (3, S, S), normalised.
 
-    Equal to what test.py's feature pass feeds the backbone (utils.augment.batch_eval_transform
-    after utils.folder's decoding): uint8 -> [0, 1], resize to S x S (bilinear, antialiased; a
+    Equal to what test.py's feature pass feeds the backbone (utils.train.augment.batch_eval_transform
+    after utils.data.folder's decoding): uint8 -> [0, 1], resize to S x S (bilinear, antialiased; a
     no-op for images already at S), (x - mean) / std per channel.
     """
     return T.Compose([

@@ -4,7 +4,7 @@
     backbone = build_backbone(stem="cifar")   # (B, 3, 32, 32) -> h: (B, 512)
 
 This package only builds networks: pretrained weights arrive as a state dict (torchvision's
-ImageNet weights are fetched by utils.weights.load_imagenet_state_dict).
+ImageNet weights are fetched by utils.data.weights.load_imagenet_state_dict).
 """
 from __future__ import annotations
 

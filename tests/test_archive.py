@@ -1,4 +1,4 @@
-"""utils/archive.py: unsafe members refused, extraction atomic and restartable.
+"""utils/data/archive.py: unsafe members refused, extraction atomic and restartable.
 
     python -m pytest tests/test_archive.py -q
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.archive import check_members, extract_into_place, safe_extract
+from utils.data.archive import check_members, extract_into_place, safe_extract
 from utils.errors import UserError
 
 

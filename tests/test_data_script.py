@@ -1,4 +1,4 @@
-"""data.py end to end (subprocess, local mirror on 127.0.0.1) and CIFAR through utils/cifar.py.
+"""data.py end to end (subprocess, local mirror on 127.0.0.1) and CIFAR through utils/data/cifar.py.
 
     python -m pytest tests/test_data_script.py -q
 """
@@ -18,8 +18,8 @@ import pytest
 import data
 from test_download import closed_port
 from test_tinyimagenet import archive, server  # noqa: F401  (shared fixtures: the miniature zip, a local server)
-from utils.cifar import ensure_cifar, load_cifar
-from utils.download import md5sum
+from utils.data.cifar import ensure_cifar, load_cifar
+from utils.data.download import md5sum
 from utils.errors import DataMissingError, UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.datasets import (ArrayDataset, ImageArrays, indices_sha256, load_split, stratified_split,
-                            stratified_subset)
+from utils.data.datasets import (ArrayDataset, ImageArrays, indices_sha256, load_split, stratified_split,
+                                 stratified_subset)
+from utils.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 from utils.errors import UserError
-from utils.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for utils/distributed.py and the cross-rank NT-Xent (utils.losses.gathered_nt_xent_loss).
+"""Tests for utils/distributed.py and the cross-rank NT-Xent (utils.train.losses.gathered_nt_xent_loss).
 
 Two real gloo processes on CPU (torch.multiprocessing spawn, one run shared by the module) check
 that the gathered loss and the DistributedDataParallel gradients equal single-process NT-Xent on
@@ -35,7 +35,7 @@ from utils.distributed import (
     sync_bn_supported,
 )
 from utils.errors import UserError
-from utils.losses import gathered_nt_xent_loss, nt_xent_loss
+from utils.train.losses import gathered_nt_xent_loss, nt_xent_loss
 
 WORLD_SIZE = 2
 N_PER_RANK = 4  # pairs per rank; the global batch is WORLD_SIZE * N_PER_RANK pairs

@@ -1,4 +1,4 @@
-"""utils/download.py against a local HTTP server on 127.0.0.1 with scripted faults.
+"""utils/data/download.py against a local HTTP server on 127.0.0.1 with scripted faults.
 
     python -m pytest tests/test_download.py -q
 
@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from utils.download import (ChecksumError, DownloadError, NetworkError, download_file, md5sum,
-                            next_redirect_url)
+from utils.data.download import (ChecksumError, DownloadError, NetworkError, download_file, md5sum,
+                                 next_redirect_url)
 
 PAYLOAD = bytes(range(256)) * 1200  # 307,200 bytes: several chunks at a 16 KiB chunk size
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()

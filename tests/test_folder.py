@@ -1,4 +1,4 @@
-"""utils/folder.py: ImageFolder trees to cached uint8 arrays, one class map, clear errors.
+"""utils/data/folder.py: ImageFolder trees to cached uint8 arrays, one class map, clear errors.
 
     python -m pytest tests/test_folder.py -q
 """
@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from torchvision import transforms as T
 
-import utils.folder as folder
+import utils.data.folder as folder
+from utils.data.folder import has_split, load_image_folder
 from utils.errors import UserError
-from utils.folder import has_split, load_image_folder
 
 
 def _image(path, size, seed, mode="RGB"):
@@ -200,7 +200,7 @@ def test_full_disk_on_a_real_tmpfs(tmp_path):
     try:
         for i in range(30):
             _image(mnt / "train" / ("a" if i % 2 else "b") / f"{i}.png", (8, 8), i)
-        code = ("import sys; from utils.errors import run_cli; from utils.folder import load_image_folder; "
+        code = ("import sys; from utils.errors import run_cli; from utils.data.folder import load_image_folder; "
                 f"run_cli(lambda argv: load_image_folder({str(mnt)!r}, 'train', 96), [])")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -221,7 +221,7 @@ def test_stale_temp_of_a_killed_builder_is_removed(tree):
 
 _BUILDER = """
 import sys, time
-import utils.folder as folder
+import utils.data.folder as folder
 real, calls = folder.decode_folder_image, []
 def slow(path, size):
     calls.append(path)
@@ -262,7 +262,7 @@ def test_two_processes_building_one_cache_at_once(tmp_path):
 
 
 def test_ctrl_c_stops_the_decode_without_waiting_for_it(tmp_path):
-    from utils.decode import decode_into
+    from utils.data.decode import decode_into
     import time
 
     calls = []

@@ -1,4 +1,4 @@
-"""Weighted kNN (utils/knn.py) against a plain per-sample reference written from Wu et al. 2018.
+"""Weighted kNN (utils/eval/knn.py) against a plain per-sample reference written from Wu et al. 2018.
 
     python -m pytest tests/test_knn.py -q
 """
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.knn import knn_accuracy, knn_predict
+from utils.eval.knn import knn_accuracy, knn_predict
 
 
 def naive_knn(train_h, train_y, test_h, num_classes, k, temperature):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.lbfgs_probe import choose_l2, fit_lbfgs, objective
+from utils.eval.lbfgs_probe import choose_l2, fit_lbfgs, objective
 
 
 def _problem(n: int = 300, d: int = 12, c: int = 4, seed: int = 0):

@@ -25,14 +25,14 @@ from torchvision.models import ResNet, resnet18, resnet34
 
 import test as test_script
 import train
-import utils.probe
+import utils.eval.probe
 from models import CheckpointError, load_backbone
-from utils.augment import batch_eval_transform
 from utils.checkpoint import FORMAT, load_checkpoint
+from utils.data.folder import list_folder
+from utils.data.weights import imagenet_weights_path
 from utils.errors import UserError
-from utils.features import extract_features
-from utils.folder import list_folder
-from utils.weights import imagenet_weights_path
+from utils.eval.features import extract_features
+from utils.train.augment import batch_eval_transform
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "synthetic", "--data_scale", "0.05", "--batch_size", "50", "--image_size", "16",
@@ -84,14 +84,14 @@ def image_folder(root: Path, test_images: list[Path]) -> Path:
 def features_from_test_py(checkpoint: Path, data_dir: Path, run_dir: Path, monkeypatch) -> tuple[torch.Tensor, list[Path]]:
     """The test-split features test.main computes in its feature pass, and the files they belong to."""
     seen = {}
-    real = utils.probe.extract_features
+    real = utils.eval.probe.extract_features
 
     def record(*args, **kwargs):
         out = real(*args, **kwargs)
         seen[kwargs.get("progress")] = out.clone()
         return out
 
-    monkeypatch.setattr(utils.probe, "extract_features", record)
+    monkeypatch.setattr(utils.eval.probe, "extract_features", record)
     test_script.main(["--model_path", str(checkpoint), "--dataset", "folder", "--data_dir", str(data_dir),
                       "--test_num_epochs", "1", "--device", "cpu", "--run_dir", str(run_dir), "--quiet"])
     files, _, _ = list_folder(data_dir, "test")

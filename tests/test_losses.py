@@ -6,7 +6,7 @@ import torch
 
 import torch.nn.functional as F
 
-from utils.losses import gathered_nt_xent_loss, nt_xent_loss
+from utils.train.losses import gathered_nt_xent_loss, nt_xent_loss
 
 
 def naive_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Backbones, heads and the ImageNet-weights path (from a seeded local torch cache, no network).
 
-The weights are fetched by utils.weights (the data side) and handed to the builders as a state dict.
+The weights are fetched by utils.data.weights (the data side) and handed to the builders as a state dict.
 """
 import hashlib
 import io
@@ -11,8 +11,8 @@ from torchvision.models import resnet18
 
 from models import PretrainModel, ProjectionHead, build_backbone, build_model, build_probe_head
 from models.resnet import imagenet_classifier
+from utils.data.weights import imagenet_weights_path, load_imagenet_state_dict
 from utils.errors import DataMissingError
-from utils.weights import imagenet_weights_path, load_imagenet_state_dict
 
 
 @pytest.mark.parametrize("stem,size", [("cifar", 32), ("cifar", 64), ("imagenet", 64), ("imagenet", 224)])

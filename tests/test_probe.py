@@ -1,4 +1,4 @@
-"""Linear-probe machinery (utils/probe.py, utils/features.py): features, guard, schedules, evaluation.
+"""Linear-probe machinery (utils/eval/probe.py, utils/eval/features.py): features, guard, schedules, evaluation.
 
     python -m pytest tests/test_probe.py -q
 """
@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import utils.probe as probe
+import utils.eval.probe as probe
 from models import build_backbone, build_probe_head
-from utils.augment import eval_transform
-from utils.features import extract_features
-from utils.probe import (FrozenBackboneError, Preprocess, ProbeData, Standardize, evaluate_head, fit, make_config,
-                         run_linear_probe, scheduled_lr, split_epochs, verify_backbone_unchanged)
-from utils.synthetic import make_synthetic
-from utils.recipes import recipe
+from utils.data.synthetic import make_synthetic
+from utils.eval.features import extract_features
+from utils.eval.probe import (FrozenBackboneError, Preprocess, ProbeData, Standardize, evaluate_head, fit, make_config,
+                              run_linear_probe, scheduled_lr, split_epochs, verify_backbone_unchanged)
+from utils.train.augment import eval_transform
+from utils.train.recipes import recipe
 
 # The tuned probe, and the original's SimCLR probe (SGD, batch 32, lr 0.075, cosine to 1e-3).
 TUNED_PROBE = recipe("tuned", "probe")

@@ -121,7 +121,7 @@ def test_steps_budget_gives_every_scale_the_steps_of_scale_one(tmp_path, fakes, 
 
 
 def test_imagenet_baseline_runs_when_the_weights_are_on_disk(tmp_path, fakes, monkeypatch):
-    from utils.weights import imagenet_weights_path
+    from utils.data.weights import imagenet_weights_path
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     imagenet_weights_path().parent.mkdir(parents=True)
@@ -311,7 +311,7 @@ def _image_folder(root: Path) -> Path:
     """2 classes, 10 train and 5 test PNGs each, 16 px; its cache built once here, before any worker."""
     from PIL import Image
 
-    from utils.datasets import load_split
+    from utils.data.datasets import load_split
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 10), ("test", 5)):

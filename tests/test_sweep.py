@@ -85,7 +85,7 @@ def one_thread():
 @pytest.fixture
 def tiny_synthetic(monkeypatch):
     """Shrink the built-in synthetic dataset (read at call time) to 200 train / 50 test images."""
-    from utils import synthetic
+    from utils.data import synthetic
 
     monkeypatch.setattr(synthetic, "SYNTHETIC_TRAIN", 200)
     monkeypatch.setattr(synthetic, "SYNTHETIC_TEST", 50)

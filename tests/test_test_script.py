@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import test as test_script
-import utils.probe as probe
+import utils.eval.probe as probe
 from models import build_model
 from utils.checkpoint import FORMAT, save_checkpoint
-from utils.constants import SYNTHETIC_MEAN, SYNTHETIC_STD
-from utils.datasets import ImageArrays, load_split
+from utils.data.constants import SYNTHETIC_MEAN, SYNTHETIC_STD
+from utils.data.datasets import ImageArrays, load_split
 from utils.runtime import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,7 +240,7 @@ def test_original_readme_command_runs_on_cifar100(tmp_path, monkeypatch, capsys)
     import tarfile
 
     from test_data_script import _trust_miniature_md5s, make_cifar_archive
-    from utils.constants import CIFAR10_MEAN, CIFAR10_STD
+    from utils.data.constants import CIFAR10_MEAN, CIFAR10_STD
 
     archive, ref = make_cifar_archive(tmp_path, "cifar100")
     with tarfile.open(archive) as tf:

@@ -1,4 +1,4 @@
-"""utils/tinyimagenet.py on a miniature archive with the real Tiny-ImageNet layout, served locally.
+"""utils/data/tinyimagenet.py on a miniature archive with the real Tiny-ImageNet layout, served locally.
 
     python -m pytest tests/test_tinyimagenet.py -q
 
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import utils.tinyimagenet as tin
+import utils.data.tinyimagenet as tin
 from test_download import LocalServer, closed_port
-from utils.download import ChecksumError
+from utils.data.download import ChecksumError
+from utils.data.tinyimagenet import load_tiny_imagenet, prepare_tiny_imagenet, tiny_imagenet_ready
 from utils.errors import DataMissingError, UserError
-from utils.tinyimagenet import load_tiny_imagenet, prepare_tiny_imagenet, tiny_imagenet_ready
 
 WNIDS = ("n09999999", "n01443537", "n05555555")  # deliberately NOT sorted, like the real wnids.txt
 # One far-apart colour per class, so a decoded image tells which class it came from.

@@ -13,7 +13,7 @@ torchrun they give DistributedDataParallel what it needs:
     cleanup_distributed()
 
 `all_gather_with_grad` is the autograd-aware gather used by the cross-rank NT-Xent
-(`utils.losses.gathered_nt_xent_loss`): its backward all-reduces (sums) the incoming gradient
+(`utils.train.losses.gathered_nt_xent_loss`): its backward all-reduces (sums) the incoming gradient
 and returns this rank's own slice, so gradients reach the rank that produced each embedding.
 """
 from __future__ import annotations

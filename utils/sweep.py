@@ -42,7 +42,7 @@ RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 # kind: simclr | supervised | random | imagenet; budget: epochs | steps (empty in older files: simclr,
 # epochs). epochs / eval_epoch count epochs at data scale 1.0 under the steps budget; train_epochs is
 # the epoch of the evaluated checkpoint in the cell's own run and steps its cumulative training steps.
-# recipe: the --recipe of the study (utils/recipes.py; empty in older files).
+# recipe: the --recipe of the study (utils/train/recipes.py; empty in older files).
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
@@ -181,7 +181,7 @@ def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: S
 
 
 def subset_size(num_train: int, num_classes: int, data_scale: float) -> int:
-    """Images in utils.datasets.stratified_subset for a class-balanced split (exact when balanced)."""
+    """Images in utils.data.datasets.stratified_subset for a class-balanced split (exact when balanced)."""
     if data_scale >= 1:
         return num_train
     return num_classes * max(1, int(round(data_scale * num_train / num_classes)))
@@ -189,7 +189,7 @@ def subset_size(num_train: int, num_classes: int, data_scale: float) -> int:
 
 def dataset_sizes(name: str) -> tuple[int, int] | None:
     """(train, test) images of a built-in dataset without reading it; None for folder datasets."""
-    from utils import synthetic  # read at call time: tests shrink the synthetic set
+    from utils.data import synthetic  # read at call time: tests shrink the synthetic set
 
     sizes = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "tiny-imagenet": (100_000, 10_000),
              "synthetic": (synthetic.SYNTHETIC_TRAIN, synthetic.SYNTHETIC_TEST)}
@@ -658,7 +658,7 @@ def measure_step_seconds(batch_size: int, image_size: int, device, cap: int | No
     import torch
 
     from models import build_model
-    from utils.losses import nt_xent_loss
+    from utils.train.losses import nt_xent_loss
 
     device = torch.device(device)
     b = max(1, min(batch_size, cap if cap is not None else MEASURE_CAP.get(device.type, 1024)))

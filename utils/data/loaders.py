@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from utils.datasets import ArrayDataset, ImageArrays
+from utils.data.datasets import ArrayDataset, ImageArrays
 from utils.distributed import DistEnv, shard_permutation
 
 Batch = tuple[list[torch.Tensor], torch.Tensor]

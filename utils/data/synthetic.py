@@ -5,7 +5,7 @@ diagonal cross, horizontal stripes, vertical stripes, checkerboard, frame), each
 wallpaper of its shape so that even a small random crop shows the class; colours (from a
 shared palette), tile size, phase and noise are random, so colour says nothing about the class. The same seed always gives the same images. Tests and the quick start use it.
 
-    from utils.synthetic import make_synthetic
+    from utils.data.synthetic import make_synthetic
     x, y = make_synthetic(2000, seed=0)   # x: uint8 (2000, 32, 32, 3), y: int64 (2000,)
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ member. Extraction goes to a hidden temporary sibling folder that is renamed int
 when complete, so an interrupted extraction never looks finished (the next run deletes the
 leftover and starts again).
 
-    python -c "from utils.archive import extract_into_place; extract_into_place('data/cifar-10-python.tar.gz', 'data/cifar-10-batches-py', member_root='cifar-10-batches-py')"
+    python -c "from utils.data.archive import extract_into_place; extract_into_place('data/cifar-10-python.tar.gz', 'data/cifar-10-batches-py', member_root='cifar-10-batches-py')"
 """
 from __future__ import annotations
 

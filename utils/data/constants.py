@@ -6,7 +6,7 @@ Mean/std are per-channel statistics of each training split in [0, 1] units:
 - Tiny-ImageNet: computed over its 100,000 training images (values commonly quoted for it).
 - ImageNet: torchvision's `ResNet18_Weights.IMAGENET1K_V1` preprocessing; used whenever the
   ImageNet weights are loaded, because those weights expect it.
-- synthetic: measured on `make_synthetic(seed=0)` train split (see utils/synthetic.py).
+- synthetic: measured on `make_synthetic(seed=0)` train split (see utils/data/synthetic.py).
 """
 from __future__ import annotations
 

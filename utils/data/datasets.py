@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.constants import DATASETS, canonical_dataset
+from utils.data.constants import DATASETS, canonical_dataset
 from utils.errors import UserError
 
 DEFAULT_FOLDER_IMAGE_SIZE = 64
@@ -60,19 +60,19 @@ def load_split(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == "synthetic":
-        from utils.synthetic import load_synthetic
+        from utils.data.synthetic import load_synthetic
 
         x, y, classes = load_synthetic(split)
     elif name in ("cifar10", "cifar100"):
-        from utils.cifar import load_cifar
+        from utils.data.cifar import load_cifar
 
         x, y, classes = load_cifar(name, data_dir, train=split == "train", download=download)
     elif name == "tiny-imagenet":
-        from utils.tinyimagenet import load_tiny_imagenet
+        from utils.data.tinyimagenet import load_tiny_imagenet
 
         x, y, classes = load_tiny_imagenet(data_dir, "train" if split == "train" else "val", download=download)
     else:  # folder
-        from utils.folder import load_image_folder
+        from utils.data.folder import load_image_folder
 
         x, y, classes = load_image_folder(data_dir, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
     return ImageArrays(np.asarray(x) if not isinstance(x, np.memmap) else x, np.asarray(y, dtype=np.int64), list(classes))

@@ -5,7 +5,7 @@ cache ($TORCH_HOME/hub/checkpoints), downloads it there with the project's downl
 is absent, checks it against the sha256 prefix in its name and hands back the state dict:
 
     from models import build_backbone
-    from utils.weights import load_imagenet_state_dict
+    from utils.data.weights import load_imagenet_state_dict
     backbone = build_backbone("imagenet", weights=load_imagenet_state_dict())
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torchvision.models import ResNet18_Weights
 
-from utils.download import download_file
+from utils.data.download import download_file
 from utils.errors import DataMissingError, UserError
 
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1

@@ -1,6 +1,6 @@
 """A convex linear probe: multinomial logistic regression on cached features, solved by L-BFGS.
 
-The SGD probe (utils/probe.py, the original project's settings) reports what its lr and schedule
+The SGD probe (utils/eval/probe.py, the original project's settings) reports what its lr and schedule
 make of the features: the original's lr 0.075 is several times above the stability limit of
 standardised features (their covariance's top eigenvalue is ~200), so the head oscillates until
 the cosine brings the lr down. This probe has no lr: it minimises a convex objective to
@@ -14,7 +14,7 @@ train split (the test split is never used to choose); the head is then refit on 
 that l2 and evaluated on the test split once per round of iterations (the curves), as in the
 logistic-regression probes of Kolesnikov et al. 2019 and Radford et al. 2021.
 
-    from utils.lbfgs_probe import fit_lbfgs, choose_l2
+    from utils.eval.lbfgs_probe import fit_lbfgs, choose_l2
     info = fit_lbfgs(linear, lambda: linear(h), y, l2=1e-3)   # linear: nn.Linear, trained in place
 
 The fit runs in float64 (the probe casts the features and the head), so that the gradient

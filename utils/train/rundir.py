@@ -49,7 +49,7 @@ def environment_info() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "platform": platform.platform()}
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]  # utils/train/rundir.py -> the repository
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=5)
         if commit.returncode == 0:

@@ -1,11 +1,11 @@
-"""CIFAR-10 / CIFAR-100: fetched through utils.download, extracted safely, read as uint8 arrays.
+"""CIFAR-10 / CIFAR-100: fetched through utils.data.download, extracted safely, read as uint8 arrays.
 
 The archive is downloaded (resumable, md5-checked) into `data_dir`, extracted into
 torchvision's layout (`data_dir/cifar-10-batches-py`, `data_dir/cifar-100-python`) and then read
 with torchvision.datasets.CIFAR10/CIFAR100(download=False), so torchvision's own per-file md5
 check still runs on the real data.
 
-    python -c "from utils.cifar import load_cifar; x, y, c = load_cifar('cifar10', 'data', train=True); print(x.shape, y[:10], c)"
+    python -c "from utils.data.cifar import load_cifar; x, y, c = load_cifar('cifar10', 'data', train=True); print(x.shape, y[:10], c)"
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.archive import extract_into_place
-from utils.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
+from utils.data.archive import extract_into_place
+from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)

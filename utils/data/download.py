@@ -12,7 +12,7 @@ retry, and trusts any existing file when no md5 is given. This one instead
   on the first attempt (offline machine: no retry storm);
 - follows redirects itself and refuses one from https to http (a downgrade is never silent).
 
-    python -c "from utils.download import download_file; download_file('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'data/cifar-10-python.tar.gz', md5='c58f30108f718f92721af3b95e74349a')"
+    python -c "from utils.data.download import download_file; download_file('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'data/cifar-10-python.tar.gz', md5='c58f30108f718f92721af3b95e74349a')"
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Tiny-ImageNet: download, safe extraction, one class map, and a decoded uint8 array cache.
 
 Preparation (once): the zip (layout in /work/shared/REFERENCES.md) is downloaded through
-utils.download, extracted safely to `data_dir/tiny-imagenet-200`, `val/` is arranged by class
+utils.data.download, extracted safely to `data_dir/tiny-imagenet-200`, `val/` is arranged by class
 from `val/val_annotations.txt` (`val/<wnid>/images/*.JPEG`, the layout `train/` has), and the
 train and val JPEGs are decoded once (grayscale -> RGB) into
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.archive import extract_into_place
-from utils.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
-from utils.decode import open_image, write_decoded_npy
+from utils.data.archive import extract_into_place
+from utils.data.decode import open_image, write_decoded_npy
+from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ as used across SSL codebases to watch pretraining: features are L2-normalised,
 similarity is the cosine s_i = <h, h_i>, each of the k most similar training samples votes
 for its class with weight exp(s_i / temperature), and the class with the largest total wins.
 
-    from utils.knn import knn_accuracy
+    from utils.eval.knn import knn_accuracy
     acc = knn_accuracy(train_h, train_y, test_h, test_y, num_classes=10)   # percent
 
 Run its tests with `python -m pytest tests/test_knn.py -q`.

@@ -13,7 +13,7 @@ by extension. Several processes may build or read one cache at once: `.cache/<sp
 lets one build while the others wait and then reuse it, and the arrays are written to unique
 temp files allocated in full up front (a full disk is one line, exit 2, no temp file left).
 
-    python -c "from utils.folder import load_image_folder; x, y, c = load_image_folder('my_images', 'train', 64); print(x.shape, c)"
+    python -c "from utils.data.folder import load_image_folder; x, y, c = load_image_folder('my_images', 'train', 64); print(x.shape, c)"
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from utils.decode import open_image, write_decoded_npy
-from utils.download import file_lock
+from utils.data.decode import open_image, write_decoded_npy
+from utils.data.download import file_lock
 from utils.errors import UserError
 from utils.io import atomic_write
 

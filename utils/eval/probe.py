@@ -13,7 +13,7 @@ the features are standardised per dimension with fixed train-split statistics be
 Fine-tuning (`run_finetune`) trains the whole network on augmented images; it is a different
 protocol with its own outputs and is never reported as a linear result.
 
-Hyperparameters come from a recipe's "probe" part (utils/recipes.py), the same for every
+Hyperparameters come from a recipe's "probe" part (utils/train/recipes.py), the same for every
 checkpoint type so that SimCLR and supervised backbones are judged by one protocol. The tuned
 probe: Adam lr 1e-3, batch 1000, 500 epochs, cosine to 0 stepped per iteration, weight decay 5e-6,
 standardised features, head initialised at zero (so its first loss is exactly ln C). Two
@@ -23,8 +23,8 @@ schedules can be asked for by name:
   fresh optimizer each), each a cosine to 0 over its own half of the epochs (the original's
   50-epoch period, which ran past short stages, now spans the stage it belongs to).
 
-    from utils.probe import make_config, run_linear_probe
-    from utils.recipes import recipe
+    from utils.eval.probe import make_config, run_linear_probe
+    from utils.train.recipes import recipe
     config = make_config(recipe("tuned", "probe"), epochs=100)
     result = run_linear_probe(backbone, head, data, config, preprocess, device)
 
@@ -44,14 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.augment import BatchSupervisedAugment
-from utils.datasets import load_split, stratified_split
+from utils.data.datasets import load_split, stratified_split
 from utils.errors import NonFiniteLossError, UserError
-from utils.features import extract_features
-from utils.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
-from utils.lbfgs_probe import choose_l2, fit_lbfgs
+from utils.eval.features import extract_features
+from utils.eval.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
+from utils.eval.lbfgs_probe import choose_l2, fit_lbfgs
 from utils.runtime import LOG, autocast_context
-from utils.schedule import cosine_lr, cosine_scheduler
+from utils.train.augment import BatchSupervisedAugment
+from utils.train.schedule import cosine_lr, cosine_scheduler
 
 LINEAR, FINETUNE = "linear", "fine-tune"
 COSINE, TWO_STAGE = "cosine", "two-stage"
@@ -125,7 +125,7 @@ def make_config(
     optimizer: str | None = None,
     momentum: float = MOMENTUM,
 ) -> ProbeConfig:
-    """A probe config from a recipe's "probe" values (utils.recipes), any given argument overriding them.
+    """A probe config from a recipe's "probe" values (utils.train.recipes), any given argument overriding them.
 
     With two stages, `lr` sets stage 1 and stage 2 runs at lr / 10.
     """
@@ -457,7 +457,7 @@ def run_linear_probe(
 ) -> ProbeResult:
     """Linear Classification Protocol: train `head` on the frozen backbone's features.
 
-    lbfgs={"l2_grid": [...], "max_iter": N} solves the convex probe of utils/lbfgs_probe.py
+    lbfgs={"l2_grid": [...], "max_iter": N} solves the convex probe of utils/eval/lbfgs_probe.py
     instead of `config`'s SGD schedule (one linear layer, cached features only): l2 chosen on
     the val split when there is one, then the head refit on train + val; one history row per
     round of L-BFGS iterations.
@@ -471,10 +471,7 @@ def run_linear_probe(
     tensors; by default a copy taken on entry). Also reports weighted kNN accuracy on the cached
     features (k=200, t=0.1) unless knn=False or augment=True.
     """
-    if feature_norm not in FEATURE_NORMS:
-        raise UserError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
-    if lbfgs is not None and (augment or not isinstance(head, nn.Linear)):
-        raise UserError("the L-BFGS probe needs cached features (no --augment) and one linear layer (--head_layers 1)")
+    _check_probe_options(feature_norm, lbfgs, augment, head)
     if reference_state is None:
         reference_state = {k: v.detach().clone().cpu() for k, v in backbone.state_dict().items()}
     freeze_backbone(backbone)
@@ -486,34 +483,86 @@ def run_linear_probe(
         return extract_features(backbone, images, size, mean, std, device, batch_size=feature_batch_size,
                                 augment=augmenter, generator=generator, progress=label).clone()
 
+    test_h, val_h, train_h, seconds_features = _cached_features(features, data, augment, device)
+    train_y, val_y, test_y = (None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
+                              for labels in (data.train_labels, data.val_labels, data.test_labels))
+
+    params = optimizer_parameters(backbone, head)
+    _sync(device)
+    t1 = time.perf_counter()
+    current, begin_epoch = ({"h": train_h}, None) if not augment else _augmented_train_features(
+        features, data.train_images, preprocess, device, seed)
+    probe_head = head  # the trainable part; the only parameters any optimizer may hold
+    head = _initial_probe_head(head, current["h"], feature_norm, device)
+
+    splits = {"val": (val_h, val_y), "test": (test_h, test_y)}
+    lbfgs_info = None
+    if lbfgs is not None:
+        history, lbfgs_info = _fit_lbfgs_probe(head, probe_head, train_h, train_y, val_h, val_y, test_h, test_y,
+                                               lbfgs["l2_grid"], lbfgs["max_iter"], on_epoch)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        history = fit(params, lambda idx: head(current["h"][idx]), train_y, config,
+                      lambda: _evaluate_splits(head, splits), gen,
+                      begin_epoch=begin_epoch, what="probe head", on_epoch=on_epoch,
+                      allowed=list(probe_head.parameters()), cpu_step_threads=PROBE_CPU_THREADS)
+    _sync(device)
+    seconds_training = time.perf_counter() - t1
+
+    extra = {"guard": _backbone_guard(backbone, reference_state), "feature_norm": feature_norm}
+    if lbfgs_info is not None:
+        extra["lbfgs"] = lbfgs_info
+    if knn and train_h is not None:
+        acc = knn_accuracy(train_h, train_y, test_h, test_y, data.num_classes)
+        extra["knn"] = {"k": KNN_K, "temperature": KNN_TEMPERATURE, "test_acc": acc,
+                        "features": "cached eval-transform features, probe train split as memory"}
+    return ProbeResult(LINEAR, history, seconds_features, seconds_training, extra, head)
+
+
+def _cached_features(features: Callable, data: ProbeData, augment: bool, device: torch.device):
+    """(test_h, val_h or None, train_h or None with augment, seconds): each split's (N, D) features, once."""
     _sync(device)
     t0 = time.perf_counter()
     test_h = features(data.test_images, label="test features")
     val_h = features(data.val_images, label="val features") if data.val_labels is not None else None
     train_h = None if augment else features(data.train_images, label="train features")
     _sync(device)
-    seconds_features = time.perf_counter() - t0
+    return test_h, val_h, train_h, time.perf_counter() - t0
 
-    train_y = torch.as_tensor(data.train_labels, dtype=torch.long, device=device)
-    test_y = torch.as_tensor(data.test_labels, dtype=torch.long, device=device)
-    val_y = None if data.val_labels is None else torch.as_tensor(data.val_labels, dtype=torch.long, device=device)
 
-    params = optimizer_parameters(backbone, head)
-    current = {"h": train_h}
-    begin_epoch = None
-    _sync(device)
-    t1 = time.perf_counter()
-    if augment:
-        train_images = _images_on(data.train_images, device)
-        augmenter = BatchSupervisedAugment(size, mean, std)
-        aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-        current["h"] = features(train_images, augmenter, aug_gen)  # epoch 1's features
+def _evaluate_splits(head: nn.Module, splits: dict) -> dict[str, dict]:
+    """{split: evaluate_head(head, h, y)} for each (h, y) of `splits` whose features exist, in its order."""
+    return {name: evaluate_head(head, h, y) for name, (h, y) in splits.items() if h is not None}
 
-        def begin_epoch(epoch: int) -> None:
-            if epoch > 0:
-                current["h"] = features(train_images, augmenter, aug_gen)
 
-    probe_head = head  # the trainable part; the only parameters any optimizer may hold
+def _check_probe_options(feature_norm: str, lbfgs: dict | None, augment: bool, head: nn.Module) -> None:
+    if feature_norm not in FEATURE_NORMS:
+        raise UserError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}")
+    if lbfgs is not None and (augment or not isinstance(head, nn.Linear)):
+        raise UserError("the L-BFGS probe needs cached features (no --augment) and one linear layer (--head_layers 1)")
+
+
+def _augmented_train_features(features: Callable, images, preprocess: Preprocess, device: torch.device,
+                              seed: int) -> tuple[dict, Callable[[int], None]]:
+    """({"h": epoch 1's train features (N, D)}, begin_epoch): a padded random crop + flip, redrawn every epoch.
+
+    features(images, augmenter, generator) -> (N, D); begin_epoch(epoch) replaces "h" from epoch 2 on.
+    """
+    train_images = _images_on(images, device)
+    augmenter = BatchSupervisedAugment(preprocess.image_size, preprocess.mean, preprocess.std)
+    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    current = {"h": features(train_images, augmenter, aug_gen)}  # epoch 1's features
+
+    def begin_epoch(epoch: int) -> None:
+        if epoch > 0:
+            current["h"] = features(train_images, augmenter, aug_gen)
+
+    return current, begin_epoch
+
+
+def _initial_probe_head(head: nn.Module, train_h: torch.Tensor, feature_norm: str,
+                        device: torch.device) -> nn.Module:
+    """The head as training starts: one linear layer zeroed; Standardize (fit on train_h (N, D)) in front."""
     if isinstance(head, nn.Linear):
         # One linear layer starts at zero, as the L-BFGS probe does: its first loss is exactly ln C
         # whatever the features' scale. (Two stacked layers keep their random init: at zero
@@ -522,40 +571,17 @@ def run_linear_probe(
             head.weight.zero_()
             head.bias.zero_()
     if feature_norm == "standardize":
-        head = nn.Sequential(Standardize.fit(current["h"]).to(device), head)
+        head = nn.Sequential(Standardize.fit(train_h).to(device), head)
+    return head
 
-    def evaluate() -> dict:
-        out = {}
-        if val_h is not None:
-            out["val"] = evaluate_head(head, val_h, val_y)
-        out["test"] = evaluate_head(head, test_h, test_y)
-        return out
 
-    lbfgs_info = None
-    if lbfgs is not None:
-        history, lbfgs_info = _fit_lbfgs_probe(head, probe_head, train_h, train_y, val_h, val_y, test_h, test_y,
-                                               lbfgs["l2_grid"], lbfgs["max_iter"], on_epoch)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        history = fit(params, lambda idx: head(current["h"][idx]), train_y, config, evaluate, gen,
-                      begin_epoch=begin_epoch, what="probe head", on_epoch=on_epoch,
-                      allowed=list(probe_head.parameters()), cpu_step_threads=PROBE_CPU_THREADS)
-    _sync(device)
-    seconds_training = time.perf_counter() - t1
-
+def _backbone_guard(backbone: nn.Module, reference_state: dict[str, torch.Tensor]) -> dict:
+    """Check the backbone bit-identical to reference_state (raises otherwise); the guard's report."""
     checked = verify_backbone_unchanged(backbone, reference_state)
-    extra = {"guard": {"backbone_bit_identical": True, "tensors_checked": checked,
-                       "optimizer_params": "head only (checked for every stage)",
-                       "backbone_requires_grad": any(p.requires_grad for p in backbone.parameters()),
-                       "backbone_mode": "train" if backbone.training else "eval"},
-             "feature_norm": feature_norm}
-    if lbfgs_info is not None:
-        extra["lbfgs"] = lbfgs_info
-    if knn and train_h is not None:
-        acc = knn_accuracy(train_h, train_y, test_h, test_y, data.num_classes)
-        extra["knn"] = {"k": KNN_K, "temperature": KNN_TEMPERATURE, "test_acc": acc,
-                        "features": "cached eval-transform features, probe train split as memory"}
-    return ProbeResult(LINEAR, history, seconds_features, seconds_training, extra, head)
+    return {"backbone_bit_identical": True, "tensors_checked": checked,
+            "optimizer_params": "head only (checked for every stage)",
+            "backbone_requires_grad": any(p.requires_grad for p in backbone.parameters()),
+            "backbone_mode": "train" if backbone.training else "eval"}
 
 
 def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_y, l2_grid, max_iter, on_epoch):

@@ -13,7 +13,7 @@ Tiny-ImageNet and image folders once, so no training epoch decodes a JPEG.
   up front (`os.posix_fallocate`), so a full disk is an OSError at the start (a write into a
   memory map on a full file system would be SIGBUS), then renames it into place.
 
-    python -c "from utils.decode import max_image_pixels; print(max_image_pixels())"
+    python -c "from utils.data.decode import max_image_pixels; print(max_image_pixels())"
 """
 from __future__ import annotations
 
