@@ -286,20 +286,24 @@ def test_imagenet_weights_checkpoint_gets_the_common_probe(capsys):
 
 
 @pytest.mark.slow
-def test_simclr_pretraining_beats_random_init(tmp_path):
-    """On synthetic, a few epochs of SimCLR beat the same network at its random init under one probe.
+def test_simclr_pretraining_improves_the_probe_loss_over_random_init(tmp_path):
+    """On synthetic, 75 SimCLR steps from seed 0 give a lower probe test loss than the same network at init.
 
-    5 epochs of 15 steps at 16 px (about 100 s on 2 CPU cores), Adam lr 1e-3 and temperature 0.1,
-    which learn fastest in few steps; both backbones come from seed 0, so the SimCLR one is the
-    random-init one after pretraining. Measured on the 2-core CPU, seeds 0 / 1 / 2: probe accuracy
-    32.6 / 33.6 / 34.0 % against 25.4 / 29.2 / 27.8 % at random init (gains 7.2 / 4.4 / 6.2 points);
-    seed 0 test loss 2.4 against 7.4 (the head overfits standardised random features).
+    5 epochs of 15 steps at 16 px, the original recipe with Adam lr 1e-3 and temperature 0.1 (the
+    fastest learner found in few steps); both backbones come from seed 0, so the SimCLR one is the
+    random-init one after pretraining; both probed by the default (converged) probe. Measured on
+    the 2-core CPU (2026-11-30): test loss 1.815 against 2.051, accuracy 31.2 % against 31.6 %.
+    Under the old diverging probe this run's accuracy gain looked like 7 points (32.6 % vs 25.4 %),
+    but that came from the probe: it overfitted random features (test loss 7.4). With a converged
+    probe, neither this setting, nor 10 epochs (29.6 %), nor the tuned or original recipes' own
+    values (README, Results) beat random init's accuracy at this budget, so accuracy is not asserted.
     """
     import train
 
     common = ["--dataset", "synthetic", "--device", "cpu", "--quiet", "--seed", "0", "--image_size", "16"]
     train.main(common + ["--run_dir", str(tmp_path / "simclr"), "--epochs", "5", "--batch_size", "128",
-                         "--optimizer", "adam", "--learning_rate", "1e-3", "--temperature", "0.1"])
+                         "--recipe", "original", "--optimizer", "adam", "--learning_rate", "1e-3",
+                         "--temperature", "0.1"])
     train.main(common + ["--run_dir", str(tmp_path / "init"), "--epochs", "0"])
     probe_args = ["--dataset", "synthetic", "--device", "cpu", "--quiet"]  # the default probe
     pretrained = test_script.main(["--model_path", str(tmp_path / "simclr" / "final.pth"), *probe_args])
@@ -307,8 +311,7 @@ def test_simclr_pretraining_beats_random_init(tmp_path):
     assert pretrained["protocol"] == random_init["protocol"] == "linear"
     scores = (pretrained["test_accuracy"], random_init["test_accuracy"], pretrained["test_loss"],
               random_init["test_loss"])
-    assert pretrained["test_accuracy"] > random_init["test_accuracy"] + 3, scores
-    assert pretrained["test_loss"] < random_init["test_loss"], scores
+    assert pretrained["test_loss"] < random_init["test_loss"] - 0.1, scores
 
 
 # --- issue 14 ------------------------------------------------------------------------------------

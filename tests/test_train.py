@@ -101,10 +101,12 @@ def test_epochs_zero_random_init_simclr(tmp_path):
 @pytest.mark.slow
 def test_simclr_loss_falls_and_supervised_learns(tmp_path):
     run = tmp_path / "simclr"
+    # The tuned recipe at lr 0.06 (its rate at batch 512; 0.3, the original's, made this 12-step run's loss
+    # rise from 4.54 to 4.59 with the tuned head and unnormalised inputs; measured 4.567 -> 3.975 at 0.06).
     hist = train.main(["--dataset", "synthetic", "--data_scale", "0.1", "--batch_size", "50", "--epochs", "3",
-                       "--learning_rate", "0.3", "--device", "cpu", "--workers", "0", "--quiet",
+                       "--learning_rate", "0.06", "--device", "cpu", "--workers", "0", "--quiet",
                        "--run_dir", str(run)])["history"]
-    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert hist[-1]["loss"] < hist[0]["loss"] - 0.2
 
     sup = train.main(["--train_type", "supervised", "--dataset", "synthetic", "--data_scale", "0.25",
                       "--batch_size", "50", "--epochs", "3", "--device", "cpu", "--workers", "0", "--quiet",
