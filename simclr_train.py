@@ -68,7 +68,7 @@ from utils.data.constants import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_json, read_csv
 from utils.runtime import resolve_device
-from utils.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe
 
 SCRIPT = Path(__file__).resolve()
 TRAIN_SCRIPT = SCRIPT.parent / "train.py"

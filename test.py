@@ -18,7 +18,7 @@ Before the head, features are standardised per dimension with fixed train-split 
 linear) so one lr suits every checkpoint. Afterwards the backbone is checked bit-identical to the
 checkpoint; the run fails otherwise.
 
-Defaults come from --recipe's probe (utils/train/recipes.py), the same for every checkpoint type:
+Defaults come from --recipe's probe (utils/recipes.py), the same for every checkpoint type:
   tuned (and original): Adam lr 1e-3, batch 1000, 500 epochs, cosine to 0 stepped per
   iteration, weight decay 5e-6, standardised features, head initialised at zero.
 --probe_optimizer sgd, --schedule two-stage, --batch_size, --test_learning_rate, --test_final_lr
@@ -61,7 +61,7 @@ from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHED
 from utils.io import atomic_write_json
 from utils.plotting import plot_panels
 from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
-from utils.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help
 from utils.train.rundir import run_dir_exists
 
 EVAL_DATASETS = ["cifar100", "cifar10", "tiny-imagenet", "imagenet", "synthetic", "folder"]
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--dataset", default="cifar100", choices=EVAL_DATASETS,
                    help="evaluation data (imagenet = Tiny-ImageNet)")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
-                   help="named probe values for every flag below that is not given (utils/train/recipes.py)")
+                   help="named probe values for every flag below that is not given (utils/recipes.py)")
     g.add_argument("--test_num_epochs", type=positive_int, default=None,
                    help="epochs of head training" + recipe_help("epochs", PROBE) + by_type)
     g.add_argument("--batch_size", type=positive_int, default=None,

@@ -55,18 +55,18 @@ from utils.io import atomic_write_csv, atomic_write_json
 from utils.plotting import plot_panels
 from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
                            setup_logging)
-from utils.train.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugment, BatchSupervisedAugment,
+from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugment, BatchSupervisedAugment,
                                  SimCLRViewSpec, SupervisedAugSpec, TwoViews,
                                  simclr_view_transform, supervised_train_transform)
 from utils.train.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
                                 last_good, test_signal_hook)
 from utils.train.losses import gathered_nt_xent_loss, nt_xent_loss
-from utils.train.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
-from utils.train.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
+from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
 
-# Flags whose default comes from the recipe's part for --train_type (utils/train/recipes.py): flag -> recipe key.
+# Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
 # A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
 RECIPE_FLAGS = {
     "epochs": "epochs", "batch_size": "batch_size", "optimizer": "optimizer", "momentum": "momentum",
@@ -119,7 +119,7 @@ def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
                    help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
-                   help="named values for everything below that is not given (utils/train/recipes.py, README Recipes): "
+                   help="named values for everything below that is not given (utils/recipes.py, README Recipes): "
                         "tuned = published ResNet-18 CIFAR recipes, original = the course project's, bugs fixed")
     g.add_argument("--proj_hidden_dim", type=positive_int, default=None,
                    help="SimCLR projection MLP hidden width" + recipe_help("proj_hidden_dim", ("simclr",)) + by_type)
@@ -377,7 +377,7 @@ def make_optimizer(args, model, device):
 
 
 def make_lr_fn(args: argparse.Namespace, total_steps: int, steps_per_epoch: int):
-    """step -> lr of the run: the recipe's schedule over its whole length (utils/train/schedule.py)."""
+    """step -> lr of the run: the recipe's schedule over its whole length (utils/schedule.py)."""
     warmup = round(args.warmup_epochs * steps_per_epoch)
     if args.schedule == "multistep":
         return lr_schedule("multistep", args.learning_rate, total_steps, warmup_steps=warmup, gamma=args.lr_gamma,

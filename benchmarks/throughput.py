@@ -49,7 +49,7 @@ from utils.cli import seed as seed_type  # noqa: E402
 from utils.data.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.runtime import autocast_context, resolve_device  # noqa: E402
-from utils.train.augment import (  # noqa: E402
+from utils.augment import (  # noqa: E402
     BatchSimCLRAugment,
     TwoViews,
     batch_eval_transform,

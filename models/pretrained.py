@@ -56,7 +56,7 @@ class ToUint8Image:
 def eval_preprocess(image_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     """test.py's evaluation preprocessing for one image (or a uint8 batch): -> float32 (3, S, S), normalised.
 
-    Equal to what test.py's feature pass feeds the backbone (utils.train.augment.batch_eval_transform
+    Equal to what test.py's feature pass feeds the backbone (utils.augment.batch_eval_transform
     after utils.data.folder's decoding): uint8 -> [0, 1], resize to S x S (bilinear, antialiased; a
     no-op for images already at S), (x - mean) / std per channel.
     """

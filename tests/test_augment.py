@@ -1,4 +1,4 @@
-"""Tests for utils/train/augment.py: the PIL transforms' shapes, and the batched tensor transforms
+"""Tests for utils/augment.py: the PIL transforms' shapes, and the batched tensor transforms
 checked against torchvision image by image (colour ops, crop, blur, rotation, eval resize) and
 statistically against the PIL pipeline (crop boxes, output mean/std, grayscale and flip rates),
 for the default augmentation specs and for others (SimCLRViewSpec, SupervisedAugSpec).
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision import transforms as T
 
-from utils.train.augment import (
+from utils.augment import (
     SIMCLR_BLUR_P,
     SIMCLR_CROP_RATIO,
     SIMCLR_CROP_SCALE,

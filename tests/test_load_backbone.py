@@ -32,7 +32,7 @@ from utils.data.folder import list_folder
 from utils.data.weights import imagenet_weights_path
 from utils.errors import UserError
 from utils.eval.features import extract_features
-from utils.train.augment import batch_eval_transform
+from utils.augment import batch_eval_transform
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "synthetic", "--data_scale", "0.05", "--batch_size", "50", "--image_size", "16",

@@ -18,8 +18,8 @@ from utils.data.synthetic import make_synthetic
 from utils.eval.features import extract_features
 from utils.eval.probe import (FrozenBackboneError, Preprocess, ProbeData, Standardize, evaluate_head, fit, make_config,
                               run_linear_probe, scheduled_lr, split_epochs, verify_backbone_unchanged)
-from utils.train.augment import eval_transform
-from utils.train.recipes import recipe
+from utils.augment import eval_transform
+from utils.recipes import recipe
 
 # The tuned probe, and the original's SimCLR probe (SGD, batch 32, lr 0.075, cosine to 1e-3).
 TUNED_PROBE = recipe("tuned", "probe")

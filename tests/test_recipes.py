@@ -23,7 +23,7 @@ import json
 import pytest
 
 import train
-from utils.train.recipes import RECIPES, recipe, recipe_help, scaled_lr
+from utils.recipes import RECIPES, recipe, recipe_help, scaled_lr
 
 SOURCE_DKOBAK = {
     "batch_size": 512, "epochs": 1000, "lr_per_256": 0.03, "weight_decay": 5e-4, "momentum": 0.9,

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from utils.train.schedule import cosine_lr, cosine_multiplier, cosine_scheduler
+from utils.schedule import cosine_lr, cosine_multiplier, cosine_scheduler
 
 
 def _run(total, base=0.6, final=1e-3, warmup=0, period=None):
@@ -59,7 +59,7 @@ def test_single_step_run_uses_base_lr():
 
 
 def test_multistep_matches_its_closed_form_and_milestones_scale_with_the_run():
-    from utils.train.schedule import lr_schedule, make_scheduler, milestone_steps
+    from utils.schedule import lr_schedule, make_scheduler, milestone_steps
 
     spe, epochs = 3, 200
     total = spe * epochs
@@ -84,7 +84,7 @@ def test_multistep_matches_its_closed_form_and_milestones_scale_with_the_run():
 
 
 def test_cosine_schedule_reaches_its_floor_only_at_the_last_step():
-    from utils.train.schedule import lr_schedule
+    from utils.schedule import lr_schedule
 
     fn = lr_schedule("cosine", 0.06, 100, final_lr=0.0)
     assert fn(0) == pytest.approx(0.06) and fn(99) == 0.0

@@ -149,7 +149,7 @@ def test_no_epoch_runs_at_lr_zero_before_the_last(tmp_path, recipe, train_type):
 def test_steps_budget_ends_every_data_scale_at_the_same_step(tmp_path):
     """--steps 5 at two data scales: 2 and 4 steps per epoch give 3 and 2 epochs, the last one partial,
     both ending at step 5 with the schedule's horizon at step 5 (lr at min_lr after the last step)."""
-    from utils.train.schedule import cosine_lr
+    from utils.schedule import cosine_lr
 
     flags = ["--dataset", "synthetic", "--batch_size", "10", "--steps", "5", "--image_size", "8",
              "--learning_rate", "0.3", "--min_lr", "0.01", "--device", "cpu", "--workers", "0", "--quiet"]

@@ -42,7 +42,7 @@ RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 # kind: simclr | supervised | random | imagenet; budget: epochs | steps (empty in older files: simclr,
 # epochs). epochs / eval_epoch count epochs at data scale 1.0 under the steps budget; train_epochs is
 # the epoch of the evaluated checkpoint in the cell's own run and steps its cumulative training steps.
-# recipe: the --recipe of the study (utils/train/recipes.py; empty in older files).
+# recipe: the --recipe of the study (utils/recipes.py; empty in older files).
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from utils.runtime import autocast_context
-from utils.train.augment import batch_eval_transform
+from utils.augment import batch_eval_transform
 
 # Images per forward pass. 512 fills an H100 at 32 px and still fits at 224 px in inference
 # mode (the input batch alone is 512 x 3 x 224 x 224 x 4 B = 308 MB).
@@ -58,7 +58,7 @@ def extract_features(
     them); its previous train/eval mode is restored afterwards. Without `augment` each batch
     gets the evaluation transform (resize to `image_size` if needed, normalise with mean/std);
     with it, `augment(x_uint8 (B, 3, H, W), generator=generator) -> (B, 3, S, S)` float is used
-    instead (e.g. utils.train.augment.BatchSupervisedAugment), drawing from `generator` (which must
+    instead (e.g. utils.augment.BatchSupervisedAugment), drawing from `generator` (which must
     live on `device`). bf16 autocast on CUDA only. `progress` is a tqdm description (None: no bar).
 
     The result is an inference tensor: `.clone()` it outside inference mode before it takes

@@ -13,7 +13,7 @@ the features are standardised per dimension with fixed train-split statistics be
 Fine-tuning (`run_finetune`) trains the whole network on augmented images; it is a different
 protocol with its own outputs and is never reported as a linear result.
 
-Hyperparameters come from a recipe's "probe" part (utils/train/recipes.py), the same for every
+Hyperparameters come from a recipe's "probe" part (utils/recipes.py), the same for every
 checkpoint type so that SimCLR and supervised backbones are judged by one protocol. The tuned
 probe: Adam lr 1e-3, batch 1000, 500 epochs, cosine to 0 stepped per iteration, weight decay 5e-6,
 standardised features, head initialised at zero (so its first loss is exactly ln C). Two
@@ -24,7 +24,7 @@ schedules can be asked for by name:
   50-epoch period, which ran past short stages, now spans the stage it belongs to).
 
     from utils.eval.probe import make_config, run_linear_probe
-    from utils.train.recipes import recipe
+    from utils.recipes import recipe
     config = make_config(recipe("tuned", "probe"), epochs=100)
     result = run_linear_probe(backbone, head, data, config, preprocess, device)
 
@@ -50,8 +50,8 @@ from utils.eval.features import extract_features
 from utils.eval.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
 from utils.eval.lbfgs_probe import choose_l2, fit_lbfgs
 from utils.runtime import LOG, autocast_context
-from utils.train.augment import BatchSupervisedAugment
-from utils.train.schedule import cosine_lr, cosine_scheduler
+from utils.augment import BatchSupervisedAugment
+from utils.schedule import cosine_lr, cosine_scheduler
 
 LINEAR, FINETUNE = "linear", "fine-tune"
 COSINE, TWO_STAGE = "cosine", "two-stage"
@@ -125,7 +125,7 @@ def make_config(
     optimizer: str | None = None,
     momentum: float = MOMENTUM,
 ) -> ProbeConfig:
-    """A probe config from a recipe's "probe" values (utils.train.recipes), any given argument overriding them.
+    """A probe config from a recipe's "probe" values (utils.recipes), any given argument overriding them.
 
     With two stages, `lr` sets stage 1 and stage 2 runs at lr / 10.
     """

@@ -1,7 +1,8 @@
-"""Pretraining machinery for train.py: augmentation, losses, lr schedules, recipes, run guards, run folders.
+"""Pretraining machinery for train.py: losses, run guards, run folders.
 
-augment (SimCLR views, supervised crops, the evaluation transform) and recipes (every value a run
-sets) are also read by utils/eval and test.py. Imports only the shared modules at the top of utils/.
+The pieces evaluation reads too (augment: SimCLR views, supervised crops, the evaluation transform;
+schedule: the lr schedules; recipes: every value a run sets) are shared modules at the top of utils/.
+Imports only the shared modules at the top of utils/.
 
-Run its tests with `python -m pytest tests/test_augment.py tests/test_losses.py tests/test_schedule.py -q`.
+Run its tests with `python -m pytest tests/test_losses.py tests/test_resume.py -q`.
 """

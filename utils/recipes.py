@@ -1,6 +1,6 @@
 """Named recipes: every value a pretraining run or a probe sets, beside the source it comes from.
 
-    from utils.train.recipes import resolve
+    from utils.recipes import resolve
     values = resolve("tuned", "simclr")           # a plain dict; lr already scaled to the batch
     python train.py --recipe original              # the course project's values, bugs fixed
 

@@ -4,7 +4,7 @@ The per-image (PIL) transforms below are the reference pipeline that runs in Dat
 workers. Every transform takes an HWC uint8 numpy array or a PIL image and returns a float
 tensor (3, S, S) normalised with the given mean/std.
 
-    from utils.train.augment import SimCLRViewSpec, simclr_view_transform
+    from utils.augment import SimCLRViewSpec, simclr_view_transform
     t = simclr_view_transform(image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
     t = simclr_view_transform(32, CIFAR10_MEAN, CIFAR10_STD, SimCLRViewSpec(crop_min_scale=0.2, gray_prob=0.1))
 
