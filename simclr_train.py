@@ -64,7 +64,7 @@ import test
 import train
 from utils import sweep
 from utils.cli import HelpFormatter, common_parser, positive_int
-from utils.data.constants import DATASET_CHOICES, DATASETS, canonical_dataset
+from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_json, read_csv
 from utils.runtime import resolve_device
@@ -695,7 +695,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
     except UserError:  # planning for another machine (a GPU node, from a login node): measure what is here
         device = resolve_device("auto")
         print(f"{wanted} is not on this machine: the step time is measured on {device}", flush=True)
-    image_size = DATASETS[args.dataset].image_size or 64
+    image_size = DATASETS[args.dataset].default_image_size or 64
     pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
     sizes = subset_sizes(args) if pre is not None or "steps" in args.budget else None
     trained = [c for c in cells if c.kind in ("simclr", "supervised")]

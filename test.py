@@ -53,7 +53,7 @@ from models import build_backbone, build_probe_head
 from models.resnet import FEATURE_DIM
 from utils.checkpoint import check_finite_weights, load_checkpoint, load_state_strict, strip_prefixes
 from utils.cli import ArgumentParser, HelpFormatter, common_parser, finite_float, non_negative_float, positive_float, positive_int
-from utils.data.constants import DATASET_CHOICES, canonical_dataset
+from utils.data.registry import DATASET_CHOICES, canonical_dataset
 from utils.errors import UserError, run_cli
 from utils.eval.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
 from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, load_probe_data,
@@ -64,7 +64,7 @@ from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help
 from utils.train.rundir import run_dir_exists
 
-EVAL_DATASETS = ["cifar100", "cifar10", "tiny-imagenet", "imagenet", "synthetic", "folder"]
+EVAL_DATASETS = DATASET_CHOICES  # every dataset has labelled train and test splits
 TRAIN_TYPE_ALIASES = {"selfsupervised": "simclr"}
 PROBE = ("probe",)
 

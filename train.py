@@ -43,8 +43,8 @@ from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
 from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, image_size, momentum,
                        non_negative_float, non_negative_int, positive_float, positive_int, probability, fraction,
                        jitter_strength, degrees, str2bool)
-from utils.data.constants import (DATASET_CHOICES, DATASETS, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD,
-                                  canonical_dataset)
+from utils.data.constants import IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_subset
 from utils.data.loaders import DeviceBatches, LoaderBatches
 from utils.data.weights import load_imagenet_state_dict
@@ -319,12 +319,19 @@ def describe_data(args: argparse.Namespace) -> dict:
         image_size = args.image_size or IMAGENET_IMAGE_SIZE
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
-        image_size = args.image_size or info.image_size or 64
+        image_size = args.image_size or info.default_image_size or 64
         # --normalize false: the network sees [0, 1] pixels; stored as mean 0 / std 1, so test.py does the same.
         mean, std = (info.mean, info.std) if args.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     stem = args.stem if args.stem != "auto" else ("imagenet" if args.pretrained or image_size > 64 else "cifar")
+    split = training_split(args)
     return {"dataset": "imagenet" if args.pretrained and args.epochs == 0 else args.dataset,
-            "image_size": image_size, "mean": list(mean), "std": list(std), "stem": stem}
+            "image_size": image_size, "mean": list(mean), "std": list(std), "stem": stem,
+            "split": f"{split} ({info.split_rule})" if info.split_rule else split}
+
+
+def training_split(args: argparse.Namespace) -> str:
+    """The split pretraining reads: SimCLR the dataset's pretrain_split (stl10: train+unlabeled), supervised train."""
+    return DATASETS[args.dataset].pretrain_split if args.train_type == "simclr" else "train"
 
 
 # --- the two objectives: one loop, a "batch -> loss" function picked from a dict ---------------
@@ -396,7 +403,7 @@ def make_checkpoint(args, model, data, spec, subset, epoch, step, finished, extr
         "data": {"dataset": data["dataset"], "image_size": data["image_size"], "mean": data["mean"],
                  "std": data["std"], "classes": data.get("classes"), "data_scale": args.data_scale,
                  "subset_sha256": subset.get("sha256"), "num_train": subset.get("num_train"),
-                 "data_sha256": subset.get("data_sha256")},
+                 "data_sha256": subset.get("data_sha256"), "split": data.get("split")},
         "backbone": {k: v.detach().cpu() for k, v in raw.backbone.state_dict().items()},
         "head": {k: v.detach().cpu() for k, v in raw.head.state_dict().items()},
         "epoch": epoch, "step": step, "finished": finished, "config": plain(vars(args)),
@@ -428,6 +435,7 @@ def knn_monitor(model, arrays_train, indices, arrays_test, data, device) -> floa
     raw = model.module if isinstance(model, DistributedDataParallel) else model
     raw = getattr(raw, "_orig_mod", raw)
     size, mean, std = data["image_size"], data["mean"], data["std"]
+    indices = indices[arrays_train.labels[indices] >= 0]  # unlabelled images (label -1, stl10) have no vote
     train_h = extract_features(raw.backbone, arrays_train.images[indices], size, mean, std, device)
     test_h = extract_features(raw.backbone, arrays_test.images, size, mean, std, device)
     train_y = torch.as_tensor(arrays_train.labels[indices], device=device)
@@ -571,14 +579,17 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
     if not (trains or classes_unknown) or imagenet_baseline:
         return
     if env.is_main:
-        run.arrays = load_split(args.dataset, "train", args.data_dir, image_size=args.image_size)
+        run.arrays = load_split(args.dataset, training_split(args), args.data_dir, image_size=args.image_size)
     barrier()
     if not env.is_main:
-        run.arrays = load_split(args.dataset, "train", args.data_dir, download=False, image_size=args.image_size)
+        run.arrays = load_split(args.dataset, training_split(args), args.data_dir, download=False,
+                                image_size=args.image_size)
     run.indices = stratified_subset(run.arrays.labels, args.data_scale, args.seed)
     run.subset = {"sha256": indices_sha256(run.indices), "num_train": int(len(run.indices)),
                   "data_sha256": data_sha256(run.arrays.images, run.arrays.labels)}
     data["classes"] = run.arrays.classes
+    if args.train_type == "supervised" and len(run.arrays) and run.arrays.labels.min() < 0:  # never in a loss
+        raise UserError(f"{args.dataset} split {training_split(args)!r} holds unlabelled images: supervised needs 'train'")
     if resume_ckpt is not None:  # the same config on other data would mix two datasets in one run
         check_same_data(resume_ckpt, data, run.subset, args, run.run_dir)
     if trains and args.batch_size > len(run.indices):
@@ -592,7 +603,7 @@ def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: 
     """UserError naming what differs when last.pth was trained on other data than the data found now."""
     changed = data_differences(resume_ckpt.get("data", {}), {
         "dataset": data["dataset"], "classes": data["classes"], "num_train": subset["num_train"],
-        "subset_sha256": subset["sha256"], "data_sha256": subset["data_sha256"]})
+        "subset_sha256": subset["sha256"], "data_sha256": subset["data_sha256"], "split": data["split"]})
     if changed:
         old_dir = resume_ckpt.get("config", {}).get("data_dir")
         moved = f"; data_dir: {old_dir!r} -> {args.data_dir!r}" if old_dir not in (None, args.data_dir) else ""

@@ -84,7 +84,7 @@ def test_parse_args_rules():
     with pytest.raises(UserError, match="32 hexadecimal"):
         data.parse_args(["--md5", "abc"])
     with pytest.raises(SystemExit):
-        data.parse_args(["--dataset", "mnist"])
+        data.parse_args(["--dataset", "svhn"])
 
 
 # ---- CIFAR: a miniature archive in the real pickle format -------------------------------------

@@ -83,7 +83,7 @@ def test_load_split_synthetic():
 
 def test_unknown_dataset_is_a_user_error():
     with pytest.raises(UserError, match="unknown dataset"):
-        load_split("mnist", "train")
+        load_split("svhn", "train")
 
 
 def test_array_dataset_seeds_each_sample_by_epoch():

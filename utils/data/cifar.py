@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from utils.data.archive import extract_into_place
+from utils.data.constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DatasetInfo
 from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
 
@@ -149,3 +151,15 @@ def load_cifar(
     images = np.ascontiguousarray(ds.data, dtype=np.uint8)
     labels = np.asarray(ds.targets, dtype=np.int64)
     return images, labels, list(ds.classes)
+
+
+def _load(name: str, data_dir, split: str, download: bool, image_size: int | None):
+    return load_cifar(name, data_dir, train=split == "train", download=download)
+
+
+CIFAR10 = DatasetInfo("cifar10", 10, 32, CIFAR10_MEAN, CIFAR10_STD, load=partial(_load, "cifar10"),
+                      prepare=partial(ensure_cifar, "cifar10"), ready=partial(cifar_ready, "cifar10"),
+                      source=CIFAR_SOURCES["cifar10"].url)
+CIFAR100 = DatasetInfo("cifar100", 100, 32, CIFAR100_MEAN, CIFAR100_STD, load=partial(_load, "cifar100"),
+                       prepare=partial(ensure_cifar, "cifar100"), ready=partial(cifar_ready, "cifar100"),
+                       source=CIFAR_SOURCES["cifar100"].url)

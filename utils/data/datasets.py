@@ -1,6 +1,6 @@
 """Datasets as in-memory uint8 arrays, seeded stratified subsets, and the per-image Dataset.
 
-Every dataset (CIFAR-10/100, Tiny-ImageNet, synthetic, folder) is read into the same form,
+Every dataset of utils/data/registry.py (CIFAR-10/100, Tiny-ImageNet, digits, ..., folder) is read into the same form,
 `ImageArrays` (images uint8 (N, H, W, 3), labels int64 (N,), class names), so both data paths
 use it: the DataLoader path (PIL transforms in workers) and the device path (one uint8 tensor
 on the accelerator).
@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.data.constants import DATASETS, canonical_dataset
+from utils.data.registry import dataset_info
 from utils.errors import UserError
-
-DEFAULT_FOLDER_IMAGE_SIZE = 64
 
 
 @dataclass
@@ -49,32 +47,16 @@ class ImageArrays:
 def load_split(
     dataset: str, split: str, data_dir: str | Path = "data", download: bool = True, image_size: int | None = None
 ) -> ImageArrays:
-    """Load the "train" or "test" split of a dataset (Tiny-ImageNet's labelled "val" serves as test).
+    """Load one split of a dataset: "train" or "test" for every dataset (Tiny-ImageNet's labelled
+    "val" serves as test), plus the dataset's own (stl10: "unlabeled", "train+unlabeled").
 
-    Raises DataMissingError (one line: dataset, path, command to run) when the data is absent
-    and cannot be fetched.
+    Labels are -1 for unlabelled images. Raises DataMissingError (one line: dataset, path, command
+    to run) when the data is absent and cannot be fetched.
     """
-    name = canonical_dataset(dataset)
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if name == "synthetic":
-        from utils.data.synthetic import load_synthetic
-
-        x, y, classes = load_synthetic(split)
-    elif name in ("cifar10", "cifar100"):
-        from utils.data.cifar import load_cifar
-
-        x, y, classes = load_cifar(name, data_dir, train=split == "train", download=download)
-    elif name == "tiny-imagenet":
-        from utils.data.tinyimagenet import load_tiny_imagenet
-
-        x, y, classes = load_tiny_imagenet(data_dir, "train" if split == "train" else "val", download=download)
-    else:  # folder
-        from utils.data.folder import load_image_folder
-
-        x, y, classes = load_image_folder(data_dir, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
+    info = dataset_info(dataset)
+    if split not in info.splits:
+        raise UserError(f"{info.name} has no split {split!r}; choose from {list(info.splits)}")
+    x, y, classes = info.load(Path(data_dir), split, download, image_size)
     return ImageArrays(np.asarray(x) if not isinstance(x, np.memmap) else x, np.asarray(y, dtype=np.int64), list(classes))
 
 

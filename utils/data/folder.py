@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from utils.data.constants import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from utils.data.decode import open_image, write_decoded_npy
 from utils.data.download import file_lock
 from utils.errors import UserError
@@ -238,3 +239,14 @@ def load_image_folder(
     if len(images) != len(files) or not np.array_equal(cached_labels, labels):
         raise UserError(f"image cache {images_path} is inconsistent; delete {cache} and rerun")
     return images, cached_labels.astype(np.int64, copy=False), classes
+
+
+DEFAULT_FOLDER_IMAGE_SIZE = 64  # --image_size when none is given (folder images have no native size)
+
+
+def _load(data_dir, split: str, download: bool, image_size: int | None):
+    return load_image_folder(data_dir, split, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
+
+
+FOLDER = DatasetInfo("folder", None, None, IMAGENET_MEAN, IMAGENET_STD, load=_load,
+                     source="your own images under --data_dir (train/<class>/*, test/<class>/*): nothing to download")

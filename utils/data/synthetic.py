@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.data.constants import SYNTHETIC_MEAN, SYNTHETIC_STD, DatasetInfo
+
 SYNTHETIC_CLASSES = [
     "disk", "square", "triangle", "ring", "plus", "cross", "h-stripes", "v-stripes", "checker", "frame",
 ]
@@ -78,3 +80,11 @@ def load_synthetic(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, l
     n = SYNTHETIC_TRAIN if split == "train" else SYNTHETIC_TEST
     x, y = make_synthetic(n, seed=seed + _SPLIT_OFFSET[split])
     return x, y, list(SYNTHETIC_CLASSES)
+
+
+def _load(data_dir, split: str, download: bool, image_size: int | None):
+    return load_synthetic(split)
+
+
+SYNTHETIC = DatasetInfo("synthetic", 10, SYNTHETIC_SIZE, SYNTHETIC_MEAN, SYNTHETIC_STD, load=_load,
+                        source="made in memory from a seed (utils/data/synthetic.py): nothing to download")

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from utils.data.archive import extract_into_place
+from utils.data.constants import TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, DatasetInfo
 from utils.data.decode import open_image, write_decoded_npy
 from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
@@ -230,14 +231,14 @@ def _tree_complete(root: Path) -> bool:
 
 def prepare_tiny_imagenet(
     data_dir: str | Path,
-    url: str = TINY_IMAGENET_URL,
-    md5: str = TINY_IMAGENET_MD5,
+    url: str | None = None,
+    md5: str | None = None,
     force: bool = False,
     download: bool = True,
 ) -> Path:
     """Download (if needed and allowed), extract, arrange val and build the array cache.
 
-    Returns `data_dir/tiny-imagenet-200`. Does nothing (no network) when the cache is complete,
+    `url`/`md5` name a mirror (default: the official archive). Returns `data_dir/tiny-imagenet-200`. Does nothing (no network) when the cache is complete,
     unless `force`, which rebuilds from the archive (re-downloaded if it fails its md5).
     Raises DataMissingError when there is no data and it cannot be downloaded.
     """
@@ -245,7 +246,7 @@ def prepare_tiny_imagenet(
     root = tiny_imagenet_root(data_dir)
     if not force and tiny_imagenet_ready(data_dir):
         return root
-    md5 = (md5 or TINY_IMAGENET_MD5).lower()
+    url, md5 = url or TINY_IMAGENET_URL, (md5 or TINY_IMAGENET_MD5).lower()
     size = TINY_IMAGENET_BYTES if md5 == TINY_IMAGENET_MD5 else None  # a mirror's own file: md5 only
     archive = data_dir / TINY_IMAGENET_ZIP
     with file_lock(data_dir / ".tiny-imagenet.lock"):  # creates data_dir (one line if a file is in the way)
@@ -306,3 +307,14 @@ def load_tiny_imagenet(
         raise UserError(f"Tiny-ImageNet cache in {cache} is inconsistent; run `python data.py --dataset "
                         f"tiny-imagenet --data_dir {data_dir} --force`")
     return images, labels.astype(np.int64, copy=False), list(classes)
+
+
+def _load(data_dir, split: str, download: bool, image_size: int | None):
+    return load_tiny_imagenet(data_dir, "train" if split == "train" else "val", download=download)
+
+
+TINY_IMAGENET = DatasetInfo(
+    "tiny-imagenet", 200, IMAGE_SIZE, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, load=_load,
+    aliases=("imagenet",),  # the original project's name for it
+    prepare=prepare_tiny_imagenet, ready=tiny_imagenet_ready, source=TINY_IMAGENET_URL,
+)

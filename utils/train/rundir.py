@@ -177,11 +177,12 @@ def _check_run_dir(run_dir: Path, config: dict, resume: bool, overwrite: bool) -
 def data_differences(stored: dict, current: dict) -> list[str]:
     """What changed between the data a checkpoint was trained on (`ckpt["data"]`) and the data now.
 
-    Compared: dataset, classes, num_train, subset_sha256 (the subset's indices) and data_sha256
-    (labels and a strided sample of the images), each only when both sides record it.
+    Compared: dataset, split (which split, and how a dataset without an official split was split),
+    classes, num_train, subset_sha256 (the subset's indices) and data_sha256 (labels and a strided
+    sample of the images), each only when both sides record it.
     """
     diffs = []
-    for key in ("dataset", "num_train", "subset_sha256", "data_sha256"):
+    for key in ("dataset", "split", "num_train", "subset_sha256", "data_sha256"):
         old, new = stored.get(key), current.get(key)
         if old is not None and new is not None and old != new:
             shown = (lambda v: str(v)[:12]) if key.endswith("sha256") else repr
