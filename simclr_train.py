@@ -252,14 +252,17 @@ def check_study(out_dir: Path, settings: dict, write: bool) -> None:
 # --- the cells and their command lines ---------------------------------------------------------------
 
 def subset_sizes(args: argparse.Namespace):
-    """data_scale -> images in the seeded subset (exact: built-in sets are class-balanced; a folder is counted)."""
+    """data_scale -> images in the seeded subset (exact: from the sizes of a class-balanced set, else counted)."""
     sizes = sweep.dataset_sizes(args.dataset)
-    if sizes is not None:
+    if sizes is not None and DATASETS[args.dataset].balanced:
         return lambda scale: sweep.subset_size(sizes[0], DATASETS[args.dataset].num_classes, scale)
-    from utils.data.datasets import stratified_subset
+    from utils.data.datasets import load_split, stratified_subset
     from utils.data.folder import list_folder
 
-    labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
+    if args.dataset == "folder":
+        labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
+    else:  # an unbalanced built-in set (digits, mnist): its labels, read once
+        labels = load_split(args.dataset, "train", args.data_dir).labels
     return lambda scale: len(stratified_subset(labels, scale, 0))
 
 

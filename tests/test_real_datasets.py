@@ -95,6 +95,12 @@ def test_registry_is_what_every_script_offers():
     assert registry.DATASETS["digits"].default_image_size == 16 and registry.DATASETS["cifar10"].default_image_size == 32
     with pytest.raises(UserError, match="has no split 'unlabeled'"):
         load_split("digits", "unlabeled")
+    # The study's subset sizes for an unbalanced set are counted, so they match the subsets train.py takes.
+    from utils.data.datasets import stratified_subset
+
+    sizes = simclr_train.subset_sizes(simclr_train.parse_args(["--dataset", "digits", "--eval_dataset", "digits"]))
+    labels = load_split("digits", "train").labels
+    assert [sizes(f) for f in (0.1, 0.5, 1.0)] == [len(stratified_subset(labels, f, 0)) for f in (0.1, 0.5, 1.0)]
 
 
 def test_data_py_digits_says_nothing_to_download(tmp_path, capsys):

@@ -188,12 +188,14 @@ def subset_size(num_train: int, num_classes: int, data_scale: float) -> int:
 
 
 def dataset_sizes(name: str) -> tuple[int, int] | None:
-    """(train, test) images of a built-in dataset without reading it; None for folder datasets."""
+    """(train, test) images of a built-in dataset without reading it (utils/data/registry.py); None for folders."""
     from utils.data import synthetic  # read at call time: tests shrink the synthetic set
+    from utils.data.registry import DATASETS
 
-    sizes = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "tiny-imagenet": (100_000, 10_000),
-             "synthetic": (synthetic.SYNTHETIC_TRAIN, synthetic.SYNTHETIC_TEST)}
-    return sizes.get(name)
+    if name == "synthetic":
+        return synthetic.SYNTHETIC_TRAIN, synthetic.SYNTHETIC_TEST
+    info = DATASETS.get(name)
+    return info.sizes if info is not None else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def _load(name: str, data_dir, split: str, download: bool, image_size: int | Non
 
 CIFAR10 = DatasetInfo("cifar10", 10, 32, CIFAR10_MEAN, CIFAR10_STD, load=partial(_load, "cifar10"),
                       prepare=partial(ensure_cifar, "cifar10"), ready=partial(cifar_ready, "cifar10"),
-                      source=CIFAR_SOURCES["cifar10"].url)
+                      source=CIFAR_SOURCES["cifar10"].url, sizes=(50_000, 10_000), balanced=True)
 CIFAR100 = DatasetInfo("cifar100", 100, 32, CIFAR100_MEAN, CIFAR100_STD, load=partial(_load, "cifar100"),
                        prepare=partial(ensure_cifar, "cifar100"), ready=partial(cifar_ready, "cifar100"),
-                       source=CIFAR_SOURCES["cifar100"].url)
+                       source=CIFAR_SOURCES["cifar100"].url, sizes=(50_000, 10_000), balanced=True)

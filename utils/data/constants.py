@@ -58,6 +58,8 @@ class DatasetInfo:
     prepare: Callable[..., Path] | None = field(default=None, repr=False, compare=False)
     ready: Callable[[Path], bool] | None = field(default=None, repr=False, compare=False)
     source: str = ""  # one line: where the data comes from (data.py prints it when nothing is downloaded)
+    sizes: tuple[int, int] | None = None  # (train, test) images, known without reading the data
+    balanced: bool = False  # every class has as many train images as any other (subset sizes follow from sizes)
 
     @property
     def default_image_size(self) -> int | None:

@@ -93,5 +93,6 @@ def _load(data_dir, split: str, download: bool, image_size: int | None):
 
 DIGITS = DatasetInfo(
     "digits", 10, DIGITS_NATIVE_SIZE, DIGITS_MEAN, DIGITS_STD, load=_load, run_image_size=DIGITS_RUN_IMAGE_SIZE,
-    split_rule=split_rule(DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED), source="ships inside scikit-learn (sklearn.datasets.load_digits): nothing to download",
+    split_rule=split_rule(DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED), sizes=(1438, 359),
+    source="ships inside scikit-learn (sklearn.datasets.load_digits): nothing to download",
 )

@@ -87,4 +87,5 @@ def _load(data_dir, split: str, download: bool, image_size: int | None):
 
 
 SYNTHETIC = DatasetInfo("synthetic", 10, SYNTHETIC_SIZE, SYNTHETIC_MEAN, SYNTHETIC_STD, load=_load,
-                        source="made in memory from a seed (utils/data/synthetic.py): nothing to download")
+                        source="made in memory from a seed (utils/data/synthetic.py): nothing to download",
+                        sizes=(SYNTHETIC_TRAIN, SYNTHETIC_TEST), balanced=True)

@@ -316,5 +316,6 @@ def _load(data_dir, split: str, download: bool, image_size: int | None):
 TINY_IMAGENET = DatasetInfo(
     "tiny-imagenet", 200, IMAGE_SIZE, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, load=_load,
     aliases=("imagenet",),  # the original project's name for it
-    prepare=prepare_tiny_imagenet, ready=tiny_imagenet_ready, source=TINY_IMAGENET_URL,
+    prepare=prepare_tiny_imagenet, ready=tiny_imagenet_ready, source=TINY_IMAGENET_URL, sizes=(100_000, 10_000),
+    balanced=True,
 )
