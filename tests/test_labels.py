@@ -159,3 +159,36 @@ def test_refused_in_one_line_exit_2(ckpt, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "--labels_per_class 100000 is more than class" in lines[0] and not (tmp_path / "r").exists()
+
+
+# --- the study's label axis, end to end (real train.py / test.py, tiny) ---------------------------
+
+@pytest.mark.slow
+def test_demo_study_with_label_fractions(tmp_path, monkeypatch):
+    import simclr_train
+    from utils import sweep
+    from utils.data import synthetic
+
+    monkeypatch.setattr(synthetic, "SYNTHETIC_TRAIN", 200)
+    monkeypatch.setattr(synthetic, "SYNTHETIC_TEST", 20)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no ImageNet weights
+    out = tmp_path / "study"
+    result = simclr_train.main([
+        "--dataset", "synthetic", "--eval_dataset", "synthetic", "--device", "cpu", "--quiet", "--workers", "0",
+        "--data_scales", "1.0", "--batch_sizes", "20", "--learning_rates", "0.3", "--epochs", "1", "--seeds", "0",
+        "--baselines", "supervised", "random", "scratch", "--supervised_args", "--batch_size 10",
+        "--label_fractions", "0.1", "1.0", "--val_split", "0.2", "--test_num_epochs", "2",
+        "--train_args", "--image_size 8", "--out_dir", str(out)])
+    rows = sweep.read_results(out / sweep.RESULTS_CSV)
+    got = sorted((r["kind"], r["label_fraction"]) for r in rows)
+    assert got == sorted([(k, f) for k in ("simclr", "supervised", "random") for f in (0.1, 1.0)]
+                         + [("scratch", 0.1), ("scratch", 1.0)])
+    assert result["added"] == 8 and (out / sweep.PLOT_LABELS).stat().st_size > 0
+    md = (out / sweep.RESULTS_MD).read_text()
+    assert "## Label efficiency" in md and "supervised from scratch on the labels" in md
+    # Every fraction of a checkpoint was probed on the features of one pass (then the cache was removed).
+    evals = [json.loads(p.read_text()) for p in (out / "runs").glob("ds1_*/eval-*/eval.json")]
+    assert sorted(e["feature_cache"]["hit"] for e in evals) == [False, True]
+    assert not list((out / "runs").glob("*/features/*.pt"))
+    scratch = json.loads((out / "runs" / "scratch_lf0.1_bs10_ep1_seed0" / "config.json").read_text())["args"]
+    assert scratch["label_fraction"] == 0.1 and scratch["label_val_split"] == 0.2 and scratch["dataset"] == "synthetic"

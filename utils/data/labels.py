@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.data.datasets import stratified_split
 from utils.errors import UserError
 
 LABEL_STREAM = 2  # third word of the per-class generator's seed (stratified_split uses 1): its own stream
@@ -102,3 +103,12 @@ def describe_labels(fraction: float | None, per_class: int | None, counts: list[
     if fraction is None or fraction == 1:
         return f"all labels ({total:,}, {spread})"
     return f"{fraction * 100:g} % of the labels ({total:,} labels, {spread})"
+
+
+def probe_labelled_subset(labels: np.ndarray, classes: list[str], seed: int, fraction: float,
+                          val_split: float) -> np.ndarray:
+    """The labelled subset test.py --label_fraction F --val_split V --seed S trains on, as indices into the
+    whole train split: the validation split drawn first (stratified_split, the same seed), then the subset."""
+    labels = np.asarray(labels)
+    val = stratified_split(labels, val_split, seed, classes=classes)[1] if val_split > 0 else None
+    return labelled_subset(labels, len(classes), seed, fraction=fraction, exclude=val, classes=classes)
