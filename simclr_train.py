@@ -780,7 +780,8 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
             per_image = measured[min(cell.batch_size, cap)]["train_s_per_image"] if cell.epochs else 0.0
             if cell.kind in ("supervised", "scratch"):
                 per_image /= 2  # one view instead of two
-            probe = len(set(todo)) * sum(post)  # one feature pass per checkpoint, cached for its fractions * (forward_224 if cell.kind == "imagenet" else forward)
+            # one feature pass per checkpoint: its label fractions share the cached features
+            probe = len(set(todo)) * sum(post) * (forward_224 if cell.kind == "imagenet" else forward)
             seconds = (total_steps - done_steps) * (cell.batch_size or 0) * per_image + probe
             if wanted == "cpu" and args.launcher == "local":
                 seconds *= len(places)  # measured on all the cores, which the cells at once then share
