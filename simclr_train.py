@@ -36,9 +36,15 @@ OUT/sweep.json and a rerun with other settings is refused; the grid itself may g
 Selection: by the probe's validation accuracy (--val_split of the probe's train split), mean over
 seeds; the test split is reported, never used to choose.
 
-Outputs in OUT: results.csv (one row per cell and eval epoch; kind, budget and step count on each),
+Label fractions (docs/label-efficiency.md): --label_fractions 0.01 0.1 1.0 probes every backbone cell at
+each share of the probe's train labels (test.py --label_fraction on the same checkpoint, features cached
+once per checkpoint) and adds the `scratch` baseline: supervised training from scratch on that labelled
+subset only (train.py --label_fraction, the supervised recipe, the same fraction and seed), probed on it.
+
+Outputs in OUT: results.csv (one row per cell, eval epoch and label fraction; kind, budget and step count on each),
 results.md (SimCLR against the baselines per data scale and budget; every configuration by validation
-accuracy, the chosen one marked; mean ± std over seeds), accuracy_vs_data_scale.png, heatmap_lr_batch.png.
+accuracy, the chosen one marked; mean ± std over seeds; the label-efficiency table), accuracy_vs_data_scale.png,
+heatmap_lr_batch.png, accuracy_vs_label_fraction.png (with --label_fractions).
 
 Passthrough: --train_args "..." is appended to every train.py call (baselines included),
 --supervised_args "..." to the supervised baseline's only (e.g. "--batch_size 64"), --test_args "..."
@@ -54,6 +60,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,7 +70,7 @@ from pathlib import Path
 import test
 import train
 from utils import sweep
-from utils.cli import HelpFormatter, common_parser, positive_int
+from utils.cli import HelpFormatter, common_parser, fraction, positive_int
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_json, read_csv
@@ -94,8 +101,10 @@ PRESETS = {
              "supervised_args": "--batch_size 50", "out_dir": "sweeps/demo"},
     "original": {"dataset": "cifar10", "eval_dataset": "cifar100", "data_scales": [0.1, 0.25, 0.5, 1.0],
                  "batch_sizes": [256, 512], "learning_rates": [None], "epochs": [250], "eval_at": [50, 100],
-                 "seeds": [0], "budget": ["epochs", "steps"], "out_dir": "sweeps/original"},
+                 "seeds": [0], "budget": ["epochs", "steps"], "label_fractions": [0.01, 0.1, 1.0],
+                 "out_dir": "sweeps/original"},
 }
+FEATURE_CACHE = "features"  # OUT/runs/<cell>/features/: test.py --feature_cache, removed once a checkpoint is done
 FAILED = "failed.json"  # a cell whose pretraining diverged; skipped on rerun until deleted
 TRAIN_RECORD = "sweep_train.json"  # the device a cell was pretrained on
 LOGS = "logs"  # OUT/logs/<cell>.log: a worker's output (--jobs > 1, submitit)
@@ -159,10 +168,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--budget", nargs="+", choices=sweep.BUDGETS, default=["epochs"],
                    help="epochs: --epochs over each cell's own subset; steps: every cell of a batch size gets the "
                         "steps --epochs take at data scale 1.0 (equal compute across scales); give both for both")
-    s.add_argument("--baselines", nargs="*", choices=[*sweep.BASELINES, "none"], default=list(sweep.BASELINES),
+    s.add_argument("--baselines", nargs="*", choices=[*sweep.BASELINES, "none"], default=None,
                    help="reference cells probed like the SimCLR ones: supervised pretraining on the same subsets, "
-                        "the random-init backbone, torchvision's ImageNet weights (skipped when not on disk); "
-                        "none: no baseline")
+                        "the random-init backbone, torchvision's ImageNet weights (skipped when not on disk), "
+                        "scratch (supervised from scratch on the labelled subset of each --label_fractions value); "
+                        "none: no baseline [all; scratch only with a label fraction below 1]%(default).0s")
+    s.add_argument("--label_fractions", type=fraction, nargs="+", default=[1.0],
+                   help="shares of the probe's train labels: every backbone is probed at each (test.py "
+                        "--label_fraction, features cached per checkpoint), and scratch trains on each")
     s.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
                    help="the recipe of every train.py and test.py call (SimCLR, supervised baseline, probe); "
                         "the SimCLR lr follows its batch rule unless --learning_rates gives one")
@@ -213,6 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dataset, args.eval_dataset = canonical_dataset(args.dataset), canonical_dataset(args.eval_dataset)
     args.out_dir = Path(args.out_dir or f"sweeps/simclr-{args.dataset}-{args.eval_dataset}")
     args.budget = [b for b in sweep.BUDGETS if b in args.budget]
+    args.label_fractions = sorted(set(args.label_fractions))
+    if args.baselines is None:
+        args.baselines = [b for b in sweep.BASELINES if b != "scratch" or min(args.label_fractions) < 1]
     args.baselines = [b for b in sweep.BASELINES if b in args.baselines]
     if any(not (0 < v <= 1) for v in args.data_scales):
         raise UserError(f"--data_scales must be in (0, 1], got {args.data_scales}")
@@ -287,8 +303,11 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
     if "supervised" in baselines:
         probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
         sup_batch = _parse_for(train.parse_args, probe, "--supervised_args").batch_size
+    if "scratch" in baselines and sup_batch is None:
+        probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
+        sup_batch = _parse_for(train.parse_args, probe, "--supervised_args").batch_size
     cells = sweep.study_cells({k: getattr(args, k) for k in sweep.GRID_KEYS}, args.eval_at, args.budget, baselines,
-                              sizes, sup_batch)
+                              sizes, sup_batch, args.label_fractions)
     if sizes is not None:
         for cell in cells:
             if cell.data_scale is None:
@@ -310,6 +329,10 @@ def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device
         return ["--train_type", "simclr", "--epochs", "0", *common, *args.train_args_list]
     if cell.kind == "imagenet":
         return ["--train_type", "supervised", "--pretrained", "true", "--epochs", "0", *common, *args.train_args_list]
+    if cell.kind == "scratch":  # the probe's labelled subset of the evaluation data, the supervised recipe
+        return ["--train_type", "supervised", "--epochs", str(cell.epochs), *common, "--dataset", args.eval_dataset,
+                "--label_fraction", repr(cell.label_fraction), "--label_val_split", repr(args.val_split),
+                *args.train_args_list, *args.supervised_args_list]
     length = ["--epochs", str(cell.epochs)] if cell.budget == "epochs" else ["--steps", str(cell.steps)]
     keep = sorted({cell.checkpoint_epoch(e) for e in cell.eval_epochs if e < cell.epochs}
                   - {cell.checkpoint_epoch(cell.epochs)})
@@ -320,11 +343,25 @@ def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device
     return ["--train_type", "simclr", "--batch_size", str(cell.batch_size), *lr, *data, *common, *args.train_args_list]
 
 
-def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: Path, device: str | None = None) -> list[str]:
+def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: Path, device: str | None = None,
+              label_fraction: float = 1.0) -> list[str]:
+    labels = [] if label_fraction == 1 else ["--label_fraction", repr(label_fraction)]
+    if len(cell_fractions(args, cell)) > 1:  # one pass through the backbone serves every fraction
+        labels += ["--feature_cache", str(eval_dir.parent / FEATURE_CACHE)]
     return (["--model_path", str(ckpt), "--dataset", args.eval_dataset, "--test_num_epochs", str(args.test_num_epochs),
              "--val_split", repr(args.val_split), "--run_dir", str(eval_dir), "--seed", str(cell.seed),
              "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
-             *common_passthrough(args)] + (["--quiet"] if args.quiet else []) + args.test_args_list)
+             *common_passthrough(args), *labels] + (["--quiet"] if args.quiet else []) + args.test_args_list)
+
+
+def cell_fractions(args: argparse.Namespace, cell: sweep.Cell) -> list[float]:
+    """The label fractions a cell is probed at: its own for scratch, every --label_fractions value otherwise."""
+    return [cell.label_fraction] if cell.kind == "scratch" else list(args.label_fractions)
+
+
+def evaluations(args: argparse.Namespace, cell: sweep.Cell) -> list[tuple[int, float]]:
+    """(eval epoch, label fraction) pairs of a cell, epochs outermost (a checkpoint's fractions share a cache)."""
+    return [(e, f) for e in cell.eval_epochs for f in cell_fractions(args, cell)]
 
 
 def _parse_for(parse, argv: list[str], flag: str) -> argparse.Namespace:
@@ -352,6 +389,9 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
         want = {"dataset": args.dataset, "seed": cell.seed, "run_dir": str(run_dir), "overwrite": False}
         if kind in ("random", "imagenet"):
             want.update(epochs=0, steps=None, pretrained=kind == "imagenet")
+        elif kind == "scratch":
+            want.update(dataset=args.eval_dataset, train_type="supervised", data_scale=1.0, epochs=cell.epochs,
+                        steps=None, label_fraction=cell.label_fraction, label_val_split=args.val_split)
         else:
             want.update(train_type=kind, data_scale=cell.data_scale, batch_size=cell.batch_size,
                         save_at=sorted({cell.checkpoint_epoch(e) for e in cell.eval_epochs if e < cell.epochs}
@@ -362,14 +402,15 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
                 bare = argparse.Namespace(**{**vars(args), "train_args_list": []})
                 want["learning_rate"] = (cell.learning_rate if cell.learning_rate is not None
                                          else train.parse_args(train_argv(bare, cell, run_dir)).learning_rate)
-        flag = "--supervised_args" if kind == "supervised" and args.supervised_args_list else "--train_args"
+        flag = "--supervised_args" if kind in ("supervised", "scratch") and args.supervised_args_list else "--train_args"
         parsed = vars(_parse_for(train.parse_args, train_argv(args, cell, run_dir), flag))
         clash = [k for k, v in want.items() if parsed.get(k) != v]
         if clash:
             raise UserError(f"{flag} must not set {', '.join(clash)}: the study sets those itself")
     cell = cells[0]
     want = {"model_path": str(out_dir / "x.pth"), "dataset": args.eval_dataset, "test_num_epochs": args.test_num_epochs,
-            "val_split": args.val_split, "run_dir": str(out_dir / "eval"), "seed": cell.seed, "finetune": False}
+            "val_split": args.val_split, "run_dir": str(out_dir / "eval"), "seed": cell.seed, "finetune": False,
+            "label_fraction": None, "labels_per_class": None}
     parsed = vars(_parse_for(test.parse_args, test_argv(args, cell, out_dir / "x.pth", out_dir / "eval"), "--test_args"))
     clash = [k for k, v in want.items() if parsed.get(k) != v]
     if clash:
@@ -385,8 +426,9 @@ def describe_device(name: str) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
-def eval_dir(run_dir: Path, args: argparse.Namespace, epoch: int) -> Path:
-    return run_dir / f"eval-{args.eval_dataset}-epoch{epoch:04d}"
+def eval_dir(run_dir: Path, args: argparse.Namespace, epoch: int, label_fraction: float = 1.0) -> Path:
+    tail = "" if label_fraction == 1 else f"-labels{label_fraction:g}"
+    return run_dir / f"eval-{args.eval_dataset}-epoch{epoch:04d}{tail}"
 
 
 def collect_rows(out_dir: Path) -> list[dict]:
@@ -466,7 +508,7 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
     """Pretrain (or resume, or skip) one cell, then evaluate its missing eval epochs; returns rows added."""
     device = device or args.device
     run_dir = out_dir / sweep.RUNS / cell.name
-    todo = [e for e in cell.eval_epochs if not (eval_dir(run_dir, args, e) / sweep.RECORD).exists()]
+    todo = [(e, f) for e, f in evaluations(args, cell) if not (eval_dir(run_dir, args, e, f) / sweep.RECORD).exists()]
     if not todo:
         print(f"{tag} {cell.name}: done, read back from its records", flush=True)
         return 0
@@ -496,22 +538,26 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
     config = run_dir / "config.json"
     used = json.loads(config.read_text())["args"] if config.exists() else {}
     added = 0
-    for epoch in todo:
+    for epoch, label_fraction in todo:
         final = epoch == cell.epochs
         ckpt = run_dir / ("final.pth" if final else f"epoch_{cell.checkpoint_epoch(epoch):04d}.pth")
         if not ckpt.exists():
             print(f"{tag} {cell.name}: no {ckpt.name} (pretrained without --eval_at {epoch}); not evaluated", flush=True)
             continue
-        print(f"{tag} {cell.name}: linear probe on {args.eval_dataset}, checkpoint of epoch {epoch}", flush=True)
-        edir = eval_dir(run_dir, args, epoch)
-        argv = test_argv(args, cell, ckpt, edir, device)
+        labels = "" if label_fraction == 1 else f", {label_fraction:g} of the labels"
+        print(f"{tag} {cell.name}: linear probe on {args.eval_dataset}{labels}, checkpoint of epoch {epoch}", flush=True)
+        edir = eval_dir(run_dir, args, epoch, label_fraction)
+        argv = test_argv(args, cell, ckpt, edir, device, label_fraction)
         evaluation = test.main(argv)
         simclr_or_sup = cell.kind in ("simclr", "supervised")
         row = sweep.make_row(cell, epoch, history, evaluation, study_settings(args), trained_on,
                              ckpt.relative_to(out_dir).as_posix(),
                              learning_rate=used.get("learning_rate") if simclr_or_sup else None,
-                             batch_size=used.get("batch_size") if simclr_or_sup else None)
+                             batch_size=used.get("batch_size") if simclr_or_sup else None,
+                             label_fraction=label_fraction)
         atomic_write_json(edir / sweep.RECORD, {"row": row, "test_argv": argv})
+        if all((eval_dir(run_dir, args, epoch, f) / sweep.RECORD).exists() for f in cell_fractions(args, cell)):
+            shutil.rmtree(run_dir / FEATURE_CACHE, ignore_errors=True)  # this checkpoint's fractions are done
         publish(out_dir)  # after every row: a kill loses no finished evaluation
         added += 1
     return added
@@ -554,7 +600,7 @@ def pending_cells(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Pa
     def unfinished(cell):
         run_dir = out_dir / sweep.RUNS / cell.name
         return not (run_dir / FAILED).exists() and any(
-            not (eval_dir(run_dir, args, e) / sweep.RECORD).exists() for e in cell.eval_epochs)
+            not (eval_dir(run_dir, args, e, f) / sweep.RECORD).exists() for e, f in evaluations(args, cell))
     return [c for c in cells if unfinished(c)]
 
 
@@ -717,9 +763,11 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
     print(f"{'#':>3}  {'cell':<48} {'eval epochs':<12} {'status':<22} {'images':>7} {'steps':>7} {'estimate':>9}  where")
     for i, cell in enumerate(cells, 1):
         run_dir = out_dir / sweep.RUNS / cell.name
-        todo = [e for e in cell.eval_epochs if not (eval_dir(run_dir, args, e) / sweep.RECORD).exists()]
+        todo = [e for e, f in evaluations(args, cell) if not (eval_dir(run_dir, args, e, f) / sweep.RECORD).exists()]
         history = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
         n = sizes(cell.data_scale) if sizes is not None and cell.data_scale is not None else None
+        if cell.kind == "scratch" and post is not None:  # the labelled subset of the probe's train split
+            n = max(1, round(cell.label_fraction * post[0] * (1 - args.val_split)))
         total_steps = (cell.steps if cell.budget == "steps" else cell.epochs * (n // cell.batch_size)) \
             if n is not None and cell.epochs else (0 if not cell.epochs else None)
         done_steps = int(history[-1].get("step") or 0) if history else 0
@@ -733,9 +781,10 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
             seconds = 0.0
         elif total_steps is not None and post is not None:
             per_image = measured[min(cell.batch_size, cap)]["train_s_per_image"] if cell.epochs else 0.0
-            if cell.kind == "supervised":
+            if cell.kind in ("supervised", "scratch"):
                 per_image /= 2  # one view instead of two
-            probe = len(todo) * sum(post) * (forward_224 if cell.kind == "imagenet" else forward)
+            # one feature pass per checkpoint: its label fractions share the cached features
+            probe = len(set(todo)) * sum(post) * (forward_224 if cell.kind == "imagenet" else forward)
             seconds = (total_steps - done_steps) * (cell.batch_size or 0) * per_image + probe
             if wanted == "cpu" and args.launcher == "local":
                 seconds *= len(places)  # measured on all the cores, which the cells at once then share
@@ -744,7 +793,9 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
         if args.launcher == "local":
             free_at[slot] += seconds or 0.0
         work += seconds or 0.0
-        print(f"{i:>3}  {cell.name:<48} {','.join(map(str, cell.eval_epochs)):<12} {status:<22} "
+        evals = ",".join(map(str, cell.eval_epochs)) + ("" if cell_fractions(args, cell) == [1.0] else " @ labels "
+                                                         + ",".join(f"{f:g}" for f in cell_fractions(args, cell)))
+        print(f"{i:>3}  {cell.name:<48} {evals:<12} {status:<22} "
               f"{n if n is not None else '–':>7} {total_steps if total_steps is not None else '?':>7} "
               f"{sweep.format_seconds(seconds):>9}  {places[slot]['where']}")
     wall = max(free_at) if args.launcher == "local" else None

@@ -34,6 +34,14 @@ val. One linear layer.
 Its outputs are named fine-tune everywhere (finetune.json, finetune_curves.png, a default run
 folder finetune-<dataset>) and are never linear results.
 
+Few labels (docs/label-efficiency.md): --label_fraction F or --labels_per_class N trains the probe
+(--finetune, --solver lbfgs too) on a class-balanced, seeded subset of the train split, drawn after the
+--val_split and never from it, nested across fractions for one seed; the test split is unchanged.
+With --finetune it selects the SimCLR paper's semi-supervised fine-tune (utils/recipes.py "finetune":
+Nesterov SGD 0.05 x B/256, batch 256, no weight decay, 60 epochs up to 1 % of the labels, 30 above,
+random resized crop + flip). --feature_cache DIR keeps the backbone's features of the whole train
+and test splits there, so another fraction of the same checkpoint reuses them (no network pass).
+
 Outputs in --run_dir (default: eval-<dataset> beside the checkpoint): eval.json, eval_curves.png,
 eval.log; the last printed line is `test loss 1.2345, test accuracy 67.89%`.
 """
@@ -52,16 +60,21 @@ import torch
 from models import build_backbone, build_probe_head
 from models.resnet import FEATURE_DIM
 from utils.checkpoint import check_finite_weights, load_checkpoint, load_state_strict, strip_prefixes
-from utils.cli import ArgumentParser, HelpFormatter, common_parser, finite_float, non_negative_float, positive_float, positive_int
+from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, fraction, non_negative_float,
+                       positive_float, positive_int)
 from utils.data.registry import DATASET_CHOICES, canonical_dataset
+from utils.data.datasets import indices_sha256
+from utils.data.labels import describe_labels, label_counts
 from utils.errors import UserError, run_cli
+from utils.augment import BatchSimCLRAugment, SimCLRViewSpec
+from utils.eval.feature_cache import cached_features
 from utils.eval.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
-from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, load_probe_data,
-                              log_epoch, make_config, run_finetune, run_linear_probe)
+from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, ProbeConfig,
+                              freeze_backbone, load_probe_data, log_epoch, make_config, run_finetune, run_linear_probe)
 from utils.io import atomic_write_json
 from utils.plotting import plot_panels
 from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
-from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, finetune_epochs, recipe, recipe_help, scaled_lr
 from utils.train.rundir import run_dir_exists
 
 EVAL_DATASETS = DATASET_CHOICES  # every dataset has labelled train and test splits
@@ -117,6 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--solver lbfgs: most L-BFGS iterations per fit (each fit stops earlier at convergence)")
     g.add_argument("--finetune", action="store_true",
                    help="train the WHOLE network instead (fine-tuning, not linear evaluation; outputs say so)")
+    add_label_flags(g, by_type)
     g.add_argument("--train_type", default=None, choices=["simclr", "selfsupervised", "supervised"],
                    help="optional: the checkpoint says what it is; a disagreement is only warned about")
     g.add_argument("--train_dataset", default=None, choices=DATASET_CHOICES,
@@ -148,6 +162,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UserError(f"--solver lbfgs chooses among {len(args.l2)} --l2 values on a validation split: give "
                             "--val_split > 0 or a single --l2 (the test split is never used to choose)")
     return args
+
+
+def add_label_flags(g, by_type: str) -> None:
+    """The few-label axis (docs/label-efficiency.md): which labelled subset, and the feature cache."""
+    outer, g = g, g.add_mutually_exclusive_group()  # one line, exit 2: "not allowed with argument ..."
+    g.add_argument("--label_fraction", type=fraction, default=None,
+                   help="train on this fraction of the train split's labels: a class-balanced, seeded subset (the "
+                        "same count per class, at least one), drawn after --val_split; nested across fractions "
+                        "[1: every label]" + by_type)
+    g.add_argument("--labels_per_class", type=positive_int, default=None,
+                   help="train on this many labels per class instead (the same subset rule; not with "
+                        "--label_fraction)")
+    outer.add_argument("--feature_cache", default=None,
+                   help="folder for the backbone's features of the whole train and test splits, keyed by the "
+                        "checkpoint's sha256 and the preprocessing: a second call (another fraction) reuses them "
+                        "[none: no cache]" + by_type)
+
+
+def label_subset_request(args: argparse.Namespace) -> dict | None:
+    """{"fraction": F} or {"per_class": N} for load_probe_data; None: every label."""
+    if args.label_fraction is not None:
+        return {"fraction": args.label_fraction}
+    return {"per_class": args.labels_per_class} if args.labels_per_class is not None else None
 
 
 def file_sha256(path: Path) -> str:
@@ -248,13 +285,10 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
     load_state_strict(backbone, reference, "backbone")
     backbone = backbone.to(device, memory_format=torch.channels_last)
 
-    probe_values = dict(args.probe)
-    if args.test_final_lr is not None:
-        probe_values["final_lr"] = args.test_final_lr
-    config = make_config(probe_values, args.test_num_epochs, args.batch_size, args.test_learning_rate, args.schedule,
-                         args.weight_decay, args.probe_optimizer)
     preprocess = Preprocess(info["image_size"], tuple(info["mean"]), tuple(info["std"]))
-    data = load_probe_data(args.dataset, args.data_dir, info["image_size"], args.val_split, args.seed)
+    data = load_probe_data(args.dataset, args.data_dir, info["image_size"], args.val_split, args.seed,
+                           label_subset_request(args))
+    config = probe_config(args, data)
     head = build_probe_head(info["feature_dim"], data.num_classes, layers=args.head_layers)
     label = "fine-tune" if args.finetune else "linear probe"
     lbfgs = {"l2_grid": args.l2, "max_iter": args.lbfgs_max_iter} if args.solver == "lbfgs" else None
@@ -263,12 +297,23 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
              label, model_path, info["train_type"], info["stem"], args.dataset, len(data.train_labels),
              data.sizes()["num_val"], len(data.test_labels), data.num_classes, info["image_size"], how, device)
     on_epoch = log_lbfgs_round if lbfgs else log_epoch(config.epochs, label)
+    LOG.info("labels: %s", describe_labels(args.label_fraction, args.labels_per_class,
+                                           label_counts(data.train_labels, data.num_classes)))
     if args.finetune:
-        result = run_finetune(backbone, head, data, config, preprocess, device, seed=args.seed, on_epoch=on_epoch)
+        result = run_finetune(backbone, head, data, config, preprocess, device, seed=args.seed, on_epoch=on_epoch,
+                              augmenter=semi_supervised_finetune(args, head, preprocess))
     else:
+        cached = None
+        if args.feature_cache and not args.augment:
+            freeze_backbone(backbone)
+            cached = cached_features(backbone, data, preprocess, device, sha, args.feature_cache, args.dataset)
+            LOG.info("features %s %s (%.2f s)", "read from" if cached["hit"] else "computed and stored in",
+                     cached["path"], cached["seconds"])
         result = run_linear_probe(backbone, head, data, config, preprocess, device, augment=args.augment,
                                   seed=args.seed, reference_state=reference, feature_norm=args.feature_norm,
-                                  on_epoch=on_epoch, lbfgs=lbfgs)
+                                  on_epoch=on_epoch, lbfgs=lbfgs, precomputed=cached)
+        if cached is not None:
+            result.extra["feature_cache"] = {"path": cached["path"], "hit": cached["hit"]}
 
     report = build_report(args, protocol, model_path, sha, info, data, config, result, device,
                           time.perf_counter() - t_start, argv)
@@ -280,6 +325,35 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
         handler.flush()  # log lines first: the result must be the last line printed
     print(f"{prefix}test loss {report['test_loss']:.4f}, test accuracy {report['test_accuracy']:.2f}%", flush=True)
     return report
+
+
+def probe_config(args: argparse.Namespace, data) -> ProbeConfig:
+    """The head's (or, with --finetune, the network's) schedule: the recipe's probe, or with --finetune and a
+    label subset the semi-supervised fine-tune (epochs by label fraction, lr scaled to the batch); flags win."""
+    values = dict(args.probe)
+    if args.finetune and label_subset_request(args):
+        values = recipe(args.recipe, "finetune")
+        share = args.label_fraction or len(data.train_labels) / (len(data.all_train_labels) - data.sizes()["num_val"])
+        values["epochs"] = finetune_epochs(values, share)
+        values["lr"] = scaled_lr(values, args.batch_size or values["batch_size"])
+    if args.test_final_lr is not None:
+        values["final_lr"] = args.test_final_lr
+    return make_config(values, args.test_num_epochs, args.batch_size, args.test_learning_rate, args.schedule,
+                       args.weight_decay, args.probe_optimizer)
+
+
+def semi_supervised_finetune(args: argparse.Namespace, head, preprocess):
+    """With --finetune and a label subset: the recipe's train augmentation (random resized crop + flip, no
+    colour) and its head init (zeros); None (run_finetune's padded crop + flip) otherwise."""
+    if not (args.finetune and label_subset_request(args)):
+        return None
+    values = recipe(args.recipe, "finetune")
+    if values["head_init"] == "zeros" and isinstance(head, torch.nn.Linear):  # two layers at zero would not learn
+        for p in head.parameters():
+            torch.nn.init.zeros_(p)
+    spec = SimCLRViewSpec(crop_min_scale=values["crop_min_scale"], hflip_prob=values["hflip_prob"], jitter_prob=0.0,
+                          gray_prob=0.0, blur_prob=0.0)
+    return BatchSimCLRAugment(preprocess.image_size, preprocess.mean, preprocess.std, spec)
 
 
 def log_lbfgs_round(row: dict) -> None:
@@ -323,6 +397,7 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
     solver = ({"optimizer": "L-BFGS (strong-Wolfe line search), full batch, from zeros",
                "objective": "mean cross-entropy + l2 * ||W||^2 (bias not penalised)", "lbfgs": lbfgs}
               if lbfgs is not None else config.to_dict())  # no SGD and no schedule with L-BFGS
+    semi = args.finetune and label_subset_request(args) is not None  # the semi-supervised fine-tune recipe
     report["hyperparameters"] = {
         **solver, "head": f"{args.head_layers} linear layer(s)", "head_layers": args.head_layers,
         "trained": "head only" if protocol == LINEAR else "backbone and head",
@@ -330,8 +405,9 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
                            else "computed once (evaluation transform) and cached"),
         "augment": bool(args.augment or protocol == FINETUNE), "seed": args.seed, "val_split": args.val_split,
         "loss": "cross-entropy", "feature_norm": extra.pop("feature_norm", "none"), "solver": args.solver,
-        "recipe": args.recipe, "recipe_source": args.probe["source"],
-        "head_init": "zeros" if args.head_layers == 1 and protocol == LINEAR else "torch default",
+        "recipe": args.recipe + (" (finetune: semi-supervised)" if semi else ""),
+        "recipe_source": recipe(args.recipe, "finetune")["source"] if semi else args.probe["source"],
+        "head_init": "zeros" if args.head_layers == 1 and (protocol == LINEAR or label_subset_request(args)) else "torch default",
     }
     size, native = info["image_size"], data.native_size
     resize = f"resize {native} -> {size} px (bilinear, antialias), " if native != size else ""
@@ -343,6 +419,11 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
     report["checkpoint"] = {"path": str(model_path.resolve()), "sha256": sha, **{k: info[k] for k in (
         "train_type", "train_dataset", "stem", "pretrained", "imagenet_weights", "epoch", "finished", "data_scale")}}
     report["dataset"] = {"name": args.dataset, **data.sizes()}
+    counts = label_counts(data.train_labels, data.num_classes)
+    report.update(label_fraction=1.0 if args.label_fraction is None else args.label_fraction,
+                  labels_per_class=args.labels_per_class, label_counts=counts, num_labelled=sum(counts),
+                  labelled_subset_sha256=indices_sha256(data.train_index),
+                  labels=describe_labels(args.label_fraction, args.labels_per_class, counts))
     report["seconds"] = {"features": result.seconds_features, "training": result.seconds_training,
                          "total": seconds_total}
     if protocol == FINETUNE:
@@ -368,7 +449,8 @@ def plot_curves(path: Path, report: dict, model_path: Path) -> None:
     if "iterations" in h:
         what += f", L-BFGS, l2 {report['hyperparameters']['lbfgs']['l2']:g}"
     x, xlabel = (h["iterations"], "L-BFGS iteration") if "iterations" in h else (h["epoch"], "epoch")
-    plot_panels(path, x, panels, xlabel=xlabel, title=f"{what}: {model_path.name} on {report['dataset']['name']}")
+    plot_panels(path, x, panels, xlabel=xlabel,
+                title=f"{what}: {model_path.name} on {report['dataset']['name']}, {report['labels']}")
 
 
 if __name__ == "__main__":

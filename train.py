@@ -46,6 +46,7 @@ from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_floa
 from utils.data.constants import IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_subset
+from utils.data.labels import probe_labelled_subset
 from utils.data.loaders import DeviceBatches, LoaderBatches
 from utils.data.weights import load_imagenet_state_dict
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
@@ -114,6 +115,11 @@ def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
                    help="start from torchvision's ImageNet ResNet-18 weights (ImageNet stem, 224 px)")
     g.add_argument("--data_scale", type=float, default=1.0,
                    help="fraction of the training set, a seeded class-stratified subset (nested across scales)")
+    g.add_argument("--label_fraction", type=fraction, default=1.0,
+                   help="train on the labelled subset that test.py --label_fraction F --val_split V --seed S uses "
+                        "(utils/data/labels.py; V = --label_val_split): the study's `scratch` baseline")
+    g.add_argument("--label_val_split", type=finite_float, default=0.0,
+                   help="the probe's --val_split whose images the labelled subset leaves out (0: none)")
     g.add_argument("--image_size", type=image_size, default=None,
                    help="training resolution [dataset's native size; 224 with --pretrained true]" + by_type)
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
@@ -261,6 +267,11 @@ def check_args(args: argparse.Namespace) -> None:
     """
     if not 0 < args.data_scale <= 1:
         raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
+    if not 0 <= args.label_val_split < 1:
+        raise UserError(f"--label_val_split must be in [0, 1), got {args.label_val_split}")
+    if args.data_scale < 1 and (args.label_fraction < 1 or args.label_val_split > 0):
+        raise UserError("--data_scale and --label_fraction / --label_val_split pick the training images two ways; "
+                        "give one")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
     if args.train_type == "simclr" and args.batch_size < 2 and (args.steps is not None or args.epochs > 0):
@@ -584,7 +595,10 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
     if not env.is_main:
         run.arrays = load_split(args.dataset, training_split(args), args.data_dir, download=False,
                                 image_size=args.image_size)
-    run.indices = stratified_subset(run.arrays.labels, args.data_scale, args.seed)
+    run.indices = (stratified_subset(run.arrays.labels, args.data_scale, args.seed)
+                   if args.label_fraction == 1 and args.label_val_split == 0 else
+                   probe_labelled_subset(run.arrays.labels, run.arrays.classes, args.seed, args.label_fraction,
+                                         args.label_val_split))
     run.subset = {"sha256": indices_sha256(run.indices), "num_train": int(len(run.indices)),
                   "data_sha256": data_sha256(run.arrays.images, run.arrays.labels)}
     data["classes"] = run.arrays.classes

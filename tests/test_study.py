@@ -221,8 +221,12 @@ def test_original_preset_is_the_original_grid_with_both_budgets_and_baselines(no
     assert (args.dataset, args.eval_dataset, args.data_scales, args.batch_sizes, args.epochs, args.eval_at) == (
         "cifar10", "cifar100", [0.1, 0.25, 0.5, 1.0], [256, 512], [250], [50, 100])
     assert args.learning_rates == [None] and args.budget == ["epochs", "steps"]
-    assert args.baselines == ["supervised", "random", "imagenet"]
+    assert args.baselines == ["supervised", "random", "imagenet", "scratch"]
+    assert args.label_fractions == [0.01, 0.1, 1.0]  # the few-label axis (docs/label-efficiency.md)
     cells = simclr_train.build_cells(args, announce=False)
+    scratch = [c for c in cells if c.kind == "scratch"]
+    assert [(c.label_fraction, c.epochs, c.batch_size) for c in scratch] == [(0.01, 250, 128), (0.1, 250, 128),
+                                                                             (1.0, 250, 128)]
     simclr = [c for c in cells if c.kind == "simclr"]
     assert len(simclr) == 8 + 6  # 4 scales x 2 batches (epochs) + 3 scales x 2 batches (steps; 1.0 shared)
     assert {c.steps for c in simclr if c.budget == "steps"} == {250 * (50_000 // 256), 250 * (50_000 // 512)}

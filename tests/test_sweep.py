@@ -336,7 +336,12 @@ def test_results_csv_columns(tmp_path):
         header = next(csv.reader(f))
     assert header == sweep.RESULT_FIELDS
     back = sweep.read_results(path)
-    assert [r["data_scale"] for r in back] == [0.1, 0.5] and back[0] == sorted(rows, key=lambda r: r["data_scale"])[0]
+    first = sorted(rows, key=lambda r: r["data_scale"])[0]
+    assert [r["data_scale"] for r in back] == [0.1, 0.5] and back[0] == {**first, "label_fraction": 1.0}
+    # A results.csv from before the label axis (no label_fraction column) reads as every label.
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(",".join(line.split(",")[:-1]) for line in path.read_text().splitlines()) + "\n")
+    assert "label_fraction" not in old.read_text() and [r["label_fraction"] for r in sweep.read_results(old)] == [1.0, 1.0]
 
 
 # --- slow: the real train.py and test.py -----------------------------------------------------------

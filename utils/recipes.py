@@ -4,7 +4,8 @@
     values = resolve("tuned", "simclr")           # a plain dict; lr already scaled to the batch
     python train.py --recipe original              # the course project's values, bugs fixed
 
-A recipe is data: for each of `simclr`, `supervised` and `probe` a plain dict of values plus
+A recipe is data: for each of `simclr`, `supervised`, `probe` and `finetune` (the semi-supervised
+fine-tune of test.py --finetune with --label_fraction / --labels_per_class) a plain dict of values plus
 `source` (repository and commit, or paper and table, and the figure it reported) and `notes`
 (every place where this project departs from the source, and why). `train.py`, `test.py` and
 `simclr_train.py` take `--recipe NAME`; a flag given on the command line overrides the recipe's
@@ -20,7 +21,7 @@ from __future__ import annotations
 import copy
 
 DEFAULT_RECIPE = "tuned"
-PARTS = ("simclr", "supervised", "probe")
+PARTS = ("simclr", "supervised", "probe", "finetune")
 
 DKOBAK = ("dkobak/simclr-cifar10 @ 44b2500 (simclr-cifar10.py and README): ResNet-18, CIFAR-10, 1000 epochs, "
           "batch 512: kNN (k=10, cosine) 91.4 %, linear on frozen precomputed features 91.7 %; 100 epochs at lr "
@@ -32,6 +33,37 @@ DKOBAK_PROBE = ("dkobak/simclr-cifar10 @ 44b2500, 'linear evaluation on precompu
 ORIGINAL = ("the course project (its README in ../shared/seed/, summarised in ../shared/ORIGINAL.md): SimCLR "
             "68.96 %, ImageNet weights 80.26 %, supervised from scratch 68.48 % on CIFAR-100, all fine-tuning "
             "numbers (its backbone was never frozen)")
+
+SIMCLR_SEMI = ("SimCLR (Chen et al. 2020, arXiv:2002.05709), appendix B.5 'Semi-supervised learning via "
+               "fine-tuning': Nesterov momentum 0.9, batch 4096, lr 0.8 = 0.05 x B/256, no warmup, no weight "
+               "decay, random crop (resized) + left-right flip only, 60 epochs on 1 % of ImageNet's labels and 30 "
+               "on 10 %; google-research/simclr @ 383d4143fd8cf7879ae10f1046a9baeb753ff438: model_util.py "
+               "(momentum = MomentumOptimizer(use_nesterov=True); lr cosine_decay to 0 over all steps after "
+               "warmup), data.py (color_distort only when pretraining), run.py (ft_proj_selector 0: the "
+               "projection head is thrown away; zero_init_logits_layer), README 'Semi-supervised learning and "
+               "fine-tuning the whole network' (v2: LARS, 60 epochs, weight decay 0, warmup 0): SimCLR ResNet-50 "
+               "top-1 48.3 % (1 %) and 65.6 % (10 %) on ImageNet")
+# The semi-supervised fine-tune (test.py --finetune with a label fraction): the same in every recipe.
+SEMI_FINETUNE = {
+    "optimizer": "nesterov", "lr": 0.05, "lr_batch": 256, "momentum": 0.9, "weight_decay": 0.0,
+    "schedule": "cosine", "final_lr": 0.0, "warmup_epochs": 0.0,
+    "epochs": 60, "epochs_by_label_fraction": [[0.01, 60], [0.1, 30]], "batch_size": 256,
+    "crop_min_scale": 0.08, "hflip_prob": 0.5, "color_jitter": False, "head_init": "zeros",
+    "proj_layers_kept": 0,
+    "source": SIMCLR_SEMI,
+    "notes": [
+        "batch 256 instead of 4096 (1 % of CIFAR-100 is 450 images after the validation split), the lr scaled "
+        "by the paper's own rule 0.05 x B/256",
+        "SGD with Nesterov momentum as the paper's B.5 (the repository's v2 README command uses LARS, which "
+        "torch does not ship; with Nesterov SGD no LARS trust ratio is needed at batch 256)",
+        "epochs: 60 up to 1 % of the labels, 30 above (the paper's two settings; 30 is kept up to 100 %); "
+        "with --labels_per_class the fraction is labels / candidate train images",
+        "random resized crop (scale 0.08-1, the SimCLR crop) + flip at the checkpoint's image size; no colour "
+        "distortion, no blur; one device, so BatchNorm is per device (the source's global BN is moot)",
+        "the projection head is dropped (v1: ft_proj_selector 0) and a new linear layer starts at zero "
+        "(zero_init_logits_layer)",
+    ],
+}
 
 RECIPES: dict[str, dict[str, dict]] = {
     "tuned": {
@@ -83,6 +115,7 @@ RECIPES: dict[str, dict[str, dict]] = {
                 "smaller batch of an epoch is kept (the source's view(-1, 1000) needs N divisible by 1000)",
             ],
         },
+        "finetune": SEMI_FINETUNE,
     },
     "original": {
         "simclr": {
@@ -130,18 +163,26 @@ RECIPES: dict[str, dict[str, dict]] = {
                 "its supervised one",
             ],
         },
+        "finetune": SEMI_FINETUNE,
     },
 }
 RECIPE_NAMES = tuple(RECIPES)
 
 
 def recipe(name: str, part: str) -> dict:
-    """A deep copy of one part ("simclr", "supervised" or "probe") of recipe `name`."""
+    """A deep copy of one part ("simclr", "supervised", "probe" or "finetune") of recipe `name`."""
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPE_NAMES)}")
     if part not in PARTS:
         raise KeyError(f"a recipe has parts {PARTS}, not {part!r}")
     return copy.deepcopy(RECIPES[name][part])
+
+
+def finetune_epochs(values: dict, label_fraction: float) -> int:
+    """The semi-supervised fine-tune's epochs at this label fraction: those of the first
+    epochs_by_label_fraction entry whose fraction is at least it (the last entry's above them all)."""
+    table = values["epochs_by_label_fraction"]
+    return int(next((epochs for upto, epochs in table if label_fraction <= upto), table[-1][1]))
 
 
 def scaled_lr(values: dict, batch_size: int) -> float:

@@ -35,6 +35,7 @@ from utils.io import atomic_write
 GRID_KEYS = ("data_scales", "batch_sizes", "learning_rates", "epochs", "seeds")
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
 PLOT_SCALE, PLOT_HEATMAP = "accuracy_vs_data_scale.png", "heatmap_lr_batch.png"
+PLOT_LABELS = "accuracy_vs_label_fraction.png"
 RECORD = "record.json"  # one per (cell, eval epoch), written after test.main returns
 RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 
@@ -42,22 +43,28 @@ RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 # kind: simclr | supervised | random | imagenet; budget: epochs | steps (empty in older files: simclr,
 # epochs). epochs / eval_epoch count epochs at data scale 1.0 under the steps budget; train_epochs is
 # the epoch of the evaluated checkpoint in the cell's own run and steps its cumulative training steps.
-# recipe: the --recipe of the study (utils/recipes.py; empty in older files).
+# recipe: the --recipe of the study (utils/recipes.py; empty in older files). label_fraction: the share of
+# the probe's train labels (test.py --label_fraction; older files without it read as 1.0).
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
     "pretrain_loss", "pretrain_seconds", "images_per_s", "eval_seconds", "device", "checkpoint",
-    "kind", "budget", "steps", "train_epochs", "recipe",
+    "kind", "budget", "steps", "train_epochs", "recipe", "label_fraction",
 ]
 INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs"}
 STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe"}
 REQUIRED_FIELDS = ("dataset", "eval_epoch", "seed", "eval_dataset", "test_accuracy", "test_loss")
-CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch")
+CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "label_fraction")
 STUDY_KEYS = ("dataset", "eval_dataset", "val_split", "probe_epochs", "recipe")
-KINDS = ("simclr", "supervised", "random", "imagenet")
+KINDS = ("simclr", "supervised", "random", "imagenet", "scratch")
 BASELINES = KINDS[1:]
 BUDGETS = ("epochs", "steps")
-KIND_LABELS = {"simclr": "SimCLR", "supervised": "supervised", "random": "random init", "imagenet": "ImageNet weights"}
+KIND_LABELS = {"simclr": "SimCLR", "supervised": "supervised", "random": "random init", "imagenet": "ImageNet weights",
+               "scratch": "supervised from scratch on the labels"}
+
+
+def fraction_of(row: Mapping) -> float:
+    return 1.0 if row.get("label_fraction") is None else float(row["label_fraction"])
 
 
 def kind_of(row: Mapping) -> str:
@@ -93,6 +100,7 @@ class Cell:
     budget: str = "epochs"
     steps: int | None = None
     steps_per_epoch: int | None = None
+    label_fraction: float | None = None  # scratch cells: the labelled subset they train on
 
     @property
     def name(self) -> str:
@@ -100,6 +108,8 @@ class Cell:
         steps97500_seed0, random_seed0."""
         if self.kind in ("random", "imagenet"):
             return f"{self.kind}_seed{self.seed}"
+        if self.kind == "scratch":
+            return f"scratch_lf{self.label_fraction:g}_bs{self.batch_size}_ep{self.epochs}_seed{self.seed}"
         lr = "auto" if self.learning_rate is None else f"{self.learning_rate:g}"
         length = f"ep{self.epochs}" if self.budget == "epochs" else f"steps{self.steps}"
         prefix = "" if self.kind == "simclr" else f"{self.kind}_"
@@ -146,7 +156,8 @@ def steps_budget(epochs: int, full_size: int, batch_size: int) -> int:
 
 
 def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: Sequence[str],
-                baselines: Sequence[str], sizes, supervised_batch: int | None = None) -> list[Cell]:
+                baselines: Sequence[str], sizes, supervised_batch: int | None = None,
+                label_fractions: Sequence[float] = (1.0,)) -> list[Cell]:
     """The SimCLR grid under each budget, then the baselines (seeds outermost within each).
 
     `sizes(data_scale) -> images in the seeded subset` (needed by the steps budget, else unused).
@@ -177,6 +188,11 @@ def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: S
     for kind in ("random", "imagenet"):
         if kind in baselines:
             cells += [Cell(None, None, None, 0, int(seed), (0,), kind=kind) for seed in _unique(grid["seeds"])]
+    if "scratch" in baselines:  # supervised training on the probe's labelled subset only, per fraction
+        cells += [Cell(None, supervised_batch, None, int(epochs), int(seed), (int(epochs),), kind="scratch",
+                       label_fraction=float(f))
+                  for seed in _unique(grid["seeds"]) for f in _unique(label_fractions) for epochs in
+                  _unique(grid["epochs"])]
     return cells
 
 
@@ -203,7 +219,8 @@ def dataset_sizes(name: str) -> tuple[int, int] | None:
 # ---------------------------------------------------------------------------------------------
 
 def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation: Mapping, study: Mapping,
-             device: str, checkpoint: str, learning_rate: float | None = None, batch_size: int | None = None) -> dict:
+             device: str, checkpoint: str, learning_rate: float | None = None, batch_size: int | None = None,
+             label_fraction: float = 1.0) -> dict:
     """One results.csv row. `history`: train.py metrics.csv rows (epoch, step, loss, images_per_s, seconds);
     `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py."""
     ckpt_epoch = cell.checkpoint_epoch(eval_epoch)
@@ -229,7 +246,7 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
         "eval_seconds": round(float(evaluation.get("seconds", {}).get("total", float("nan"))), 2),
         "device": device, "checkpoint": checkpoint, "kind": cell.kind, "budget": cell.budget,
         "steps": int(step) if step not in (None, "") else (0 if cell.epochs == 0 else None),
-        "train_epochs": ckpt_epoch,
+        "train_epochs": ckpt_epoch, "label_fraction": label_fraction,
     }
 
 
@@ -240,7 +257,8 @@ def _orderable(value) -> tuple:
 
 def _sort_key(row: Mapping) -> tuple:
     return (KINDS.index(kind_of(row)), BUDGETS.index(budget_of(row))) + tuple(
-        _orderable(row.get(k)) for k in ("data_scale", "batch_size", "learning_rate", "epochs", "seed", "eval_epoch"))
+        _orderable(row.get(k)) for k in ("data_scale", "batch_size", "learning_rate", "epochs", "seed", "eval_epoch",
+                                         "label_fraction"))
 
 
 def parse_row(raw: Mapping[str, str]) -> dict:
@@ -248,7 +266,9 @@ def parse_row(raw: Mapping[str, str]) -> dict:
     row: dict = {}
     for key in RESULT_FIELDS:
         value = raw.get(key, "")
-        if value in ("", None):
+        if key == "label_fraction" and value in ("", None):
+            row[key] = 1.0  # results.csv from before the label axis: every label
+        elif value in ("", None):
             row[key] = None
         elif key in INT_FIELDS:
             row[key] = int(value)
@@ -453,7 +473,11 @@ def _baseline_lines(entries: Sequence[Mapping]) -> list[str]:
 
 
 def results_markdown(rows: Sequence[Mapping]) -> str:
-    """results.md from typed results.csv rows alone (no clock, no paths: reruns give the same bytes)."""
+    """results.md from typed results.csv rows alone (no clock, no paths: reruns give the same bytes).
+
+    The data-scale sections use the rows with every label (label fraction 1.0, no scratch cell); the
+    label-efficiency section (label_axis_markdown) all of them."""
+    all_rows, rows = rows, [r for r in rows if fraction_of(r) == 1.0 and kind_of(r) != "scratch"]
     everything = aggregate(rows)
     entries = [e for e in everything if kind_of(e) == "simclr"]
     baselines = [e for e in everything if kind_of(e) != "simclr"]
@@ -498,9 +522,102 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
                        f"| {_pm(e['test_loss_mean'], e['test_loss_std'], '.3f')} | {budget_of(e)} "
                        f"| {_g(e.get('steps'), 'd')} |")
         out.append("")
-    out += [f"Plots: [{PLOT_SCALE}]({PLOT_SCALE}), [{PLOT_HEATMAP}]({PLOT_HEATMAP}). "
+    out += label_axis_markdown(all_rows)
+    out += [f"Plots: [{PLOT_SCALE}]({PLOT_SCALE}), [{PLOT_HEATMAP}]({PLOT_HEATMAP})"
+            + (f", [{PLOT_LABELS}]({PLOT_LABELS})" if has_label_axis(all_rows) else "") + ". "
             "Redraw with `python simclr_train.py --report --out_dir <this folder>`.", ""]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The few-label axis: every backbone probed at each label fraction, and the scratch baseline
+# ---------------------------------------------------------------------------------------------
+
+def has_label_axis(rows: Sequence[Mapping]) -> bool:
+    return any(fraction_of(r) != 1.0 or kind_of(r) == "scratch" for r in rows)
+
+
+def label_axis_points(entries: Sequence[Mapping]) -> dict[tuple, dict[tuple, list[Mapping]]]:
+    """{data scale (None: no pretraining subset): {(kind, budget): [entry per label fraction]}}: per arm and
+    fraction the configuration with the best validation accuracy (the only one without a split). Arms
+    without a data scale (random, imagenet, scratch) appear under every data scale."""
+    scales = sorted({e["data_scale"] for e in entries if e["data_scale"] is not None}) or [None]
+    out: dict = {}
+    for scale in scales:
+        arms: dict = {}
+        for e in entries:
+            if e["data_scale"] not in (scale, None):
+                continue
+            arms.setdefault((kind_of(e), budget_of(e)), {}).setdefault(fraction_of(e), []).append(e)
+        out[scale] = {arm: [b for b in (choose(at, arm[0]) or (at[0] if len(at) == 1 else None)
+                                        for _, at in sorted(by_f.items())) if b is not None]
+                      for arm, by_f in sorted(arms.items(), key=lambda kv: (KINDS.index(kv[0][0]),
+                                                                             BUDGETS.index(kv[0][1])))}
+    return out
+
+
+def _arm_label(arm: tuple, budgets: set) -> str:
+    kind, budget = arm
+    return KIND_LABELS[kind] + (f" ({budget} budget)" if len(budgets) > 1 and kind in ("simclr", "supervised") else "")
+
+
+def label_axis_markdown(rows: Sequence[Mapping]) -> list[str]:
+    """The results.md section of the label axis: test accuracy per arm, data scale and label fraction."""
+    if not has_label_axis(rows):
+        return []
+    entries = aggregate(rows)
+    fractions = sorted({fraction_of(e) for e in entries})
+    budgets = {budget_of(e) for e in entries}
+    out = ["## Label efficiency: test accuracy (%) per label fraction", "",
+           "Every backbone probed on a class-balanced, seeded subset of the probe's train labels (test.py "
+           "--label_fraction; the validation split is drawn first and never labelled); `scratch` is supervised "
+           "training from scratch on that labelled subset only (train.py --label_fraction), then probed on it. "
+           "Best configuration per arm and fraction by validation accuracy; mean ± std over seeds.", "",
+           "| data scale | arm | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+           "|---|---|" + "---|" * len(fractions)]
+    for scale, arms in label_axis_points(entries).items():
+        for arm, pts in arms.items():
+            by_f = {fraction_of(e): e for e in pts}
+            cells = [_pm(by_f[f]["test_accuracy_mean"], by_f[f]["test_accuracy_std"], ".2f") if f in by_f else "–"
+                     for f in fractions]
+            out.append(f"| {_g(scale)} | {_arm_label(arm, budgets)} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def plot_accuracy_vs_label_fraction(entries: Sequence[Mapping], path: Path) -> Path:
+    """One panel per data scale: test accuracy (mean ± std over seeds) against the label fraction (log x),
+    one line per arm (SimCLR, supervised per budget; random init, ImageNet weights, scratch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = label_axis_points(entries)
+    budgets = {budget_of(e) for e in entries}
+    colours = {"simclr": "tab:blue", "supervised": "tab:orange", "random": "tab:gray", "imagenet": "tab:green",
+               "scratch": "tab:red"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 4.2 * len(panels), 4.0), squeeze=False, sharey=True)
+    fractions = sorted({fraction_of(e) for e in entries})
+    for ax, (scale, arms) in zip(axes[0], panels.items()):
+        for arm, pts in arms.items():
+            pts = [e for e in pts if e["test_accuracy_mean"] is not None]
+            if pts:
+                ax.errorbar([fraction_of(e) for e in pts], [e["test_accuracy_mean"] for e in pts],
+                            yerr=[e["test_accuracy_std"] or 0.0 for e in pts], marker="o", capsize=3,
+                            color=colours[arm[0]], linestyle="--" if arm[1] == "steps" else "-",
+                            label=_arm_label(arm, budgets))
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("label fraction (of the probe's train split)")
+        ax.set_title("all arms" if scale is None else f"pretraining data scale {scale:g}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Accuracy against the share of labels (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, Path(path))
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,10 +756,13 @@ def write_report(out_dir: Path, rows: Sequence[Mapping], plots: bool = True) -> 
     if write_if_changed(out_dir / RESULTS_MD, results_markdown(rows)):
         written.append(out_dir / RESULTS_MD)
     if plots and rows:
-        entries = aggregate(rows)
-        written.append(plot_accuracy_vs_scale(entries, out_dir / PLOT_SCALE))
+        entries = aggregate([r for r in rows if fraction_of(r) == 1.0 and kind_of(r) != "scratch"])
+        if entries:
+            written.append(plot_accuracy_vs_scale(entries, out_dir / PLOT_SCALE))
         if any(kind_of(e) == "simclr" for e in entries):
             written.append(plot_heatmaps(entries, out_dir / PLOT_HEATMAP))
+        if has_label_axis(rows):
+            written.append(plot_accuracy_vs_label_fraction(aggregate(rows), out_dir / PLOT_LABELS))
     return written
 
 

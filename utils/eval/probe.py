@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.data.datasets import load_split, stratified_split
+from utils.data.labels import labelled_subset
 from utils.errors import NonFiniteLossError, UserError
 from utils.eval.features import extract_features
 from utils.eval.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
@@ -59,7 +60,7 @@ SCHEDULES = (COSINE, TWO_STAGE)
 
 TWO_STAGE_DECAY = 0.1  # the original's stage 2 lr: 0.01 -> 0.001
 MOMENTUM = 0.9  # SGD momentum of the original's probes (used when the optimizer is SGD)
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "nesterov")  # nesterov: SGD with Nesterov momentum (the SimCLR fine-tune's)
 EVAL_BATCH_SIZE = 4096  # rows of cached features per evaluation matmul
 # Head steps on cached features are tiny (32 x 512 @ 512 x C); on a CPU shared with other work,
 # torch's thread pool made them 10x slower (30 epochs of 2,000 features: 1.1 s with 1 thread,
@@ -99,14 +100,15 @@ class ProbeConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["epochs"] = self.epochs
-        if self.optimizer != "sgd":
+        if self.optimizer not in ("sgd", "nesterov"):
             d.pop("momentum")
         return d
 
     def make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.optimizer == "nesterov")
 
 
 def split_epochs(epochs: int) -> tuple[int, int]:
@@ -268,6 +270,12 @@ class ProbeData:
     classes: list[str]
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    # Where the train / val rows sit in the whole train split (the feature cache and the label axis
+    # index by them), and that whole split's images.
+    train_index: np.ndarray | None = None
+    val_index: np.ndarray | None = None
+    all_train_images: np.ndarray | None = None
+    all_train_labels: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -284,19 +292,30 @@ class ProbeData:
 
 
 def load_probe_data(dataset: str, data_dir: str | Path, image_size: int, val_split: float = 0.0,
-                    seed: int = 0) -> ProbeData:
-    """Train and test splits of `dataset`; with val_split > 0 a seeded stratified part of train is held out."""
+                    seed: int = 0, labels: dict | None = None) -> ProbeData:
+    """Train and test splits of `dataset`; with val_split > 0 a seeded stratified part of train is held out.
+
+    labels={"fraction": F} or {"per_class": N}: the train rows are then the labelled subset of
+    utils.data.labels (drawn after the validation split, never from it); the test split is unchanged.
+    """
     if not 0 <= val_split < 1:
         raise UserError(f"--val_split must be in [0, 1), got {val_split}")
     train = load_split(dataset, "train", data_dir, image_size=image_size)
     test = load_split(dataset, "test", data_dir, image_size=image_size)
     if train.classes != test.classes:
         raise UserError(f"{dataset}: train and test splits have different classes")
-    data = ProbeData(train.images, train.labels, test.images, test.labels, list(train.classes))
+    data = ProbeData(train.images, train.labels, test.images, test.labels, list(train.classes),
+                     train_index=np.arange(len(train)), all_train_images=train.images,
+                     all_train_labels=train.labels)
+    va = np.zeros(0, dtype=np.int64)
     if val_split > 0:
         tr, va = stratified_split(train.labels, val_split, seed, classes=list(train.classes))
-        data.train_images, data.train_labels = train.images[tr], train.labels[tr]
-        data.val_images, data.val_labels = train.images[va], train.labels[va]
+        data.train_images, data.train_labels, data.train_index = train.images[tr], train.labels[tr], tr
+        data.val_images, data.val_labels, data.val_index = train.images[va], train.labels[va], va
+    if labels:
+        tr = labelled_subset(train.labels, train.num_classes, seed, labels.get("fraction"), labels.get("per_class"),
+                             exclude=va, classes=list(train.classes))
+        data.train_images, data.train_labels, data.train_index = train.images[tr], train.labels[tr], tr
     return data
 
 
@@ -454,8 +473,10 @@ def run_linear_probe(
     feature_norm: str = "standardize",
     on_epoch: Callable[[dict], None] | None = None,
     lbfgs: dict | None = None,
+    precomputed: dict | None = None,
 ) -> ProbeResult:
     """Linear Classification Protocol: train `head` on the frozen backbone's features.
+    precomputed: {"train", "val", "test": (N, D), "seconds"} from utils/eval/feature_cache.py (no backbone pass).
 
     lbfgs={"l2_grid": [...], "max_iter": N} solves the convex probe of utils/eval/lbfgs_probe.py
     instead of `config`'s SGD schedule (one linear layer, cached features only): l2 chosen on
@@ -483,7 +504,7 @@ def run_linear_probe(
         return extract_features(backbone, images, size, mean, std, device, batch_size=feature_batch_size,
                                 augment=augmenter, generator=generator, progress=label).clone()
 
-    test_h, val_h, train_h, seconds_features = _cached_features(features, data, augment, device)
+    test_h, val_h, train_h, seconds_features = _cached_features(features, data, augment, device, precomputed)
     train_y, val_y, test_y = (None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
                               for labels in (data.train_labels, data.val_labels, data.test_labels))
 
@@ -519,8 +540,13 @@ def run_linear_probe(
     return ProbeResult(LINEAR, history, seconds_features, seconds_training, extra, head)
 
 
-def _cached_features(features: Callable, data: ProbeData, augment: bool, device: torch.device):
-    """(test_h, val_h or None, train_h or None with augment, seconds): each split's (N, D) features, once."""
+def _cached_features(features: Callable, data: ProbeData, augment: bool, device: torch.device,
+                     precomputed: dict | None = None):
+    """(test_h, val_h or None, train_h or None with augment, seconds): each split's (N, D) features, once
+    (or those of `precomputed`, moved to the device)."""
+    if precomputed is not None and not augment:
+        on = (lambda h: None if h is None else h.to(device))  # noqa: E731
+        return on(precomputed["test"]), on(precomputed["val"]), on(precomputed["train"]), precomputed["seconds"]
     _sync(device)
     t0 = time.perf_counter()
     test_h = features(data.test_images, label="test features")
@@ -659,8 +685,12 @@ def run_finetune(
     feature_batch_size: int = 512,
     channels_last: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    augmenter: Callable | None = None,
 ) -> ProbeResult:
     """Fine-tuning (NOT linear evaluation): backbone and head trained together on augmented images.
+
+    augmenter(uint8 (B, 3, H, W), generator) -> float (B, 3, S, S): the train augmentation
+    (default: BatchSupervisedAugment, padded random crop + flip).
 
     Every parameter gets gradients and the backbone runs in train mode (BatchNorm statistics
     move); each epoch's val/test splits are evaluated in eval mode with the evaluation transform.
@@ -669,7 +699,7 @@ def run_finetune(
     backbone.to(device).train()
     head.to(device).train()
     size, mean, std = preprocess.image_size, preprocess.mean, preprocess.std
-    augmenter = BatchSupervisedAugment(size, mean, std)
+    augmenter = augmenter or BatchSupervisedAugment(size, mean, std)
     aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
 
     t0 = time.perf_counter()
