@@ -34,6 +34,9 @@ val. One linear layer.
 Its outputs are named fine-tune everywhere (finetune.json, finetune_curves.png, a default run
 folder finetune-<dataset>) and are never linear results.
 
+--eval_views K also scores the probe on K seeded SimCLR views of every test image, and --knn reports
+kNN accuracy (k=10 uniform, k=200 weighted) beside the probe (docs/measures.md).
+
 Outputs in --run_dir (default: eval-<dataset> beside the checkpoint): eval.json, eval_curves.png,
 eval.log; the last printed line is `test loss 1.2345, test accuracy 67.89%`.
 """
@@ -56,6 +59,7 @@ from utils.cli import ArgumentParser, HelpFormatter, common_parser, finite_float
 from utils.data.constants import DATASET_CHOICES, canonical_dataset
 from utils.errors import UserError, run_cli
 from utils.eval.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
+from utils.eval.measures import check_measure_args, evaluate_measures, measure_lines, measures_parser
 from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, load_probe_data,
                               log_epoch, make_config, run_finetune, run_linear_probe)
 from utils.io import atomic_write_json
@@ -70,7 +74,7 @@ PROBE = ("probe",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser(), measures_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     g = p.add_argument_group("evaluation")
     g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
@@ -206,6 +210,7 @@ def warn_flag_mismatches(args: argparse.Namespace, info: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_measure_args(args)
     t_start = time.perf_counter()
     protocol = FINETUNE if args.finetune else LINEAR
     stem_name = "finetune" if args.finetune else "eval"
@@ -268,16 +273,19 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
     else:
         result = run_linear_probe(backbone, head, data, config, preprocess, device, augment=args.augment,
                                   seed=args.seed, reference_state=reference, feature_norm=args.feature_norm,
-                                  on_epoch=on_epoch, lbfgs=lbfgs)
+                                  on_epoch=on_epoch, lbfgs=lbfgs, knn10=args.knn)
 
     report = build_report(args, protocol, model_path, sha, info, data, config, result, device,
                           time.perf_counter() - t_start, argv)
+    report.update(evaluate_measures(args, ckpt, backbone, reference, result, data, preprocess, device))
     atomic_write_json(run_dir / f"{stem_name}.json", report)
     plot_curves(run_dir / f"{stem_name}_curves.png", report, model_path)
     prefix = "fine-tune " if args.finetune else ""
     LOG.info("wrote %s", run_dir / f"{stem_name}.json")
     for handler in LOG.handlers:
         handler.flush()  # log lines first: the result must be the last line printed
+    for line in measure_lines(report):
+        print(line, flush=True)
     print(f"{prefix}test loss {report['test_loss']:.4f}, test accuracy {report['test_accuracy']:.2f}%", flush=True)
     return report
 

@@ -47,7 +47,7 @@ from torch import nn
 from utils.data.datasets import load_split, stratified_split
 from utils.errors import NonFiniteLossError, UserError
 from utils.eval.features import extract_features
-from utils.eval.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
+from utils.eval.knn import KNN_K, KNN_SETTINGS, KNN_TEMPERATURE, describe_knn, knn_accuracy
 from utils.eval.lbfgs_probe import choose_l2, fit_lbfgs
 from utils.runtime import LOG, autocast_context
 from utils.augment import BatchSupervisedAugment
@@ -454,6 +454,7 @@ def run_linear_probe(
     feature_norm: str = "standardize",
     on_epoch: Callable[[dict], None] | None = None,
     lbfgs: dict | None = None,
+    knn10: bool = False,
 ) -> ProbeResult:
     """Linear Classification Protocol: train `head` on the frozen backbone's features.
 
@@ -469,7 +470,8 @@ def run_linear_probe(
     features) in front of `head`; the result's `head` is then Sequential(Standardize, head).
     Afterwards the backbone is checked bit-identical to `reference_state` (the checkpoint's
     tensors; by default a copy taken on entry). Also reports weighted kNN accuracy on the cached
-    features (k=200, t=0.1) unless knn=False or augment=True.
+    features (k=200, t=0.1) unless knn=False or augment=True; knn10=True adds the uniform k=10 kNN
+    (extra["knn10"], utils/eval/knn.py).
     """
     _check_probe_options(feature_norm, lbfgs, augment, head)
     if reference_state is None:
@@ -513,10 +515,20 @@ def run_linear_probe(
     if lbfgs_info is not None:
         extra["lbfgs"] = lbfgs_info
     if knn and train_h is not None:
-        acc = knn_accuracy(train_h, train_y, test_h, test_y, data.num_classes)
-        extra["knn"] = {"k": KNN_K, "temperature": KNN_TEMPERATURE, "test_acc": acc,
-                        "features": "cached eval-transform features, probe train split as memory"}
+        extra.update(_knn_reports(train_h, train_y, test_h, test_y, data.num_classes, knn10))
     return ProbeResult(LINEAR, history, seconds_features, seconds_training, extra, head)
+
+
+def _knn_reports(train_h, train_y, test_h, test_y, num_classes: int, knn10: bool) -> dict:
+    """{"knn": weighted k=200 (as always)} and, with knn10, {"knn10": uniform k=10}: setting and test_acc."""
+    features = "cached eval-transform features, probe train split as memory"
+    out = {"knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE, "features": features,
+                   "test_acc": knn_accuracy(train_h, train_y, test_h, test_y, num_classes)}}
+    if knn10:
+        k, votes = KNN_SETTINGS["knn10"]
+        out["knn10"] = {**describe_knn("knn10"), "features": features,
+                        "test_acc": knn_accuracy(train_h, train_y, test_h, test_y, num_classes, k=k, votes=votes)}
+    return out
 
 
 def _cached_features(features: Callable, data: ProbeData, augment: bool, device: torch.device):
