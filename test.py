@@ -42,6 +42,9 @@ Nesterov SGD 0.05 x B/256, batch 256, no weight decay, 60 epochs up to 1 % of th
 random resized crop + flip). --feature_cache DIR keeps the backbone's features of the whole train
 and test splits there, so another fraction of the same checkpoint reuses them (no network pass).
 
+--eval_views K also scores the probe on K seeded SimCLR views of every test image, and --knn reports
+kNN accuracy (k=10 uniform, k=200 weighted) beside the probe (docs/measures.md).
+
 Outputs in --run_dir (default: eval-<dataset> beside the checkpoint): eval.json, eval_curves.png,
 eval.log; the last printed line is `test loss 1.2345, test accuracy 67.89%`.
 """
@@ -69,6 +72,7 @@ from utils.errors import UserError, run_cli
 from utils.augment import BatchSimCLRAugment, SimCLRViewSpec
 from utils.eval.feature_cache import cached_features
 from utils.eval.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
+from utils.eval.measures import check_measure_args, evaluate_measures, measure_lines, measures_parser
 from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, ProbeConfig,
                               freeze_backbone, load_probe_data, log_epoch, make_config, run_finetune, run_linear_probe)
 from utils.io import atomic_write_json
@@ -83,7 +87,7 @@ PROBE = ("probe",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser(), measures_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     g = p.add_argument_group("evaluation")
     g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
@@ -243,6 +247,7 @@ def warn_flag_mismatches(args: argparse.Namespace, info: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_measure_args(args)
     t_start = time.perf_counter()
     protocol = FINETUNE if args.finetune else LINEAR
     stem_name = "finetune" if args.finetune else "eval"
@@ -311,18 +316,21 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
                      cached["path"], cached["seconds"])
         result = run_linear_probe(backbone, head, data, config, preprocess, device, augment=args.augment,
                                   seed=args.seed, reference_state=reference, feature_norm=args.feature_norm,
-                                  on_epoch=on_epoch, lbfgs=lbfgs, precomputed=cached)
+                                  on_epoch=on_epoch, lbfgs=lbfgs, precomputed=cached, knn10=args.knn)
         if cached is not None:
             result.extra["feature_cache"] = {"path": cached["path"], "hit": cached["hit"]}
 
     report = build_report(args, protocol, model_path, sha, info, data, config, result, device,
                           time.perf_counter() - t_start, argv)
+    report.update(evaluate_measures(args, ckpt, backbone, reference, result, data, preprocess, device))
     atomic_write_json(run_dir / f"{stem_name}.json", report)
     plot_curves(run_dir / f"{stem_name}_curves.png", report, model_path)
     prefix = "fine-tune " if args.finetune else ""
     LOG.info("wrote %s", run_dir / f"{stem_name}.json")
     for handler in LOG.handlers:
         handler.flush()  # log lines first: the result must be the last line printed
+    for line in measure_lines(report):
+        print(line, flush=True)
     print(f"{prefix}test loss {report['test_loss']:.4f}, test accuracy {report['test_accuracy']:.2f}%", flush=True)
     return report
 

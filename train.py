@@ -80,7 +80,11 @@ RECIPE_FLAGS = {
 }
 # step: the cumulative training steps at the end of the epoch row (the lr schedule's position; skipped_steps
 # of them were skipped by --nan_policy skip), so runs given the same --steps can be checked to end level.
-METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "knn_acc", "lr", "images_per_s", "seconds", "skipped_steps"]
+# contrastive_acc (SimCLR): % of the epoch's 2N-view anchors whose positive ranked first (docs/measures.md);
+# knn10_acc / knn200_acc: --knn_every's two kNN settings (utils/eval/knn.py; knn200_acc was knn_acc).
+METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr",
+                 "images_per_s", "seconds", "skipped_steps"]
+RENAMED_METRICS = {"knn_acc": "knn200_acc"}  # history rows in checkpoints written before the rename
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -231,7 +235,8 @@ def _add_outputs(p: argparse.ArgumentParser, by_type: str) -> None:
     r.add_argument("--save_every", type=non_negative_int, default=0, help="also keep epoch_NNNN.pth every N epochs (0: off)")
     r.add_argument("--save_at", type=positive_int, nargs="*", default=[], help="also keep epoch_NNNN.pth at these epochs")
     r.add_argument("--knn_every", type=non_negative_int, default=0,
-                   help="kNN accuracy (k=200, t=0.1) on the test split every N epochs (0: off)")
+                   help="kNN accuracies on the test split every N epochs (0: off): k=10 uniform votes "
+                        "(knn10_acc, as dkobak/simclr-cifar10 reports) and k=200 weighted t=0.1 (knn200_acc)")
     r.add_argument("--log_every", type=positive_int, default=20, help="steps between progress updates")
     r.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -348,11 +353,12 @@ def training_split(args: argparse.Namespace) -> str:
 # --- the two objectives: one loop, a "batch -> loss" function picked from a dict ---------------
 
 def simclr_objective(model, views, labels, args, distributed):
-    """NT-Xent on the two views; both go through one forward so BatchNorm sees all 2N images."""
+    """NT-Xent on the two views; both go through one forward so BatchNorm sees all 2N images.
+    Also returns how many of the 2N views (this rank's) ranked their positive first."""
     _, z = model(torch.cat(views))
     z1, z2 = z.chunk(2)
     loss_fn = gathered_nt_xent_loss if distributed else nt_xent_loss
-    return loss_fn(z1, z2, args.temperature), None
+    return loss_fn(z1, z2, args.temperature, return_correct=True)
 
 
 def supervised_objective(model, views, labels, args, distributed):
@@ -431,17 +437,23 @@ def write_metrics(run_dir: Path, history: list[dict], args) -> None:
               ("learning rate", {"lr (end of epoch)": [row["lr"] for row in history]})]
     if args.train_type == "supervised":
         panels.insert(1, ("train accuracy (%)", {"train": [row.get("train_acc") for row in history]}))
-    if any(row.get("knn_acc") is not None for row in history):
-        panels.insert(1, ("kNN accuracy on the test split (%)", {"kNN": [row.get("knn_acc") for row in history]}))
+    if any(row.get("knn200_acc") is not None for row in history):
+        panels.insert(1, ("kNN accuracy on the test split (%)", {
+            "k=10 uniform": [row.get("knn10_acc") for row in history],
+            "k=200 weighted": [row.get("knn200_acc") for row in history]}))
+    if args.train_type == "simclr":
+        panels.insert(1, ("contrastive accuracy (%)", {"positive ranked first": [row.get("contrastive_acc")
+                                                                                for row in history]}))
     if epochs:
         plot_panels(run_dir / "curves.png", epochs, panels,
                     title=f"{args.train_type} pretraining on {args.dataset} (data_scale {args.data_scale})")
 
 
-def knn_monitor(model, arrays_train, indices, arrays_test, data, device) -> float:
-    """Weighted kNN accuracy (%) of the backbone's features: train subset as memory, test split as queries."""
+def knn_monitor(model, arrays_train, indices, arrays_test, data, device) -> dict[str, float]:
+    """kNN accuracies (%) of the backbone's features, train subset as memory, test split as queries:
+    {"knn10": uniform k=10, "knn200": weighted k=200} (utils/eval/knn.py)."""
     from utils.eval.features import extract_features
-    from utils.eval.knn import knn_accuracy
+    from utils.eval.knn import knn_accuracies
 
     raw = model.module if isinstance(model, DistributedDataParallel) else model
     raw = getattr(raw, "_orig_mod", raw)
@@ -451,7 +463,7 @@ def knn_monitor(model, arrays_train, indices, arrays_test, data, device) -> floa
     test_h = extract_features(raw.backbone, arrays_test.images, size, mean, std, device)
     train_y = torch.as_tensor(arrays_train.labels[indices], device=device)
     test_y = torch.as_tensor(arrays_test.labels, device=device)
-    return knn_accuracy(train_h, train_y, test_h, test_y, arrays_train.num_classes)
+    return knn_accuracies(train_h, train_y, test_h, test_y, arrays_train.num_classes)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -694,7 +706,7 @@ def resume(run: Run, resume_ckpt: dict) -> tuple[int, int, dict | None]:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
-    run.history = list(state["history"])
+    run.history = [{RENAMED_METRICS.get(k, k): v for k, v in row.items()} for row in state["history"]]
     run.global_step = resume_ckpt["step"]
     LOG.info("resuming from %s: epoch %d, %d of %d steps done", run.run_dir / "last.pth", state["epoch"] + 1,
              state["step_in_epoch"], run.steps_per_epoch)
@@ -807,11 +819,14 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
     row = {"epoch": epoch + 1, "step": epoch * run.steps_per_epoch + tally["steps"],
            "loss": round(totals[0].item() / n_seen, 6),
            "train_acc": round(100 * totals[1].item() / n_seen, 4) if args.train_type == "supervised" else None,
-           "knn_acc": None, "lr": run.optimizer.param_groups[0]["lr"],
+           # SimCLR's correct counts views: 2 per pair seen
+           "contrastive_acc": round(50 * totals[1].item() / n_seen, 4) if args.train_type == "simclr" else None,
+           "lr": run.optimizer.param_groups[0]["lr"],
            "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
            "skipped_steps": tally["skipped"]}
     if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == run.epochs) and run.env.is_main:
-        row["knn_acc"] = round(knn_monitor(run.model, run.arrays, run.indices, run.arrays_test, run.data, device), 4)
+        accs = knn_monitor(run.model, run.arrays, run.indices, run.arrays_test, run.data, device)
+        row.update({f"{name}_acc": round(acc, 4) for name, acc in accs.items()})
     run.history.append(row)
     if run.env.is_main:
         _save(run.run_dir / "last.pth", run.checkpoint(epoch + 1, False, run.train_state(epoch + 1, 0, None)))
@@ -819,12 +834,13 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
             _save(run.run_dir / f"epoch_{epoch + 1:04d}.pth", run.checkpoint(epoch + 1, False))
         write_metrics(run.run_dir, run.history, args)
         if run.writer is not None:
-            for key in ("loss", "train_acc", "knn_acc", "lr", "images_per_s"):
+            for key in ("loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr", "images_per_s"):
                 if row.get(key) is not None:
                     run.writer.add_scalar(f"pretrain/{key}", row[key], epoch + 1)
-    LOG.info("epoch %d/%d  loss %.4f%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, run.epochs, row["loss"],
+    LOG.info("epoch %d/%d  loss %.4f%s%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, run.epochs, row["loss"],
              f"  train acc {row['train_acc']:.2f}%" if row["train_acc"] is not None else "",
-             f"  kNN acc {row['knn_acc']:.2f}%" if row["knn_acc"] is not None else "",
+             f"  contrastive acc {row['contrastive_acc']:.2f}%" if row["contrastive_acc"] is not None else "",
+             f"  kNN acc k=10 {row['knn10_acc']:.2f}% k=200 {row['knn200_acc']:.2f}%" if "knn10_acc" in row else "",
              row["lr"], row["images_per_s"], row["seconds"])
 
 

@@ -119,6 +119,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, inputs: dict) -
         res[name] = {"loss": loss.item(), "grad_w": model.weight.grad.clone(),
                      "grad_b": model.bias.grad.clone()}
 
+    # Contrastive accuracy: this rank's anchors against the global candidates (no model needed).
+    _, correct = gathered_nt_xent_loss(inputs["x1"][lo:hi], inputs["x2"][lo:hi], TEMPERATURE, return_correct=True)
+    res["contrastive_correct"] = correct.item()
+
     res["shards"] = {epoch: shard_permutation(epoch=epoch, rank=rank, world_size=world_size,
                                               **SHARD_CASE)
                      for epoch in (0, 1)}
@@ -222,6 +226,25 @@ def test_gathered_loss_matches_single_process(two_ranks):
     mean_loss = sum(res["with_grad"]["loss"] for res in results) / WORLD_SIZE
     assert mean_loss == pytest.approx(ref["loss"], rel=1e-5)
     assert ref["loss"] == pytest.approx(ref["per_anchor"].mean().item(), rel=1e-5)
+
+
+def test_gathered_contrastive_correct_sums_to_the_global_count(two_ranks):
+    """Summed over ranks (what train.py's all-reduce does), each rank's count of anchors whose positive
+    ranks first equals the single-process count on the concatenated batch, itself checked by a loop."""
+    inputs, results = two_ranks
+    x1, x2 = inputs["x1"], inputs["x2"]
+    _, want = nt_xent_loss(x1, x2, TEMPERATURE, return_correct=True)
+    z = torch.nn.functional.normalize(torch.cat([x1, x2]).double(), dim=1)
+    sim, n2 = z @ z.t(), z.shape[0]
+    loop = sum(all(sim[i, (i + n2 // 2) % n2] > sim[i, k] for k in range(n2) if k not in (i, (i + n2 // 2) % n2))
+               for i in range(n2))
+    per_rank = [res["contrastive_correct"] for res in results]
+    assert sum(per_rank) == want.item() == loop
+    assert 0 < want.item() < n2  # a mix of hits and misses, so a wrong candidate set would show
+    # with only its local batch as candidates each rank would count more hits here: the gather matters
+    local = [nt_xent_loss(x1[r * N_PER_RANK:(r + 1) * N_PER_RANK], x2[r * N_PER_RANK:(r + 1) * N_PER_RANK],
+                          TEMPERATURE, return_correct=True)[1].item() for r in range(WORLD_SIZE)]
+    assert sum(local) > sum(per_rank)
 
 
 @pytest.mark.parametrize("gather", ["with_grad", "detached", "local_backward"])

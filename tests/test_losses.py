@@ -103,3 +103,58 @@ def test_nt_xent_is_float32_under_bf16_autocast():
     naive = F.cross_entropy(bf16_logits.float().masked_fill(torch.eye(128, dtype=torch.bool), float("-inf")),
                             torch.cat([torch.arange(64) + 64, torch.arange(64)]))
     assert (naive - exact).abs() > 1e-4  # the check above would catch a bf16 similarity matrix
+
+
+# ----------------------------------------------------------------------------------------------
+# Contrastive accuracy: the share of the 2N views whose positive is the most similar candidate.
+
+def naive_contrastive_correct(z1: torch.Tensor, z2: torch.Tensor) -> int:
+    """From the definition, with two loops in float64: view i is counted when the cosine with its
+    positive is strictly greater than with each of the other 2N - 2 candidates (a tie is a miss)."""
+    z = torch.cat([z1, z2]).double()
+    n2 = z.shape[0]
+    n = n2 // 2
+
+    def cos(u, v):
+        return (torch.dot(u, v) / (u.norm() * v.norm())).item()
+
+    correct = 0
+    for i in range(n2):
+        positive = (i + n) % n2
+        if all(cos(z[i], z[positive]) > cos(z[i], z[k]) for k in range(n2) if k not in (i, positive)):
+            correct += 1
+    return correct
+
+
+@pytest.mark.parametrize("n,d,seed", [(2, 3, 0), (6, 4, 1), (9, 2, 2), (16, 8, 3)])
+def test_contrastive_correct_matches_naive_loop(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, d, generator=g)
+    z2 = z1 + 0.8 * torch.randn(n, d, generator=g)  # related views: neither all right nor all wrong
+    loss, correct = nt_xent_loss(z1, z2, 0.5, return_correct=True)
+    assert correct.dtype == torch.int64 and correct.dim() == 0
+    assert correct.item() == naive_contrastive_correct(z1, z2)
+    assert loss.item() == nt_xent_loss(z1, z2, 0.5).item()  # the loss is the same with or without
+    single = gathered_nt_xent_loss(z1, z2, 0.5, gather_fn=lambda x: x, return_correct=True)
+    assert single[1].item() == correct.item() and single[0].item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_contrastive_correct_known_cases_and_ties():
+    eye = torch.eye(3)
+    assert nt_xent_loss(eye, eye * 5.0, 0.5, return_correct=True)[1].item() == 6  # identical pairs: all 6
+    same = torch.ones(4, 3)
+    assert nt_xent_loss(same, same, 0.5, return_correct=True)[1].item() == 0  # collapse: all ties, all missed
+    z2 = eye.clone()
+    z2[0] = eye[1]  # pair 0's second view now equals pair 1's views
+    # z1[0]=e0 ties at cosine 0 with everything: miss; z2[0]=e1 prefers e1 over its positive e0: miss;
+    # both views of pair 1 tie between their positive and z2[0]: miss; pair 2 is untouched: 2 of 6.
+    assert nt_xent_loss(eye, z2, 0.5, return_correct=True)[1].item() == 2 == naive_contrastive_correct(eye, z2)
+
+
+def test_contrastive_correct_has_no_gradient_and_works_under_autocast():
+    z1 = torch.randn(5, 4, requires_grad=True)
+    z2 = torch.randn(5, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, correct = nt_xent_loss(z1, z2, 0.5, return_correct=True)
+    assert not correct.requires_grad and loss.requires_grad
+    assert correct.item() == naive_contrastive_correct(z1.detach(), z2.detach())

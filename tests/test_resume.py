@@ -111,7 +111,7 @@ def test_signal_then_sigkill_then_resume_is_bitwise_identical(tmp_path, path):
         different = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
         assert not different, f"{part}: {different[:5]}"
     ref_rows, run_rows = _rows(reference), _rows(run)
-    for key in ("epoch", "loss", "train_acc", "lr", "skipped_steps"):
+    for key in ("epoch", "loss", "train_acc", "contrastive_acc", "lr", "skipped_steps"):
         assert [r[key] for r in ref_rows] == [r[key] for r in run_rows], key
 
 

@@ -45,6 +45,7 @@ def test_one_epoch_writes_every_file(tmp_path, train_type):
     assert [r["epoch"] for r in rows] == ["1"]
     assert float(rows[0]["loss"]) > 0 and float(rows[0]["images_per_s"]) > 0
     assert (rows[0]["train_acc"] != "") == (train_type == "supervised")
+    assert (rows[0]["contrastive_acc"] != "") == (train_type == "simclr")
     config = json.load(open(run / "config.json"))
     assert config["args"]["train_type"] == train_type and "torch" in config["env"]
 
@@ -112,8 +113,59 @@ def test_simclr_loss_falls_and_supervised_learns(tmp_path):
                       "--batch_size", "50", "--epochs", "3", "--device", "cpu", "--workers", "0", "--quiet",
                       "--knn_every", "3", "--run_dir", str(tmp_path / "sup")])["history"]
     # Well above chance (10 %) on the held-out test split after a few hundred steps' worth of images.
-    assert sup[-1]["knn_acc"] > 30
+    assert sup[-1]["knn200_acc"] > 30 and sup[-1]["knn10_acc"] > 30
     assert sup[-1]["train_acc"] > sup[0]["train_acc"]
+
+
+def test_contrastive_acc_is_the_epochs_share_of_views_and_knn_columns_are_named_apart(tmp_path, monkeypatch):
+    """metrics.csv's contrastive_acc = 100 x (views whose positive ranked first, summed over the epoch's
+    steps) / (2 x pairs seen), each step's count recomputed here from its z by a loop; --knn_every writes
+    knn10_acc and knn200_acc, equal to utils/eval/knn.py's two settings on the final backbone."""
+    from utils.eval.features import extract_features
+    from utils.eval.knn import knn_accuracy
+
+    steps = []
+
+    def recording(model, views, labels, args, distributed):
+        _, z = model(torch.cat(views))
+        z = torch.nn.functional.normalize(z.detach().double(), dim=1)
+        sim, n2 = z @ z.t(), z.shape[0]
+        hits = sum(all(sim[i, (i + n2 // 2) % n2] > sim[i, k] for k in range(n2) if k not in (i, (i + n2 // 2) % n2))
+                   for i in range(n2))
+        steps.append((hits, labels.shape[0]))
+        return train.simclr_objective(model, views, labels, args, distributed)
+
+    monkeypatch.setitem(train.OBJECTIVES, "simclr", recording)
+
+    def small_test_split(dataset, split, *args, **kwargs):  # 40 test images keep the kNN passes cheap
+        arrays = load_split(dataset, split, *args, **kwargs)
+        return arrays if split == "train" else type(arrays)(arrays.images[:40], arrays.labels[:40], arrays.classes)
+
+    monkeypatch.setattr(train, "load_split", small_test_split)
+    run = tmp_path / "run"
+    hist = train.main(["--dataset", "synthetic", "--data_scale", "0.01", "--batch_size", "10", "--epochs", "2",
+                       "--image_size", "8", "--device", "cpu", "--quiet", "--knn_every", "2", "--deterministic",
+                       "--run_dir", str(run)])["history"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    per_epoch = len(steps) // 2
+    for e, row in enumerate(rows):
+        hits, pairs = map(sum, zip(*steps[e * per_epoch:(e + 1) * per_epoch]))
+        assert float(row["contrastive_acc"]) == pytest.approx(100 * hits / (2 * pairs), abs=1e-3)
+        assert hist[e]["contrastive_acc"] == pytest.approx(100 * hits / (2 * pairs), abs=1e-3)
+    assert rows[0]["knn10_acc"] == rows[0]["knn200_acc"] == "" and "knn_acc" not in rows[0]
+    ckpt = torch.load(run / "final.pth", weights_only=True)
+    backbone = train.build_model(ckpt["model"]).backbone
+    backbone.load_state_dict(ckpt["backbone"])
+    train_set, test_set = load_split("synthetic", "train", image_size=8), small_test_split("synthetic", "test", image_size=8)
+    idx = stratified_subset(train_set.labels, 0.01, 0)
+    mean, std = ckpt["data"]["mean"], ckpt["data"]["std"]
+    cpu = torch.device("cpu")
+    train_h = extract_features(backbone, train_set.images[idx], 8, mean, std, cpu)
+    test_h = extract_features(backbone, test_set.images, 8, mean, std, cpu)
+    train_y, test_y = torch.as_tensor(train_set.labels[idx]), torch.as_tensor(test_set.labels)
+    assert float(rows[1]["knn10_acc"]) == pytest.approx(
+        knn_accuracy(train_h, train_y, test_h, test_y, 10, k=10, votes="uniform"), abs=1e-3)
+    assert float(rows[1]["knn200_acc"]) == pytest.approx(knn_accuracy(train_h, train_y, test_h, test_y, 10), abs=1e-3)
 
 
 def test_missing_data_offline_is_one_line_and_leaves_no_run_folder(tmp_path):

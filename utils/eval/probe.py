@@ -48,7 +48,7 @@ from utils.data.datasets import load_split, stratified_split
 from utils.data.labels import labelled_subset
 from utils.errors import NonFiniteLossError, UserError
 from utils.eval.features import extract_features
-from utils.eval.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
+from utils.eval.knn import KNN_K, KNN_SETTINGS, KNN_TEMPERATURE, describe_knn, knn_accuracy
 from utils.eval.lbfgs_probe import choose_l2, fit_lbfgs
 from utils.runtime import LOG, autocast_context
 from utils.augment import BatchSupervisedAugment
@@ -474,6 +474,7 @@ def run_linear_probe(
     on_epoch: Callable[[dict], None] | None = None,
     lbfgs: dict | None = None,
     precomputed: dict | None = None,
+    knn10: bool = False,
 ) -> ProbeResult:
     """Linear Classification Protocol: train `head` on the frozen backbone's features.
     precomputed: {"train", "val", "test": (N, D), "seconds"} from utils/eval/feature_cache.py (no backbone pass).
@@ -490,7 +491,8 @@ def run_linear_probe(
     features) in front of `head`; the result's `head` is then Sequential(Standardize, head).
     Afterwards the backbone is checked bit-identical to `reference_state` (the checkpoint's
     tensors; by default a copy taken on entry). Also reports weighted kNN accuracy on the cached
-    features (k=200, t=0.1) unless knn=False or augment=True.
+    features (k=200, t=0.1) unless knn=False or augment=True; knn10=True adds the uniform k=10 kNN
+    (extra["knn10"], utils/eval/knn.py).
     """
     _check_probe_options(feature_norm, lbfgs, augment, head)
     if reference_state is None:
@@ -534,10 +536,20 @@ def run_linear_probe(
     if lbfgs_info is not None:
         extra["lbfgs"] = lbfgs_info
     if knn and train_h is not None:
-        acc = knn_accuracy(train_h, train_y, test_h, test_y, data.num_classes)
-        extra["knn"] = {"k": KNN_K, "temperature": KNN_TEMPERATURE, "test_acc": acc,
-                        "features": "cached eval-transform features, probe train split as memory"}
+        extra.update(_knn_reports(train_h, train_y, test_h, test_y, data.num_classes, knn10))
     return ProbeResult(LINEAR, history, seconds_features, seconds_training, extra, head)
+
+
+def _knn_reports(train_h, train_y, test_h, test_y, num_classes: int, knn10: bool) -> dict:
+    """{"knn": weighted k=200 (as always)} and, with knn10, {"knn10": uniform k=10}: setting and test_acc."""
+    features = "cached eval-transform features, probe train split as memory"
+    out = {"knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE, "features": features,
+                   "test_acc": knn_accuracy(train_h, train_y, test_h, test_y, num_classes)}}
+    if knn10:
+        k, votes = KNN_SETTINGS["knn10"]
+        out["knn10"] = {**describe_knn("knn10"), "features": features,
+                        "test_acc": knn_accuracy(train_h, train_y, test_h, test_y, num_classes, k=k, votes=votes)}
+    return out
 
 
 def _cached_features(features: Callable, data: ProbeData, augment: bool, device: torch.device,
