@@ -7,7 +7,11 @@ and stl10 (binary archive), with miniature files in the real formats made here a
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
+import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +19,8 @@ import pytest
 import test as test_script
 import train
 from utils.checkpoint import load_checkpoint
-from utils.data import digits, registry
+from test_download import closed_port, server  # noqa: F401  (a local HTTP server on 127.0.0.1)
+from utils.data import digits, mnist, registry
 from utils.data.constants import DIGITS_MEAN, DIGITS_STD
 from utils.data.datasets import load_split
 from utils.errors import UserError, run_cli
@@ -126,7 +131,7 @@ def test_train_and_test_end_to_end_on_digits(tmp_path, monkeypatch, capsys):
     assert ckpt["data"]["split"] == f"train ({digits.split_rule(0.2, 0)})"
     assert ckpt["data"]["num_train"] == 1438
     result = test_script.main(["--model_path", str(run / "final.pth"), "--dataset", "digits", *SMALL_PROBE])
-    assert 0 <= result["test_accuracy"] <= 100
+    assert result["test_images_evaluated"] == 359 and 0 <= result["test_accuracy"] <= 100
 
     # Another split of digits is another dataset: the unfinished run is not resumed on it.
     (run / "final.pth").unlink()
@@ -138,3 +143,171 @@ def test_train_and_test_end_to_end_on_digits(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and "was trained on other data (split: " in err
     assert "seed 0)" in err and "seed 1)" in err and err.startswith("error: ")
+
+
+# ---- mnist / fashion_mnist: miniature idx files -------------------------------------------------
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """An idx file as published: big-endian magic, one uint32 per dimension, then the uint8 data."""
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def make_idx(n_train: int = 6, n_test: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"train_x": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+            "train_y": np.arange(n_train) % 10, "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+            "test_y": (np.arange(n_test) + 3) % 10}
+
+
+def idx_files(ref: dict[str, np.ndarray], gz: bool = True) -> dict[str, bytes]:
+    """{file name: bytes} of the four files (gzip-compressed with a fixed mtime when `gz`)."""
+    raw = {"train-images-idx3-ubyte": idx_bytes(ref["train_x"], mnist.IDX_IMAGES_MAGIC),
+           "train-labels-idx1-ubyte": idx_bytes(ref["train_y"], mnist.IDX_LABELS_MAGIC),
+           "t10k-images-idx3-ubyte": idx_bytes(ref["test_x"], mnist.IDX_IMAGES_MAGIC),
+           "t10k-labels-idx1-ubyte": idx_bytes(ref["test_y"], mnist.IDX_LABELS_MAGIC)}
+    if not gz:
+        return raw
+    return {f"{name}.gz": gzip.compress(data, mtime=0) for name, data in raw.items()}
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture
+def idx_source(monkeypatch):
+    """Point a dataset's mirrors and md5s at miniature files: idx_source(name, files, mirrors)."""
+    def use(name: str, files: dict[str, bytes], mirrors: tuple[str, ...] | None = None) -> None:
+        src = mnist.IDX_SOURCES[name]
+        md5s = {n: hashlib.md5(d).hexdigest() for n, d in files.items() if n.endswith(".gz")}
+        mirrors = mirrors or (f"http://127.0.0.1:{closed_port()}/",)  # offline: refused at once
+        monkeypatch.setitem(mnist.IDX_SOURCES, name, dataclasses.replace(src, md5s=md5s or src.md5s, mirrors=mirrors))
+    return use
+
+
+def _assert_split(arrays, x: np.ndarray, y: np.ndarray) -> None:
+    assert arrays.images.dtype == np.uint8 and arrays.images.shape == (len(x), 28, 28, 3)
+    assert all(np.array_equal(arrays.images[..., c], x) for c in range(3)) and arrays.labels.tolist() == y.tolist()
+
+
+def test_mnist_downloads_resume_after_a_cut_and_a_rerun_is_a_no_op(server, idx_source, tmp_path, capsys):
+    import data
+
+    ref = make_idx()
+    files = idx_files(ref)
+    for name, blob in files.items():  # the first mirror has nothing (404); the second cuts one file halfway
+        server.add(f"ok/{name}", blob, mode="drop_once" if name.startswith("train-images") else "ok")
+    idx_source("mnist", files, mirrors=(server.url("missing/"), server.url("ok/")))
+    prepared = data.main(["--dataset", "mnist", "--data_dir", str(tmp_path)])
+    assert prepared == {"mnist": tmp_path / "MNIST" / "raw"}
+    ranges = server.ranges("ok/train-images-idx3-ubyte.gz")
+    assert ranges[0] is None and ranges[1].startswith("bytes=")  # cut mid-body, then resumed
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(files)  # no .part left
+    _assert_split(load_split("mnist", "train", tmp_path), ref["train_x"], ref["train_y"])
+    _assert_split(load_split("mnist", "test", tmp_path), ref["test_x"], ref["test_y"])
+    capsys.readouterr()
+    n_requests = len(server.requests)
+    data.main(["--dataset", "mnist", "--data_dir", str(tmp_path)])
+    assert "already prepared" in capsys.readouterr().out and len(server.requests) == n_requests
+
+
+def test_mnist_download_with_a_wrong_md5_is_refused(server, idx_source, tmp_path, capsys):
+    import data
+
+    files = idx_files(make_idx())
+    for name, blob in files.items():
+        altered = blob[:20] + bytes([blob[20] ^ 0xFF]) + blob[21:]  # one byte flipped
+        server.add(f"m/{name}", altered if "t10k-labels" in name else blob)
+    idx_source("mnist", files, mirrors=(server.url("m/"),))
+    with pytest.raises(SystemExit) as info:
+        run_cli(data.main, ["--dataset", "mnist", "--data_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: md5 mismatch for t10k-labels-idx1-ubyte.gz downloaded from http://127.0.0.1")
+    raw = tmp_path / "MNIST" / "raw"
+    assert not (raw / "t10k-labels-idx1-ubyte.gz").exists() and not (raw / "t10k-labels-idx1-ubyte.gz.part").exists()
+
+
+@pytest.mark.parametrize("layout", ["flat", "raw"])
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_files_from_a_local_folder(idx_source, tmp_path, layout, gz, name):
+    ref = make_idx(seed=1)
+    files = idx_files(ref, gz=gz)
+    folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
+    write_files(tmp_path / folder / "raw" if layout == "raw" else tmp_path, files)
+    idx_source(name, files)  # mirrors: a closed port, so any download attempt would fail loudly
+    train_arrays = load_split(name, "train", tmp_path)
+    _assert_split(train_arrays, ref["train_x"], ref["train_y"])
+    _assert_split(load_split(name, "test", tmp_path, download=False), ref["test_x"], ref["test_y"])
+    assert train_arrays.classes == list(mnist.IDX_SOURCES[name].classes) and len(train_arrays.classes) == 10
+
+
+def _bad_idx(kind: str, tmp: Path) -> tuple[Path, str]:
+    """Write four files with one fault; return the data folder and what the one error line must say."""
+    ref = make_idx()
+    files = idx_files(ref, gz=False)
+    raw = tmp / "MNIST" / "raw"
+    if kind == "wrong magic":
+        files["train-images-idx3-ubyte"] = struct.pack(">I", 0x00000801) + files["train-images-idx3-ubyte"][4:]
+        return write_files(raw, files).parents[1], (f"{raw / 'train-images-idx3-ubyte'} has the wrong magic number "
+                                                    "0x00000801; an idx images file starts with 0x00000803")
+    if kind == "counts disagree":
+        files["train-labels-idx1-ubyte"] = idx_bytes(ref["train_y"][:-1], mnist.IDX_LABELS_MAGIC)
+        return write_files(raw, files).parents[1], (f"{raw / 'train-images-idx3-ubyte'} has 6 images but "
+                                                    f"{raw / 'train-labels-idx1-ubyte'} has 5 labels")
+    if kind == "truncated":
+        files["train-images-idx3-ubyte"] = files["train-images-idx3-ubyte"][:-100]
+        return write_files(raw, files).parents[1], (f"{raw / 'train-images-idx3-ubyte'} is truncated: 4,620 bytes, "
+                                                    "expected 4,720 for images of shape (6, 28, 28)")
+    if kind == "truncated gzip":
+        gz = idx_files(ref)
+        gz["train-labels-idx1-ubyte.gz"] = gz["train-labels-idx1-ubyte.gz"][:-12]
+        write_files(raw, gz)
+        return tmp, f"{raw / 'train-labels-idx1-ubyte.gz'} is not a complete gzip file"
+    if kind == "md5 mismatch":
+        gz = idx_files(ref)
+        write_files(raw, gz)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(files["train-images-idx3-ubyte"], mtime=1))
+        return tmp, f"md5 mismatch for {raw / 'train-images-idx3-ubyte.gz'}: got "
+    assert kind == "missing file"
+    del files["t10k-labels-idx1-ubyte"]
+    return write_files(raw, files).parents[1], "MNIST file t10k-labels-idx1-ubyte[.gz] not found in "
+
+
+@pytest.mark.parametrize("kind", ["wrong magic", "counts disagree", "truncated", "truncated gzip", "md5 mismatch",
+                                  "missing file"])
+def test_bad_idx_file_is_one_line_and_exit_2(idx_source, tmp_path, kind, capsys):
+    data_dir, expected = _bad_idx(kind, tmp_path / "d")
+    published = idx_files(make_idx())  # the md5s of the good miniature; the mirrors refuse connections
+    if kind == "truncated gzip":  # its md5 taken as the published one, so that the gzip reader itself is tested
+        published = {p.name: p.read_bytes() for p in (data_dir / "MNIST" / "raw").iterdir()}
+    idx_source("mnist", published)
+    before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, ["--dataset", "mnist", "--data_dir", str(data_dir), "--run_dir", str(run), *SMALL_RUN])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: " + expected), err
+    after = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
+    assert after == before and not run.exists()  # nothing written, nothing half-written
+
+
+@pytest.mark.slow
+def test_train_and_test_end_to_end_on_a_miniature_mnist_folder(idx_source, tmp_path):
+    files = idx_files(make_idx(n_train=20, n_test=10), gz=False)
+    data_dir = write_files(tmp_path / "d", files)  # the four plain files, flat
+    idx_source("mnist", files)
+    run = tmp_path / "run"
+    train.main(["--dataset", "mnist", "--data_dir", str(data_dir), "--train_type", "supervised", "--run_dir", str(run),
+                "--image_size", "8", *SMALL_RUN[:2], "--batch_size", "8", *SMALL_RUN[4:]])
+    ckpt = load_checkpoint(run / "final.pth")
+    assert ckpt["data"]["num_train"] == 20 and ckpt["data"]["split"] == "train" and ckpt["model"]["num_classes"] == 10
+    assert train.describe_data(train.parse_args(["--dataset", "mnist"]))["image_size"] == 28  # native size by default
+    result = test_script.main(["--model_path", str(run / "final.pth"), "--dataset", "mnist", "--data_dir",
+                               str(data_dir), "--batch_size", "8", *SMALL_PROBE])
+    assert result["test_images_evaluated"] == 10 and 0 <= result["test_accuracy"] <= 100
