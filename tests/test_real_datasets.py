@@ -20,8 +20,8 @@ import pytest
 
 import test as test_script
 import train
-from utils.checkpoint import load_checkpoint
 from test_download import closed_port, server  # noqa: F401  (a local HTTP server on 127.0.0.1)
+from utils.checkpoint import load_checkpoint
 from utils.data import digits, mnist, registry, stl10
 from utils.data.constants import DIGITS_MEAN, DIGITS_STD
 from utils.data.datasets import load_split
@@ -310,7 +310,8 @@ def test_train_and_test_end_to_end_on_a_miniature_mnist_folder(idx_source, tmp_p
     idx_source("mnist", files)
     run = tmp_path / "run"
     train.main(["--dataset", "mnist", "--data_dir", str(data_dir), "--train_type", "supervised", "--run_dir", str(run),
-                "--image_size", "8", *SMALL_RUN[:2], "--batch_size", "8", *SMALL_RUN[4:]])
+                "--image_size", "8", "--data_scale", "1", "--batch_size", "8", "--steps", "1", "--device", "cpu",
+                "--workers", "0", "--quiet"])
     ckpt = load_checkpoint(run / "final.pth")
     assert ckpt["data"]["num_train"] == 20 and ckpt["data"]["split"] == "train" and ckpt["model"]["num_classes"] == 10
     assert train.describe_data(train.parse_args(["--dataset", "mnist"]))["image_size"] == 28  # native size by default
