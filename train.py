@@ -115,6 +115,9 @@ def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
                    help="simclr (alias selfsupervised) or supervised")
     g.add_argument("--dataset", default="cifar10", choices=DATASET_CHOICES,
                    help="pretraining data; imagenet = Tiny-ImageNet data (or ImageNet weights with --pretrained true)")
+    g.add_argument("--train_split", default="auto", choices=["auto", "train", "train+unlabeled", "unlabeled"],
+                   help="split to pretrain on; auto: the dataset's pretraining split for simclr (stl10: "
+                        "train+unlabeled), train for supervised (unlabelled images never reach a supervised loss)")
     g.add_argument("--pretrained", type=str2bool, default=False,
                    help="start from torchvision's ImageNet ResNet-18 weights (ImageNet stem, 224 px)")
     g.add_argument("--data_scale", type=float, default=1.0,
@@ -125,7 +128,8 @@ def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
     g.add_argument("--label_val_split", type=finite_float, default=0.0,
                    help="the probe's --val_split whose images the labelled subset leaves out (0: none)")
     g.add_argument("--image_size", type=image_size, default=None,
-                   help="training resolution [dataset's native size; 224 with --pretrained true]" + by_type)
+                   help="training resolution [the dataset's default: its native size, 16 for digits (docs/datasets.md); "
+                        "224 with --pretrained true]" + by_type)
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
                    help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
@@ -297,6 +301,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--lr_gamma must be in (0, 1], got {args.lr_gamma}")
     if args.image_size is not None and args.image_size < 8:
         raise UserError(f"--image_size must be >= 8, got {args.image_size}")
+    if args.train_split != "auto" and args.train_split not in DATASETS[args.dataset].splits:
+        raise UserError(f"--train_split {args.train_split}: {args.dataset} has the splits {list(DATASETS[args.dataset].splits)}")
+    if args.train_type == "supervised" and "unlabeled" in args.train_split:
+        raise UserError(f"--train_split {args.train_split} holds unlabelled images: --train_type supervised needs train")
     if args.pretrained and args.stem == "cifar":
         raise UserError("--pretrained true loads ImageNet weights, which need --stem imagenet (or auto)")
     if args.pretrained and args.normalize is False:
@@ -346,7 +354,10 @@ def describe_data(args: argparse.Namespace) -> dict:
 
 
 def training_split(args: argparse.Namespace) -> str:
-    """The split pretraining reads: SimCLR the dataset's pretrain_split (stl10: train+unlabeled), supervised train."""
+    """The split pretraining reads: --train_split, or (auto) the dataset's pretrain_split for SimCLR (stl10:
+    train+unlabeled) and train for supervised."""
+    if args.train_split != "auto":
+        return args.train_split
     return DATASETS[args.dataset].pretrain_split if args.train_type == "simclr" else "train"
 
 

@@ -7,6 +7,11 @@ Mean/std are per-channel statistics of each training split in [0, 1] units:
 - ImageNet: torchvision's `ResNet18_Weights.IMAGENET1K_V1` preprocessing; used whenever the
   ImageNet weights are loaded, because those weights expect it.
 - synthetic: measured on `make_synthetic(seed=0)` train split (see utils/data/synthetic.py).
+- MNIST / Fashion-MNIST: the values quoted for their 60,000 training images (MNIST's 0.1307 / 0.3081 as
+  in the PyTorch MNIST example; Fashion-MNIST's 0.2860 / 0.3530), grey so equal per channel; not
+  re-measured here (this machine has no copy of the data).
+- STL-10: the values quoted for it in SimCLR reimplementations (computed over its train + unlabelled
+  images); not re-measured here (this machine has no copy of the data).
 - digits: measured 2026-12-01 on its 1,438-image train split as stored (sklearn 1.9.1 load_digits,
   scaled to uint8 by 255/16, stratified 80/20 split with seed 0; utils/data/digits.py); grey, so the
   three channels are equal.
@@ -27,6 +32,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SYNTHETIC_MEAN = (0.452, 0.449, 0.467)
 SYNTHETIC_STD = (0.325, 0.228, 0.317)
+MNIST_MEAN = (0.1307, 0.1307, 0.1307)
+MNIST_STD = (0.3081, 0.3081, 0.3081)
+FASHION_MNIST_MEAN = (0.2860, 0.2860, 0.2860)
+FASHION_MNIST_STD = (0.3530, 0.3530, 0.3530)
+STL10_MEAN = (0.4467, 0.4398, 0.4066)
+STL10_STD = (0.2603, 0.2566, 0.2713)
 DIGITS_MEAN = (0.3050, 0.3050, 0.3050)
 DIGITS_STD = (0.3759, 0.3759, 0.3759)
 

@@ -12,11 +12,13 @@ from utils.data.cifar import CIFAR10, CIFAR100
 from utils.data.constants import DatasetInfo
 from utils.data.digits import DIGITS
 from utils.data.folder import FOLDER
+from utils.data.mnist import FASHION_MNIST, MNIST
+from utils.data.stl10 import STL10
 from utils.data.synthetic import SYNTHETIC
 from utils.data.tinyimagenet import TINY_IMAGENET
 from utils.errors import UserError
 
-_ALL = (CIFAR10, CIFAR100, TINY_IMAGENET, SYNTHETIC, FOLDER, DIGITS)
+_ALL = (CIFAR10, CIFAR100, TINY_IMAGENET, SYNTHETIC, FOLDER, DIGITS, MNIST, FASHION_MNIST, STL10)
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in _ALL}
 # Other spellings accepted on the command line (e.g. the original project's "imagenet").
