@@ -187,16 +187,18 @@ def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
     o.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="weight decay on all parameters" + recipe_help("weight_decay") + by_type)
     o.add_argument("--schedule", default=None, choices=list(SCHEDULE_KINDS),
-                   help="cosine to --min_lr over the run (reached after its last step), or multistep (x --lr_gamma at "
-                        "--lr_milestones); a flag of the other schedule is refused"
+                   help="cosine to --min_lr over the run (reached after its last step), or multistep "
+                        "(x --lr_gamma at --lr_milestones); a flag of the other schedule is refused"
                    + recipe_help("schedule") + by_type)
     o.add_argument("--min_lr", type=non_negative_float, default=None,
-                   help="cosine only: the floor, absolute [0 where the recipe has none]" + recipe_help("min_lr") + by_type)
+                   help="cosine only: the floor, absolute [0 where the recipe has none]" + recipe_help("min_lr")
+                   + by_type)
     o.add_argument("--lr_milestones", type=fraction, nargs="+", default=None,
-                   help="multistep only: fractions of the run at which the lr is multiplied by --lr_gamma (when the warmup "
-                        "covers one, fractions of the steps after the warmup)"
+                   help="multistep only: fractions of the run at which the lr is multiplied by --lr_gamma (when "
+                        "the warmup covers one, fractions of the steps after the warmup)"
                    + recipe_help("milestones") + by_type)
-    o.add_argument("--lr_gamma", type=fraction, default=None, help="multistep only: decay factor" + recipe_help("gamma") + by_type)
+    o.add_argument("--lr_gamma", type=fraction, default=None,
+                   help="multistep only: decay factor" + recipe_help("gamma") + by_type)
     o.add_argument("--lr_period_epochs", type=positive_int, default=None,
                    help="cosine only: half-period in epochs, then hold at --min_lr [whole run]" + by_type)
     o.add_argument("--warmup_epochs", type=non_negative_float, default=None,
@@ -249,8 +251,9 @@ def check_schedule_flags(args: argparse.Namespace) -> None:
     for owner, flags in SCHEDULE_ONLY_FLAGS.items():
         given = [f"--{flag}" for flag in flags if getattr(args, flag) is not None]
         if owner != schedule and given:
-            raise UserError(f"{' / '.join(given)} only apply to --schedule {owner}, and this run's schedule is "
-                            f"{schedule}: drop {'them' if len(given) > 1 else 'it'} or give --schedule {owner}")
+            many = len(given) > 1
+            raise UserError(f"{' / '.join(given)} only appl{'y' if many else 'ies'} to --schedule {owner}, and this "
+                            f"run's schedule is {schedule}: drop {'them' if many else 'it'} or give --schedule {owner}")
 
 
 def apply_recipe(args: argparse.Namespace) -> None:

@@ -297,12 +297,13 @@ def test_recipe_probe_is_one_cosine_for_every_checkpoint_type():
     config = make_config(TUNED_PROBE, epochs=10)
     assert (config.schedule, config.batch_size, config.optimizer, config.weight_decay) == ("cosine", 1000, "adam", 5e-6)
     assert scheduled_lr(config, 0, 3) == pytest.approx(1e-3)
-    assert scheduled_lr(config, 29, 3) == pytest.approx(0.0, abs=1e-15)  # horizon = the probe's own epochs
-    assert all(scheduled_lr(config, k, 3) > 0 for k in range(29))
+    # Horizon = the probe's own 30 steps: the last trains one step short of the floor, which comes after it.
+    assert scheduled_lr(config, 29, 3) == pytest.approx(cosine(1e-3, 0.0, 29, 30))
+    assert all(scheduled_lr(config, k, 3) > 0 for k in range(30))
     original = make_config(ORIGINAL_SIMCLR_PROBE, epochs=10)
     assert (original.batch_size, original.optimizer) == (32, "sgd")
     assert scheduled_lr(original, 0, 3) == pytest.approx(0.075)
-    assert scheduled_lr(original, 29, 3) == pytest.approx(1e-3)
+    assert scheduled_lr(original, 29, 3) == pytest.approx(cosine(0.075, 1e-3, 29, 30)) and cosine(0.075, 1e-3, 29, 30) > 1e-3
     assert isinstance(config.make_optimizer([nn.Parameter(torch.zeros(1))], 1e-3), torch.optim.Adam)
 
 

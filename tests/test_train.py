@@ -218,7 +218,7 @@ def test_supervised_cosine_gets_a_floor_of_zero():
 
 
 @pytest.mark.parametrize("argv, refused", [
-    (["--train_type", "supervised", "--lr_period_epochs", "3"], "--lr_period_epochs"),    # multistep ignored it
+    (["--train_type", "supervised", "--lr_period_epochs", "3"], "--lr_period_epochs only applies"),
     (["--train_type", "supervised", "--min_lr", "0.01"], "--min_lr"),
     (["--lr_milestones", "0.5"], "--lr_milestones"),                                    # simclr: cosine
     (["--lr_gamma", "0.5"], "--lr_gamma"),

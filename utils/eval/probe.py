@@ -479,11 +479,11 @@ def run_linear_probe(
     freeze_backbone(backbone)
     backbone.to(device)
     head.to(device).train()
-    size, mean, std = preprocess.image_size, preprocess.mean, preprocess.std
 
     def features(images, augmenter=None, generator=None, label=None):
-        return extract_features(backbone, images, size, mean, std, device, feature_batch_size, augmenter,
-                                generator, progress=label, precision=feature_precision).clone()
+        return extract_features(backbone, images, preprocess.image_size, preprocess.mean, preprocess.std, device,
+                                batch_size=feature_batch_size, augment=augmenter, generator=generator,
+                                progress=label, precision=feature_precision).clone()
 
     test_h, val_h, train_h, seconds_features = _cached_features(features, data, augment, device)
     train_y, val_y, test_y = (None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
