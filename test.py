@@ -71,6 +71,7 @@ from utils.data.labels import describe_labels, label_counts
 from utils.errors import UserError, run_cli
 from utils.augment import BatchSimCLRAugment, SimCLRViewSpec
 from utils.eval.feature_cache import cached_features
+from utils.eval.features import FEATURE_PRECISIONS
 from utils.eval.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
 from utils.eval.measures import check_measure_args, evaluate_measures, measure_lines, measures_parser
 from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, ProbeConfig,
@@ -118,6 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="standardize: fixed per-dimension (h - mean) / std from the train features in front of the "
                         "head (no trainable parameters; still linear); none: raw features"
                    + recipe_help("feature_norm", PROBE) + by_type)
+    g.add_argument("--feature_precision", default="fp32", choices=list(FEATURE_PRECISIONS),
+                   help="precision of the backbone's feature pass: fp32 (autocast and TF32 off, so GPU and CPU "
+                        "probes see the same features) or bf16 (autocast on a GPU with native bf16 only; faster, "
+                        "rounded features); recorded in eval.json")
     g.add_argument("--augment", action="store_true",
                    help="recompute train features every epoch with random crop + flip (slower)")
     g.add_argument("--val_split", type=finite_float, default=None,
@@ -144,6 +149,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + by_type)
     g.add_argument("--quiet", action="store_true", help="no per-epoch lines (the final line is still printed)")
     args = p.parse_args(argv)
+    resolve_args(args)
+    return args
+
+
+def resolve_args(args: argparse.Namespace) -> None:
+    """Fill what the recipe and the solver decide; refuse flags that contradict each other (one line each)."""
     args.dataset = canonical_dataset(args.dataset)
     args.probe = recipe(args.recipe, "probe")
     if args.feature_norm is None:
@@ -154,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.val_split = DEFAULT_VAL_SPLIT if args.solver == "lbfgs" else 0.0
     if not 0 <= args.val_split < 1:
         raise UserError(f"--val_split must be in [0, 1), got {args.val_split}")
+    if args.test_final_lr is not None and (args.schedule or args.probe["schedule"]) != "cosine":
+        raise UserError("--test_final_lr is the cosine schedule's floor; --schedule two-stage runs each stage "
+                        "to 0: drop it or give --schedule cosine")
     if args.solver == "lbfgs":
         for flag, bad in (("--finetune", args.finetune), ("--augment", args.augment),
                           ("--head_layers 2", args.head_layers != 1)):
@@ -165,7 +179,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.val_split == 0 and len(args.l2) > 1:
             raise UserError(f"--solver lbfgs chooses among {len(args.l2)} --l2 values on a validation split: give "
                             "--val_split > 0 or a single --l2 (the test split is never used to choose)")
-    return args
 
 
 def add_label_flags(g, by_type: str) -> None:
@@ -306,17 +319,20 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
                                            label_counts(data.train_labels, data.num_classes)))
     if args.finetune:
         result = run_finetune(backbone, head, data, config, preprocess, device, seed=args.seed, on_epoch=on_epoch,
-                              augmenter=semi_supervised_finetune(args, head, preprocess))
+                              augmenter=semi_supervised_finetune(args, head, preprocess),
+                              feature_precision=args.feature_precision)
     else:
         cached = None
         if args.feature_cache and not args.augment:
             freeze_backbone(backbone)
-            cached = cached_features(backbone, data, preprocess, device, sha, args.feature_cache, args.dataset)
+            cached = cached_features(backbone, data, preprocess, device, sha, args.feature_cache, args.dataset,
+                                     precision=args.feature_precision)
             LOG.info("features %s %s (%.2f s)", "read from" if cached["hit"] else "computed and stored in",
                      cached["path"], cached["seconds"])
         result = run_linear_probe(backbone, head, data, config, preprocess, device, augment=args.augment,
                                   seed=args.seed, reference_state=reference, feature_norm=args.feature_norm,
-                                  on_epoch=on_epoch, lbfgs=lbfgs, precomputed=cached, knn10=args.knn)
+                                  on_epoch=on_epoch, lbfgs=lbfgs, precomputed=cached, knn10=args.knn,
+                                  feature_precision=args.feature_precision)
         if cached is not None:
             result.extra["feature_cache"] = {"path": cached["path"], "hit": cached["hit"]}
 
@@ -396,7 +412,7 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
         report.update(val_loss=last["val_loss"], val_accuracy=last["val_acc"], best_val_epoch=best["epoch"],
                       best_val_accuracy=best["val_acc"])
     report["history"] = {
-        "epoch": col["epoch"], "stage": col["stage"], "lr": col["lr"],
+        "epoch": col["epoch"], "stage": col["stage"], "lr_first": col["lr_first"], "lr_last": col["lr_last"],
         "train_loss": col["train_loss"], "train_accuracy": col["train_acc"],
         "test_loss": col["test_loss"], "test_accuracy": col["test_acc"],
         **({"val_loss": col["val_loss"], "val_accuracy": col["val_acc"]} if "val_loss" in last else {}),
@@ -413,6 +429,7 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
                            else "computed once (evaluation transform) and cached"),
         "augment": bool(args.augment or protocol == FINETUNE), "seed": args.seed, "val_split": args.val_split,
         "loss": "cross-entropy", "feature_norm": extra.pop("feature_norm", "none"), "solver": args.solver,
+        "feature_precision": extra.pop("feature_precision", "fp32"),
         "recipe": args.recipe + (" (finetune: semi-supervised)" if semi else ""),
         "recipe_source": recipe(args.recipe, "finetune")["source"] if semi else args.probe["source"],
         "head_init": "zeros" if args.head_layers == 1 and (protocol == LINEAR or label_subset_request(args)) else "torch default",

@@ -54,13 +54,13 @@ from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanu
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.plotting import plot_panels
-from utils.runtime import (LOG, resolve_device, rng_state, seed_everything, set_deterministic, set_rng_state,
-                           setup_logging)
+from utils.runtime import (LOG, choose_precision, mixed_precision, resolve_device, rng_state, seed_everything,
+                           set_deterministic, set_rng_state, setup_logging)
 from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugment, BatchSupervisedAugment,
                                  SimCLRViewSpec, SupervisedAugSpec, TwoViews,
                                  simclr_view_transform, supervised_train_transform)
 from utils.train.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
-                                last_good, test_signal_hook)
+                                finite_on_every_rank, last_good, test_signal_hook)
 from utils.train.losses import gathered_nt_xent_loss, nt_xent_loss
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
@@ -82,8 +82,10 @@ RECIPE_FLAGS = {
 # of them were skipped by --nan_policy skip), so runs given the same --steps can be checked to end level.
 # contrastive_acc (SimCLR): % of the epoch's 2N-view anchors whose positive ranked first (docs/measures.md);
 # knn10_acc / knn200_acc: --knn_every's two kNN settings (utils/eval/knn.py; knn200_acc was knn_acc).
-METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr",
-                 "images_per_s", "seconds", "skipped_steps"]
+# lr_first / lr_last: the lr the epoch's first and last steps trained at (the schedule is a pure function of the
+# step, so a resumed epoch reports the same values).
+METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr_first",
+                 "lr_last", "images_per_s", "seconds", "skipped_steps"]
 RENAMED_METRICS = {"knn_acc": "knn200_acc"}  # history rows in checkpoints written before the rename
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
@@ -101,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dataset = canonical_dataset(args.dataset)
     if args.steps is not None and args.epochs is not None:
         raise UserError("give --epochs or --steps, not both (with --steps the epochs follow from the data)")
+    check_schedule_flags(args)
     apply_recipe(args)
     if args.steps is not None:
         args.epochs = None  # derived from the subset size once the data is loaded (see run_length)
@@ -197,19 +200,25 @@ def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
     o.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="weight decay on all parameters" + recipe_help("weight_decay") + by_type)
     o.add_argument("--schedule", default=None, choices=list(SCHEDULE_KINDS),
-                   help="cosine to --min_lr over the run, or multistep (x --lr_gamma at --lr_milestones)"
+                   help="cosine to --min_lr over the run (reached after its last step), or multistep "
+                        "(x --lr_gamma at --lr_milestones); a flag of the other schedule is refused"
                    + recipe_help("schedule") + by_type)
-    o.add_argument("--min_lr", type=non_negative_float, default=None, help="cosine floor, absolute" + recipe_help("min_lr") + by_type)
+    o.add_argument("--min_lr", type=non_negative_float, default=None,
+                   help="cosine only: the floor, absolute [0 where the recipe has none]" + recipe_help("min_lr")
+                   + by_type)
     o.add_argument("--lr_milestones", type=fraction, nargs="+", default=None,
-                   help="multistep: fractions of the run at which the lr is multiplied by --lr_gamma"
+                   help="multistep only: fractions of the run at which the lr is multiplied by --lr_gamma (when "
+                        "the warmup covers one, fractions of the steps after the warmup)"
                    + recipe_help("milestones") + by_type)
-    o.add_argument("--lr_gamma", type=fraction, default=None, help="multistep decay factor" + recipe_help("gamma") + by_type)
+    o.add_argument("--lr_gamma", type=fraction, default=None,
+                   help="multistep only: decay factor" + recipe_help("gamma") + by_type)
     o.add_argument("--lr_period_epochs", type=positive_int, default=None,
-                   help="cosine half-period in epochs, then hold at --min_lr [whole run]" + by_type)
+                   help="cosine only: half-period in epochs, then hold at --min_lr [whole run]" + by_type)
     o.add_argument("--warmup_epochs", type=non_negative_float, default=None,
                    help="linear warmup length in epochs" + recipe_help("warmup_epochs") + by_type)
     o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="auto: bf16 autocast on CUDA (fp16+GradScaler without bf16), fp32 on CPU")
+                   help="auto: bf16 autocast on a GPU with native bf16 (Ampere and later), fp16 + GradScaler on older "
+                        "GPUs (V100, T4: bf16 there is emulated), fp32 on CPU")
     o.add_argument("--nan_policy", default="stop", choices=["stop", "skip"],
                    help="on a NaN/inf loss: stop (keep the last good last.pth) or skip the step")
     o.add_argument("--max_nan_skips", type=positive_int, default=10, help="with skip: stop after this many in a row")
@@ -246,6 +255,21 @@ def _add_outputs(p: argparse.ArgumentParser, by_type: str) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
+# Flags read by one schedule only: given with the other schedule they would be ignored, so they are refused.
+SCHEDULE_ONLY_FLAGS = {"cosine": ("min_lr", "lr_period_epochs"), "multistep": ("lr_milestones", "lr_gamma")}
+
+
+def check_schedule_flags(args: argparse.Namespace) -> None:
+    """Refuse schedule flags given on the command line that the run's schedule would not read."""
+    schedule = args.schedule or recipe(args.recipe, args.train_type)["schedule"]
+    for owner, flags in SCHEDULE_ONLY_FLAGS.items():
+        given = [f"--{flag}" for flag in flags if getattr(args, flag) is not None]
+        if owner != schedule and given:
+            many = len(given) > 1
+            raise UserError(f"{' / '.join(given)} only appl{'y' if many else 'ies'} to --schedule {owner}, and this "
+                            f"run's schedule is {schedule}: drop {'them' if many else 'it'} or give --schedule {owner}")
+
+
 def apply_recipe(args: argparse.Namespace) -> None:
     """Fill every flag not given from the recipe's part for the train type; record how the lr was set."""
     values = recipe(args.recipe, args.train_type)
@@ -259,6 +283,8 @@ def apply_recipe(args: argparse.Namespace) -> None:
     for flag, key in RECIPE_FLAGS.items():
         if getattr(args, flag, None) is None and key in values:
             setattr(args, flag, values[key])
+    if args.schedule == "cosine" and args.min_lr is None:
+        args.min_lr = 0.0  # a recipe with a multistep schedule (tuned supervised) has no cosine floor
     if args.learning_rate is None:
         args.learning_rate = scaled_lr(values, args.batch_size) if args.batch_size and args.batch_size > 0 else 0.0
         args.lr_rule = (f"{values['lr']:g} x batch / {values['lr_batch']}" if values.get("lr_batch")
@@ -294,6 +320,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.schedule == "cosine" and not 0 <= args.min_lr <= args.learning_rate:
         raise UserError(f"--min_lr must be in [0, --learning_rate], got {args.min_lr}")
     if args.schedule == "multistep":
+        if args.lr_milestones is None or args.lr_gamma is None:
+            raise UserError(f"--schedule multistep needs --lr_milestones and --lr_gamma (the {args.recipe} "
+                            f"{args.train_type} recipe has none)")
         if not args.lr_milestones or any(not 0 < m <= 1 for m in args.lr_milestones) or \
                 list(args.lr_milestones) != sorted(args.lr_milestones):
             raise UserError(f"--lr_milestones must be increasing fractions of the run in (0, 1], got {args.lr_milestones}")
@@ -416,7 +445,7 @@ def make_lr_fn(args: argparse.Namespace, total_steps: int, steps_per_epoch: int)
     warmup = round(args.warmup_epochs * steps_per_epoch)
     if args.schedule == "multistep":
         return lr_schedule("multistep", args.learning_rate, total_steps, warmup_steps=warmup, gamma=args.lr_gamma,
-                           milestones=milestone_steps(args.lr_milestones, total_steps))
+                           milestones=milestone_steps(args.lr_milestones, total_steps, warmup))
     period = args.lr_period_epochs * steps_per_epoch if args.lr_period_epochs else None
     return lr_schedule("cosine", args.learning_rate, total_steps, final_lr=args.min_lr, warmup_steps=warmup,
                        period_steps=period)
@@ -445,7 +474,8 @@ def write_metrics(run_dir: Path, history: list[dict], args) -> None:
     atomic_write_csv(run_dir / "metrics.csv", history, METRIC_FIELDS)
     epochs = [row["epoch"] for row in history]
     panels = [("pretraining loss", {"train loss": [row["loss"] for row in history]}),
-              ("learning rate", {"lr (end of epoch)": [row["lr"] for row in history]})]
+              ("learning rate", {"first step": [row.get("lr_first") for row in history],
+                                 "last step": [row.get("lr_last") for row in history]})]
     if args.train_type == "supervised":
         panels.insert(1, ("train accuracy (%)", {"train": [row.get("train_acc") for row in history]}))
     if any(row.get("knn200_acc") is not None for row in history):
@@ -494,8 +524,7 @@ def _train(args, device, env) -> dict:
         device = torch.device("cuda", env.local_rank)
     local_bs = per_rank_batch_size(args.batch_size, env.world_size)
     set_deterministic(args.deterministic)
-    precision = args.precision if args.precision != "auto" else (
-        ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32")
+    precision = choose_precision(args.precision, device)
     if precision in ("bf16", "fp16") and device.type != "cuda":
         raise UserError(f"--precision {precision} needs CUDA here (bf16 on this CPU was measured 17x slower)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -536,6 +565,7 @@ class Run:
     batches: object = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
+    lr_fn: object = None        # step -> the lr that step trains at (utils/schedule.py)
     scaler: object = None
     amp: object = nullcontext   # () -> the autocast context of --precision
     check_every: int = 1
@@ -695,14 +725,12 @@ def prepare_optimisation(run: Run, local_bs: int, precision: str) -> None:
                         device.type)
         run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
     run.optimizer = make_optimizer(args, run.model, device)
-    run.scheduler = make_scheduler(run.optimizer, make_lr_fn(args, run.total_steps, run.steps_per_epoch),
-                                   args.learning_rate)
+    run.lr_fn = make_lr_fn(args, run.total_steps, run.steps_per_epoch)
+    run.scheduler = make_scheduler(run.optimizer, run.lr_fn, args.learning_rate)
     if args.schedule == "cosine" and args.lr_period_epochs and args.lr_period_epochs < run.epochs and env.is_main:
         LOG.warning("warning: --lr_period_epochs %d < %d epochs: the lr holds at --min_lr %g for the last %d epochs",
                     args.lr_period_epochs, run.epochs, args.min_lr, run.epochs - args.lr_period_epochs)
-    run.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    run.amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    run.scaler, run.amp = mixed_precision(precision, device)
     run.check_every = 1 if device.type == "cpu" else args.log_every  # a host sync is free on CPU, costly on GPU
     run.train_model = torch.compile(run.model) if args.compile else run.model
 
@@ -765,7 +793,7 @@ def train_epoch(run: Run, epoch: int, first: int, carry: dict | None, stop: Stop
     for step, (views, labels) in enumerate(bar, start=first):
         with run.amp():
             loss, n_correct = objective(run.train_model, views, labels, args, run.env.is_distributed)
-        if args.nan_policy == "skip" and not torch.isfinite(loss):
+        if args.nan_policy == "skip" and not finite_on_every_rank(loss):
             skip_step(run, tally, epoch, step)
             continue
         run.nan_run = 0
@@ -832,7 +860,8 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
            "train_acc": round(100 * totals[1].item() / n_seen, 4) if args.train_type == "supervised" else None,
            # SimCLR's correct counts views: 2 per pair seen
            "contrastive_acc": round(50 * totals[1].item() / n_seen, 4) if args.train_type == "simclr" else None,
-           "lr": run.optimizer.param_groups[0]["lr"],
+           "lr_first": run.lr_fn(epoch * run.steps_per_epoch),
+           "lr_last": run.lr_fn(epoch * run.steps_per_epoch + tally["steps"] - 1),
            "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
            "skipped_steps": tally["skipped"]}
     if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == run.epochs) and run.env.is_main:
@@ -845,14 +874,15 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
             _save(run.run_dir / f"epoch_{epoch + 1:04d}.pth", run.checkpoint(epoch + 1, False))
         write_metrics(run.run_dir, run.history, args)
         if run.writer is not None:
-            for key in ("loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr", "images_per_s"):
+            for key in ("loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr_first", "lr_last",
+                        "images_per_s"):
                 if row.get(key) is not None:
                     run.writer.add_scalar(f"pretrain/{key}", row[key], epoch + 1)
-    LOG.info("epoch %d/%d  loss %.4f%s%s%s  lr %.4g  %.1f img/s  %.1f s", epoch + 1, run.epochs, row["loss"],
+    LOG.info("epoch %d/%d  loss %.4f%s%s%s  lr %.4g -> %.4g  %.1f img/s  %.1f s", epoch + 1, run.epochs, row["loss"],
              f"  train acc {row['train_acc']:.2f}%" if row["train_acc"] is not None else "",
              f"  contrastive acc {row['contrastive_acc']:.2f}%" if row["contrastive_acc"] is not None else "",
              f"  kNN acc k=10 {row['knn10_acc']:.2f}% k=200 {row['knn200_acc']:.2f}%" if "knn10_acc" in row else "",
-             row["lr"], row["images_per_s"], row["seconds"])
+             row["lr_first"], row["lr_last"], row["images_per_s"], row["seconds"])
 
 
 def _save(path: Path, ckpt: dict) -> None:

@@ -48,7 +48,7 @@ from utils.cli import ArgumentParser, HelpFormatter, non_negative_int, positive_
 from utils.cli import seed as seed_type  # noqa: E402
 from utils.data.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.runtime import autocast_context, resolve_device  # noqa: E402
+from utils.runtime import autocast_context, bf16_native, resolve_device  # noqa: E402
 from utils.augment import (  # noqa: E402
     BatchSimCLRAugment,
     TwoViews,
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> dict:
         "warmup": args.warmup,
         "workers": args.workers,
         "compile": args.compile,
-        "bf16": device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        "bf16": device.type == "cuda" and bf16_native(),  # what autocast_context used (native bf16 only)
         "num_images": args.num_images,
         "flops_per_image": flops,
         # 1-minute load average at the start and the end: CPU figures are only comparable

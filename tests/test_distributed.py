@@ -9,6 +9,7 @@ are caught. The pure functions (environment, data shards) are tested in-process.
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -273,6 +274,67 @@ def test_shards_identical_in_every_process(two_ranks):
         for epoch, shard in res["shards"].items():
             assert torch.equal(shard, shard_permutation(epoch=epoch, rank=rank,
                                                         world_size=WORLD_SIZE, **SHARD_CASE))
+
+
+# ----------------------------------------------------------------------------------------------
+# train.py --nan_policy skip under two processes: a NaN on one rank only
+
+NAN_SKIP_ARGV = ["--train_type", "supervised", "--dataset", "synthetic", "--data_scale", "0.02", "--batch_size", "10",
+                 "--epochs", "1", "--image_size", "8", "--device", "cpu", "--workers", "0", "--quiet",
+                 "--nan_policy", "skip"]  # 40 images, 5 per rank: 4 steps
+
+
+def _nan_skip_worker(rank: int, world_size: int, port: int, run_dir: str, out_dir: str) -> None:
+    """train.main on one rank; rank 1's loss is NaN at its 2nd step, rank 0's never is."""
+    import math
+
+    import train
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    real_objective, real_end_epoch = train.OBJECTIVES["supervised"], train.end_epoch
+    calls, states = [0], []
+
+    def objective(model, views, labels, args, distributed):
+        loss, correct = real_objective(model, views, labels, args, distributed)
+        calls[0] += 1
+        return (loss * math.nan if rank == 1 and calls[0] == 2 else loss), correct
+
+    def end_epoch(run, epoch, tally):  # keep each rank's parameters: DDP replicas must still be equal
+        real_end_epoch(run, epoch, tally)  # (BatchNorm's running statistics are per rank by design)
+        states.append({k: v.detach().clone() for k, v in run.model.module.named_parameters()})
+
+    train.OBJECTIVES["supervised"], train.end_epoch = objective, end_epoch
+    result = train.main(NAN_SKIP_ARGV + ["--run_dir", run_dir])
+    torch.save({"history": result["history"], "state": states[-1], "calls": calls[0]},
+               Path(out_dir) / f"nan_rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_nan_skip_is_agreed_by_every_rank(tmp_path):
+    """A per-rank loss NaN on rank 1 only: both ranks skip that step (rank 0 alone used to run backward and wait
+    in DDP's gradient all-reduce for a rank that had skipped it: a hang or mismatched steps). A hang fails here."""
+    run_dir = tmp_path / "run"
+    ctx = mp.start_processes(_nan_skip_worker, args=(WORLD_SIZE, _free_port(), str(run_dir), str(tmp_path)),
+                             nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not ctx.join(timeout=1):  # raises if a worker raised
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"--nan_policy skip under 2 processes did not finish within {SPAWN_TIMEOUT_S} s (a hang)")
+    ranks = [torch.load(tmp_path / f"nan_rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+    for res in ranks:
+        assert res["calls"] == 4
+        assert [row["skipped_steps"] for row in res["history"]] == [1]  # rank 0 skipped its finite step too
+        assert math.isfinite(res["history"][0]["loss"])
+    first, second = ranks[0]["state"], ranks[1]["state"]
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert rows[1].split(",")[header.index("skipped_steps")] == "1"
 
 
 # ----------------------------------------------------------------------------------------------

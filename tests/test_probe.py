@@ -86,6 +86,50 @@ def test_extract_features_resizes_to_the_checkpoint_size():
         torch.testing.assert_close(h16, backbone(ref), rtol=1e-4, atol=1e-4)
 
 
+def test_features_are_float32_unless_bf16_is_asked_for(monkeypatch):
+    """Features used to run under bf16 autocast on every GPU, so GPU and CPU probes saw different features.
+    Now the default pass never enters the bf16 autocast; --feature_precision bf16 does, on a native-bf16 GPU."""
+    import utils.eval.features as features
+
+    entered = []
+    monkeypatch.setattr(features, "autocast_context", lambda device, enabled=True: entered.append(device) or (
+        torch.autocast("cpu", enabled=False)))
+    x, _ = make_synthetic(3, seed=1)
+    backbone = trained_bn_backbone()
+    fp32 = extract_features(backbone, x, 16, MEAN, STD, CPU)
+    assert entered == [] and fp32.dtype == torch.float32
+    # Inside a caller's bf16 autocast the pass still computes in float32 (autocast switched off).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = extract_features(backbone, x, 16, MEAN, STD, CPU)
+    torch.testing.assert_close(inside, fp32, rtol=1e-5, atol=1e-5)
+    # bf16 is taken only where it is native: a CUDA device whose hardware has it.
+    cuda = torch.device("cuda")
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(features, "bf16_native", lambda native=native: native)
+        assert features.feature_precision_used("bf16", cuda) == want
+        assert features.feature_precision_used("fp32", cuda) == "fp32"
+    assert features.feature_precision_used("bf16", CPU) == "fp32"
+    features.precision_context("bf16", cuda)  # bf16_native now says False: float32, no autocast
+    assert entered == []
+    monkeypatch.setattr(features, "bf16_native", lambda: True)
+    features.precision_context("bf16", cuda)
+    assert entered == [cuda]
+    with pytest.raises(ValueError, match="fp16"):
+        features.feature_precision_used("fp16", CPU)
+
+
+def test_float32_features_on_cuda_turn_tf32_convolutions_off(monkeypatch):
+    """fp32 on a GPU means fp32: cuDNN's TF32 convolutions (on by default) are off during the pass, restored after."""
+    import utils.eval.features as features
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with features.precision_context("fp32", torch.device("cuda")):
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert not torch.is_autocast_enabled("cuda")
+    assert torch.backends.cudnn.allow_tf32 is True
+
+
 def test_cached_and_uncached_probes_agree(tiny_data):
     """The head trained on cached features equals one trained on features computed per batch."""
     backbone = trained_bn_backbone()
@@ -217,15 +261,15 @@ def test_two_stage_lr_at_stage_boundaries():
     assert [(s.epochs, s.lr, s.final_lr) for s in config.stages] == [(50, 0.01, 0.0), (50, 0.001, 0.0)]
     lr = lambda step: scheduled_lr(config, step, spe)
     assert lr(0) == pytest.approx(0.01)
-    assert lr(25 * spe) == pytest.approx(cosine(0.01, 0.0, 25 * spe, 50 * spe - 1))
-    assert lr(50 * spe - 1) == pytest.approx(0.0, abs=1e-12)  # stage 1 ends on its floor
+    assert lr(25 * spe) == pytest.approx(cosine(0.01, 0.0, 25 * spe, 50 * spe)) == pytest.approx(0.005)
+    # Each stage's floor comes one step after its last: its last step still trains.
+    assert lr(50 * spe - 1) == pytest.approx(cosine(0.01, 0.0, 50 * spe - 1, 50 * spe)) and lr(50 * spe - 1) > 0
     assert lr(50 * spe) == pytest.approx(0.001)  # stage 2 restarts at lr / 10
-    assert lr(100 * spe - 1) == pytest.approx(0.0, abs=1e-12)
+    assert lr(100 * spe - 1) == pytest.approx(cosine(0.001, 0.0, 50 * spe - 1, 50 * spe)) and lr(100 * spe - 1) > 0
     # The README's 5-epoch runs: 3 + 2 epochs; each stage now decays over its own length (the
-    # original's 50-epoch period left the lr near its peak), and no step but the last is at 0.
+    # original's 50-epoch period left the lr near its peak), and no step is at 0.
     short = make_config(TUNED_PROBE, epochs=5, lr=0.01, schedule="two-stage", optimizer="sgd")
-    assert scheduled_lr(short, 3 * spe - 1, spe) == pytest.approx(0.0, abs=1e-12)
-    assert all(scheduled_lr(short, k, spe) > 0 for k in range(3 * spe - 1))
+    assert all(scheduled_lr(short, k, spe) > 0 for k in range(5 * spe))
     assert scheduled_lr(short, 3 * spe, spe) == pytest.approx(0.001)
     # --test_learning_rate sets stage 1; stage 2 gets a tenth.
     assert [s.lr for s in make_config(TUNED_PROBE, 4, lr=0.05, schedule="two-stage").stages] == pytest.approx(
@@ -233,7 +277,7 @@ def test_two_stage_lr_at_stage_boundaries():
 
 
 def test_training_follows_the_schedule():
-    """The lr the optimizer really used at each epoch's first step matches scheduled_lr."""
+    """The lr the optimizer really used at each epoch's first and last steps matches scheduled_lr."""
     torch.manual_seed(0)
     h, y = torch.randn(50, 6), torch.randint(0, 3, (50,))
     head = nn.Linear(6, 3)
@@ -243,20 +287,23 @@ def test_training_follows_the_schedule():
     spe = 4  # steps per epoch
     assert [r["stage"] for r in hist] == [1, 1, 1, 2, 2]
     for e, row in enumerate(hist):
-        assert row["lr"] == pytest.approx(scheduled_lr(config, e * spe, spe))
-    assert hist[3]["lr"] == pytest.approx(0.001)
+        assert row["lr_first"] == pytest.approx(scheduled_lr(config, e * spe, spe))
+        assert row["lr_last"] == pytest.approx(scheduled_lr(config, (e + 1) * spe - 1, spe))
+        assert row["lr_last"] > 0  # each stage's cosine reaches 0 after its last step, not on it
+    assert hist[3]["lr_first"] == pytest.approx(0.001)
 
 
 def test_recipe_probe_is_one_cosine_for_every_checkpoint_type():
     config = make_config(TUNED_PROBE, epochs=10)
     assert (config.schedule, config.batch_size, config.optimizer, config.weight_decay) == ("cosine", 1000, "adam", 5e-6)
     assert scheduled_lr(config, 0, 3) == pytest.approx(1e-3)
-    assert scheduled_lr(config, 29, 3) == pytest.approx(0.0, abs=1e-15)  # horizon = the probe's own epochs
-    assert all(scheduled_lr(config, k, 3) > 0 for k in range(29))
+    # Horizon = the probe's own 30 steps: the last trains one step short of the floor, which comes after it.
+    assert scheduled_lr(config, 29, 3) == pytest.approx(cosine(1e-3, 0.0, 29, 30))
+    assert all(scheduled_lr(config, k, 3) > 0 for k in range(30))
     original = make_config(ORIGINAL_SIMCLR_PROBE, epochs=10)
     assert (original.batch_size, original.optimizer) == (32, "sgd")
     assert scheduled_lr(original, 0, 3) == pytest.approx(0.075)
-    assert scheduled_lr(original, 29, 3) == pytest.approx(1e-3)
+    assert scheduled_lr(original, 29, 3) == pytest.approx(cosine(0.075, 1e-3, 29, 30)) and cosine(0.075, 1e-3, 29, 30) > 1e-3
     assert isinstance(config.make_optimizer([nn.Parameter(torch.zeros(1))], 1e-3), torch.optim.Adam)
 
 

@@ -144,3 +144,30 @@ def test_train_resolves_the_recipe_and_flags_override_it(name, train_type):
     given = train.parse_args(["--recipe", name, "--train_type", train_type, "--dataset", "synthetic",
                               "--batch_size", "64", "--learning_rate", "0.123", "--weight_decay", "0"])
     assert given.learning_rate == 0.123 and given.weight_decay == 0.0 and given.lr_rule == "given by --learning_rate"
+
+
+def test_the_dropped_last_partial_batch_is_a_stated_departure():
+    """Both training loaders drop an epoch's last partial batch (the sources' DataLoaders keep it): every
+    pretraining part of every recipe says so, and the step counts the tuned notes give are the loaders'."""
+    import numpy as np
+    import torch
+
+    from utils.data.datasets import ImageArrays
+    from utils.data.loaders import DeviceBatches, LoaderBatches
+    from utils.distributed import DistEnv
+
+    for name, parts in RECIPES.items():
+        for part in ("simclr", "supervised"):
+            assert any("last partial batch" in note for note in parts[part]["notes"]), (name, part)
+    simclr_notes = " ".join(RECIPES["tuned"]["simclr"]["notes"])
+    sup_notes = " ".join(RECIPES["tuned"]["supervised"]["notes"])
+    # CIFAR's 50,000 training images: floor (dropped) against ceil (kept) of N / B.
+    assert f"{50000 // 512} steps" in simclr_notes and f"runs {-(-50000 // 512)}" in simclr_notes
+    assert f"{50000 // 128} steps" in sup_notes and f"runs {-(-50000 // 128)}" in sup_notes
+    # The loaders really do drop it: 10 images at batch 4 make 2 steps, not 3, on both paths.
+    arrays = ImageArrays(np.zeros((10, 4, 4, 3), np.uint8), np.arange(10) % 2, ["a", "b"])
+    cpu, env = torch.device("cpu"), DistEnv()
+    device = DeviceBatches(arrays, np.arange(10), lambda x, g: x.float(), 1, 4, 0, env, cpu, False)
+    loader = LoaderBatches(arrays, np.arange(10), lambda img: torch.zeros(3, 4, 4), 4, 0, env, cpu, 0, False)
+    assert device.steps_per_epoch == loader.steps_per_epoch == 2
+    assert sum(1 for _ in device.epoch(0)) == sum(1 for _ in loader.epoch(0)) == 2

@@ -111,7 +111,7 @@ def test_signal_then_sigkill_then_resume_is_bitwise_identical(tmp_path, path):
         different = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
         assert not different, f"{part}: {different[:5]}"
     ref_rows, run_rows = _rows(reference), _rows(run)
-    for key in ("epoch", "loss", "train_acc", "contrastive_acc", "lr", "skipped_steps"):
+    for key in ("epoch", "loss", "train_acc", "contrastive_acc", "lr_first", "lr_last", "skipped_steps"):
         assert [r[key] for r in ref_rows] == [r[key] for r in run_rows], key
 
 
@@ -353,5 +353,5 @@ def test_steps_budget_killed_in_its_partial_last_epoch_resumes_bitwise(tmp_path)
     for part in ("backbone", "head"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert [r["step"] for r in _rows(reference)] == ["3", "6", "7"]
-    for key in ("epoch", "step", "loss", "lr"):
+    for key in ("epoch", "step", "loss", "lr_first", "lr_last"):
         assert [r[key] for r in _rows(reference)] == [r[key] for r in _rows(resumed)], key

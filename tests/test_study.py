@@ -49,7 +49,7 @@ class Fakes:
             spe = sweep.subset_size(2000, 10, args.data_scale) // args.batch_size
             epochs = math.ceil(args.steps / spe) if args.steps else args.epochs
             total = args.steps or epochs * spe
-            rows = [{"epoch": e, "step": min(e * spe, total), "loss": 5.0 - 0.01 * e, "lr": 0.1,
+            rows = [{"epoch": e, "step": min(e * spe, total), "loss": 5.0 - 0.01 * e, "lr_first": 0.1, "lr_last": 0.1,
                      "images_per_s": 100.0, "seconds": 1.0} for e in range(1, epochs + 1)]
             atomic_write_csv(run / "metrics.csv", rows, train.METRIC_FIELDS)
         atomic_write_json(run / "config.json", {"args": vars(args)})

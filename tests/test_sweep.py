@@ -43,8 +43,9 @@ class FakeScripts:
         run.mkdir(parents=True, exist_ok=True)
         assert not (run / "final.pth").exists(), "a finished cell was trained again"
         self.trained.append(run.name)
-        rows = [{"epoch": e, "loss": round(6.0 - 0.1 * e - args.learning_rate, 6), "lr": args.learning_rate,
-                 "images_per_s": 100.0 + e, "seconds": 2.0 * e} for e in range(1, args.epochs + 1)]
+        rows = [{"epoch": e, "loss": round(6.0 - 0.1 * e - args.learning_rate, 6), "lr_first": args.learning_rate,
+                 "lr_last": args.learning_rate, "images_per_s": 100.0 + e, "seconds": 2.0 * e}
+                for e in range(1, args.epochs + 1)]
         atomic_write_csv(run / "metrics.csv", rows, train.METRIC_FIELDS)
         for e in args.save_at:
             (run / f"epoch_{e:04d}.pth").write_bytes(b"fake")

@@ -105,10 +105,11 @@ def test_linear_eval_outputs(ckpt_dir, small_synthetic, capsys):
     assert report["dataset"]["num_val"] > 0 and report["dataset"]["num_test"] == N_TEST
     assert report["test_images_evaluated"] == N_TEST
     h = report["history"]
-    for key in ("epoch", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "val_loss",
-                "val_accuracy"):
+    for key in ("epoch", "lr_first", "lr_last", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                "val_loss", "val_accuracy"):
         assert len(h[key]) == 3, key
-    assert h["epoch"] == [1, 2, 3] and h["lr"][0] == pytest.approx(1e-3)
+    assert h["epoch"] == [1, 2, 3] and h["lr_first"][0] == pytest.approx(1e-3) and h["lr_last"][-1] > 0
+    assert hp["feature_precision"] == "fp32"  # on any device unless --feature_precision bf16 (and a bf16 GPU)
     assert report["test_loss"] == h["test_loss"][-1] and report["test_accuracy"] == h["test_accuracy"][-1]
     assert report["best_val_epoch"] in (1, 2, 3)
     assert report["seconds"]["features"] > 0 and report["seconds"]["training"] > 0
@@ -131,7 +132,7 @@ def test_supervised_checkpoint_gets_the_same_probe_and_two_stages_on_request(ckp
     hp = report["hyperparameters"]
     assert hp["schedule"] == "two-stage" and hp["batch_size"] == 128 and hp["head_layers"] == 2
     assert [(s["epochs"], s["lr"], s["final_lr"]) for s in hp["stages"]] == [(2, 0.01, 0.0), (1, 0.001, 0.0)]
-    assert report["history"]["stage"] == [1, 1, 2] and report["history"]["lr"][2] == pytest.approx(0.001)
+    assert report["history"]["stage"] == [1, 1, 2] and report["history"]["lr_first"][2] == pytest.approx(0.001)
     assert (tmp_path / "ev" / "eval.json").exists()
     assert lines[-1].startswith("test loss ") and len(lines) == 1  # --quiet: only the result line
 
@@ -359,3 +360,15 @@ def test_run_dir_name_over_the_limit_is_one_line(ckpt_dir, tmp_path, capsys):
     code, err = _run_cli_in_process(["--model_path", str(ckpt_dir / "final.pth"), "--dataset", "synthetic",
                                      "--device", "cpu", "--run_dir", str(tmp_path / ("e" * 300))], capsys)
     assert code == 2 and err.count("\n") == 1 and "is 300 bytes long, over the file system's limit of 255" in err
+
+
+def test_final_lr_with_two_stages_is_refused_and_feature_precision_is_a_choice():
+    """--test_final_lr used to be ignored by --schedule two-stage (each stage runs to 0): refused now."""
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match="--test_final_lr"):
+        test_script.parse_args(["--model_path", "x.pth", "--schedule", "two-stage", "--test_final_lr", "0.001"])
+    assert test_script.parse_args(["--model_path", "x.pth", "--test_final_lr", "0.001"]).test_final_lr == 0.001
+    assert test_script.parse_args(["--model_path", "x.pth"]).feature_precision == "fp32"
+    with pytest.raises(SystemExit):
+        test_script.parse_args(["--model_path", "x.pth", "--feature_precision", "fp16"])

@@ -182,20 +182,50 @@ def test_missing_data_offline_is_one_line_and_leaves_no_run_folder(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["tuned", "original"])
 @pytest.mark.parametrize("train_type", ["simclr", "supervised"])
-def test_no_epoch_runs_at_lr_zero_before_the_last(tmp_path, recipe, train_type):
-    """metrics.csv of a short run: lr > 0 after every epoch but the last, the schedule's end value at the last."""
+def test_no_step_runs_at_lr_zero(tmp_path, recipe, train_type):
+    """metrics.csv of a short run (4 epochs of 4 steps): every epoch's first and last step train at lr > 0; a
+    cosine's last step is the closed form one step before its floor, a multistep's last is lr x gamma^(applied)."""
+    import math
+
     run = tmp_path / "run"
     train.main(["--dataset", "synthetic", "--device", "cpu", "--quiet", "--image_size", "16", "--data_scale", "0.1",
                 "--batch_size", "50", "--epochs", "4", "--recipe", recipe, "--train_type", train_type,
                 "--run_dir", str(run)])
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    lrs = [float(r["lr"]) for r in rows]
-    assert len(lrs) == 4 and all(lr > 0 for lr in lrs[:-1]), lrs
+    first, last = [float(r["lr_first"]) for r in rows], [float(r["lr_last"]) for r in rows]
+    assert len(first) == 4 and all(lr > 0 for lr in first + last), (first, last)
     config = json.loads((run / "config.json").read_text())["args"]
-    final = (config["min_lr"] if config["schedule"] == "cosine"
-             else config["learning_rate"] * config["lr_gamma"] ** len(config["lr_milestones"]))
-    assert lrs[-1] == pytest.approx(final, abs=1e-12), lrs
+    lr, total = config["learning_rate"], 16
+    if config["schedule"] == "cosine":  # no warmup in these recipes: the cosine spans all 16 steps
+        floor = config["min_lr"]
+        assert first[0] == pytest.approx(lr)
+        assert last[-1] == pytest.approx(floor + (lr - floor) * (1 + math.cos(math.pi * 15 / 16)) / 2)
+    else:  # one warmup epoch (lr / 4 first), then x 0.2 at 0.3 / 0.6 / 0.8 of 16 steps: steps 5, 10, 13
+        assert first[0] == pytest.approx(lr / 4) and last[0] == pytest.approx(lr)
+        assert last[-1] == pytest.approx(lr * config["lr_gamma"] ** 3)
     assert config["recipe"] == recipe and config["lr_rule"].endswith(("/ 512", "/ 128", "(not scaled)"))
+
+
+@pytest.mark.slow
+def test_four_step_cosine_logs_the_lr_each_epoch_trained_at(tmp_path, monkeypatch):
+    """The review's check: 4 epochs of one step each at lr 0.5, cosine to 0. metrics.csv says 0.5 for the first
+    epoch (its value after the step used to be logged) and more than 0 for the last (the last step used to
+    train at 0); the curves' lr panel reads the same columns."""
+    import math
+
+    drawn = []
+    monkeypatch.setattr(train, "plot_panels", lambda path, x, panels, **kw: drawn.append(dict(panels)))
+    run = tmp_path / "run"
+    train.main(["--dataset", "synthetic", "--data_scale", "0.01", "--batch_size", "20", "--epochs", "4",
+                "--image_size", "8", "--learning_rate", "0.5", "--min_lr", "0", "--device", "cpu", "--workers", "0",
+                "--quiet", "--run_dir", str(run)])
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    expected = [0.25 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]  # 0.5, 0.427, 0.25, 0.073
+    assert [float(r["lr_first"]) for r in rows] == pytest.approx(expected)
+    assert [float(r["lr_last"]) for r in rows] == pytest.approx(expected)  # one step an epoch
+    assert float(rows[0]["lr_first"]) == pytest.approx(0.5) and float(rows[-1]["lr_last"]) > 0
+    assert "lr" not in rows[0]  # no column whose name does not say which step it is
+    assert drawn[-1]["learning rate"] == {"first step": pytest.approx(expected), "last step": pytest.approx(expected)}
 
 
 def test_steps_budget_ends_every_data_scale_at_the_same_step(tmp_path):
@@ -211,9 +241,10 @@ def test_steps_budget_ends_every_data_scale_at_the_same_step(tmp_path):
         train.main(flags + ["--data_scale", str(scale), "--run_dir", str(run)])
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         assert [r["step"] for r in rows] == steps and [r["epoch"] for r in rows] == [str(e + 1) for e in range(epochs)]
-        first_epoch_end = int(steps[0])  # lr after that many scheduler steps: cosine at that index, horizon 5
-        assert float(rows[0]["lr"]) == pytest.approx(cosine_lr(first_epoch_end, 0.3, 0.01, 5))
-        assert float(rows[-1]["lr"]) == pytest.approx(0.01)
+        ends = [0] + [int(s) for s in steps]  # each epoch trains steps ends[i] .. ends[i + 1] - 1 of 5
+        assert [float(r["lr_first"]) for r in rows] == pytest.approx([cosine_lr(k, 0.3, 0.01, 5) for k in ends[:-1]])
+        assert [float(r["lr_last"]) for r in rows] == pytest.approx([cosine_lr(k - 1, 0.3, 0.01, 5) for k in ends[1:]])
+        assert float(rows[-1]["lr_last"]) > 0.01  # the floor comes after step 5
         ckpt = torch.load(run / "final.pth", weights_only=True)
         assert ckpt["step"] == 5 and ckpt["epoch"] == epochs and ckpt["finished"] is True
         config = json.load(open(run / "config.json"))
@@ -227,3 +258,88 @@ def test_steps_and_epochs_together_are_refused():
     with pytest.raises(UserError, match="--epochs or --steps"):
         train.parse_args(["--steps", "10", "--epochs", "3"])
     assert train.parse_args(["--steps", "10"]).epochs is None
+
+
+def test_supervised_cosine_gets_a_floor_of_zero():
+    """The tuned supervised recipe is multistep and has no min_lr: --schedule cosine used to crash with a
+    TypeError ('<=' between float and NoneType); the floor defaults to 0 and the schedule is built."""
+    args = train.parse_args(["--train_type", "supervised", "--schedule", "cosine"])
+    assert args.schedule == "cosine" and args.min_lr == 0.0
+    fn = train.make_lr_fn(args, total_steps=10, steps_per_epoch=2)  # warmup 1 epoch = 2 steps, then 8 of cosine
+    assert fn(1) == pytest.approx(args.learning_rate) and 0 < fn(9) < fn(2)
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["--train_type", "supervised", "--lr_period_epochs", "3"], "--lr_period_epochs only applies"),
+    (["--train_type", "supervised", "--min_lr", "0.01"], "--min_lr"),
+    (["--lr_milestones", "0.5"], "--lr_milestones"),                                    # simclr: cosine
+    (["--lr_gamma", "0.5"], "--lr_gamma"),
+    (["--train_type", "supervised", "--schedule", "cosine", "--lr_gamma", "0.5"], "--lr_gamma"),
+    (["--schedule", "multistep", "--min_lr", "0"], "--min_lr"),
+])
+def test_a_schedule_flag_the_schedule_does_not_read_is_refused(argv, refused):
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match=refused) as err:
+        train.parse_args(argv)
+    assert "\n" not in str(err.value)
+
+
+def test_multistep_without_milestones_is_one_line():
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match="--lr_milestones and --lr_gamma"):
+        train.parse_args(["--schedule", "multistep", "--lr_milestones", "0.5"])  # the simclr recipe has no gamma
+    args = train.parse_args(["--schedule", "multistep", "--lr_milestones", "0.5", "--lr_gamma", "0.1"])
+    assert train.make_lr_fn(args, 10, 5)(5) == pytest.approx(0.1 * args.learning_rate)
+
+
+def test_warmup_covering_milestones_applies_them_after_it_one_at_a_time():
+    """Supervised, 3 epochs of 10 steps with a 2-epoch warmup: milestones 0.3/0.6/0.8 of the run (steps 9, 18, 24)
+    fell inside the warmup (20 steps) twice and applied x gamma^2 at once at step 20."""
+    args = train.parse_args(["--train_type", "supervised", "--epochs", "3", "--warmup_epochs", "2"])
+    fn = train.make_lr_fn(args, total_steps=30, steps_per_epoch=10)
+    lrs = [fn(k) for k in range(30)]
+    peak, gamma = args.learning_rate, args.lr_gamma
+    assert lrs[19] == pytest.approx(peak) and lrs[20] == pytest.approx(peak)
+    for a, b in zip(lrs[19:], lrs[20:]):
+        assert b == pytest.approx(a) or b == pytest.approx(a * gamma), lrs[19:]
+    assert lrs[-1] == pytest.approx(peak * gamma ** 3)  # all three still apply, each on its own step
+
+
+class _FakeCuda:
+    """torch.cuda's answers on a GPU without a CUDA device here: V100 (7.0, bf16 emulated only) or A100 (8.0)."""
+
+    def __init__(self, monkeypatch, capability):
+        native = capability >= (8, 0)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        # torch's default counts emulation: True on a V100 too; including_emulation=False asks for the hardware.
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: native or including_emulation)
+
+
+def test_auto_precision_on_a_v100_is_fp16_with_a_grad_scaler(monkeypatch):
+    from utils.runtime import autocast_context, choose_precision, mixed_precision
+
+    _FakeCuda(monkeypatch, (7, 0))
+    cuda = torch.device("cuda")
+    precision = choose_precision("auto", cuda)
+    assert precision == "fp16"  # was bf16: is_bf16_supported() said True for the emulation
+    scaler, amp = mixed_precision(precision, cuda)
+    assert scaler.is_enabled()
+    ctx = amp()
+    assert ctx.device == "cuda" and ctx.fast_dtype == torch.float16
+    assert not isinstance(autocast_context(cuda), torch.autocast)  # no emulated bf16 elsewhere either
+    assert choose_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_auto_precision_on_an_a100_is_bf16_without_a_scaler(monkeypatch):
+    from utils.runtime import autocast_context, choose_precision, mixed_precision
+
+    _FakeCuda(monkeypatch, (8, 0))
+    cuda = torch.device("cuda")
+    assert choose_precision("auto", cuda) == "bf16"
+    scaler, amp = mixed_precision("bf16", cuda)
+    assert not scaler.is_enabled() and amp().fast_dtype == torch.bfloat16
+    assert autocast_context(cuda).fast_dtype == torch.bfloat16

@@ -33,6 +33,17 @@ DKOBAK_PROBE = ("dkobak/simclr-cifar10 @ 44b2500, 'linear evaluation on precompu
 ORIGINAL = ("the course project (its README in ../shared/seed/, summarised in ../shared/ORIGINAL.md): SimCLR "
             "68.96 %, ImageNet weights 80.26 %, supervised from scratch 68.48 % on CIFAR-100, all fine-tuning "
             "numbers (its backbone was never frozen)")
+# Both training loaders (utils/data/loaders.py) drop the last partial batch of every epoch; the sources'
+# DataLoaders (no drop_last) keep it.
+DROP_LAST_SIMCLR = ("the last partial batch of every epoch is dropped: 97 steps an epoch at batch 512 on CIFAR-10, "
+                    "where the source runs 98 (its DataLoader keeps the 336-image remainder); every step then has "
+                    "the full batch of negatives its lr was scaled for, and a 1-image remainder (no negatives, "
+                    "BatchNorm on one sample) cannot occur")
+DROP_LAST_SUPERVISED = ("the last partial batch of every epoch is dropped: 390 steps an epoch at batch 128 on "
+                        "CIFAR-100, where the source runs 391 (its DataLoader keeps the 80-image remainder); a "
+                        "1-image remainder would fail in BatchNorm")
+DROP_LAST_ORIGINAL = ("the last partial batch of every epoch is dropped, as in the tuned recipe "
+                      "(utils/data/loaders.py); the original README does not say whether its loader kept it")
 
 SIMCLR_SEMI = ("SimCLR (Chen et al. 2020, arXiv:2002.05709), appendix B.5 'Semi-supervised learning via "
                "fine-tuning': Nesterov momentum 0.9, batch 4096, lr 0.8 = 0.05 x B/256, no warmup, no weight "
@@ -79,9 +90,10 @@ RECIPES: dict[str, dict[str, dict]] = {
             "notes": [
                 "lr 0.03 x B/256 is written here as 0.06 at the reference batch 512 (the same rule); the source "
                 "found 0.06 x B/256 better for 100-epoch runs (pass --learning_rate for that)",
-                "cosine stepped per iteration (the source steps CosineAnnealingLR per epoch); it reaches 0 at the "
-                "last step, so no epoch runs at lr 0",
+                "cosine stepped per iteration (the source steps CosineAnnealingLR per epoch); it reaches 0 one "
+                "step after the last, so no step runs at lr 0",
                 "the two views go through one forward pass (BatchNorm sees 2N images); the source runs two",
+                DROP_LAST_SIMCLR,
             ],
         },
         "supervised": {
@@ -98,6 +110,7 @@ RECIPES: dict[str, dict[str, dict]] = {
                 "linear warmup over the first epoch from lr/steps (the source's first step runs at lr 0)",
                 "normalisation with the training set's own mean/std (the source hard-codes CIFAR-100's)",
                 "crop padding 4 px at 32 px, scaled with the image size",
+                DROP_LAST_SUPERVISED,
             ],
         },
         "probe": {
@@ -111,8 +124,9 @@ RECIPES: dict[str, dict[str, dict]] = {
                 "ln C and a final train loss of 1.4-1.6 on 10 classes); features standardised with fixed train "
                 "statistics (the source uses raw features: Adam's first steps then move logits by lr x |h|_1, "
                 "which depends on the backbone); the head starts at zero (its first loss is exactly ln C)",
-                "cosine stepped per iteration to 0 at the last step (the source steps per epoch); the last, "
-                "smaller batch of an epoch is kept (the source's view(-1, 1000) needs N divisible by 1000)",
+                "cosine stepped per iteration, reaching 0 one step after the last (the source steps per "
+                "epoch); the last, smaller batch of an epoch is kept (the source's view(-1, 1000) needs N "
+                "divisible by 1000)",
             ],
         },
         "finetune": SEMI_FINETUNE,
@@ -133,6 +147,7 @@ RECIPES: dict[str, dict[str, dict]] = {
                 "lr 0.6 at batch 512 scales as 0.3 x B/256 (the original's sweep used bs 256 with lr 0.3)",
                 "momentum 0.9, weight decay 1e-6, the views and the head are the SimCLR paper's defaults, which "
                 "the original README does not state; blur is off at 32 px as in the paper's CIFAR runs",
+                DROP_LAST_ORIGINAL,
             ],
         },
         "supervised": {
@@ -145,9 +160,10 @@ RECIPES: dict[str, dict[str, dict]] = {
             "notes": [
                 "the original's 'cosine with a period of 50' (torch's CosineAnnealingLR, T_max=50) reaches 0 at "
                 "epoch 50 and climbs back; here the cosine spans the whole run (for 100 epochs its half-period "
-                "is 100), so no epoch runs at lr 0 and the lr still ends at 0",
+                "is 100), so no step runs at lr 0 (it reaches 0 one step after the last)",
                 "Adam and weight decay 1e-4 are what this project ran before the recipes (the original README "
                 "states only batch 128 and lr 0.001)",
+                DROP_LAST_ORIGINAL,
             ],
         },
         "probe": {

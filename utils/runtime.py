@@ -6,6 +6,7 @@ import os
 import random
 import sys
 from contextlib import nullcontext
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,9 +54,38 @@ def set_deterministic(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def bf16_native() -> bool:
+    """True on a CUDA GPU with bf16 in hardware (compute capability 8.0 and later).
+
+    torch.cuda.is_bf16_supported() alone also says True on V100 / T4, where bf16 is emulated
+    (slow); only including_emulation=False tells the two apart.
+    """
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """--precision auto -> bf16 on a GPU with native bf16, fp16 (with a GradScaler) on older GPUs, fp32 on CPU."""
+    if requested != "auto":
+        if requested == "bf16" and device.type == "cuda" and not bf16_native():
+            LOG.warning("warning: --precision bf16 on a GPU without native bf16 runs emulated (slow); "
+                        "--precision auto picks fp16 here")
+        return requested
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_native() else "fp16"
+
+
+def mixed_precision(precision: str, device: torch.device) -> tuple[torch.amp.GradScaler, Callable]:
+    """(GradScaler, () -> autocast context) for a chosen precision; the scaler is on for fp16 only."""
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return scaler, ((lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext)
+
+
 def autocast_context(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA only. On CPUs without native bf16 it was measured 17x slower."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """bf16 autocast on a CUDA GPU with native bf16 only (fp32 elsewhere). On CPUs without native
+    bf16 it was measured 17x slower; on V100 / T4 it would be emulated."""
+    if enabled and device.type == "cuda" and bf16_native():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 

@@ -30,15 +30,17 @@ def cosine_lr(
     """Absolute lr at iteration `step` (0-based).
 
     Linear warmup from base_lr/warmup_steps to base_lr over the first `warmup_steps`, then a
-    half cosine from base_lr to final_lr that lands on final_lr exactly at the last step of
-    the period (`period_steps`, by default the rest of the run, i.e. step total_steps-1), then
-    stays at final_lr.
+    half cosine from base_lr to final_lr over the `period_steps` steps after the warmup (by
+    default the rest of the run, total_steps - warmup_steps), then final_lr. The cosine reaches
+    final_lr one step *after* the period's last step, so with final_lr 0 every step of the run
+    still updates (a 4-step run at 0.5 trains at 0.5, 0.427, 0.25, 0.073), as the per-epoch
+    CosineAnnealingLR(T_max=epochs) of the sources never trains an epoch at 0.
     """
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    span = (period_steps if period_steps is not None else total_steps - warmup_steps) - 1
+    span = period_steps if period_steps is not None else total_steps - warmup_steps
     if span <= 0:
-        return final_lr if period_steps is not None or total_steps > 1 else base_lr
+        return final_lr
     progress = min(1.0, (step - warmup_steps) / span)
     return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -71,14 +73,26 @@ def cosine_scheduler(
     return LambdaLR(optimizer, cosine_multiplier(base_lr, final_lr, total_steps, warmup_steps, period_steps))
 
 
-def milestone_steps(fractions: Sequence[float], total_steps: int) -> list[int]:
+def milestone_steps(fractions: Sequence[float], total_steps: int, warmup_steps: int = 0) -> list[int]:
     """Steps at which a step decay applies: round(f x total_steps) for each fraction f of the run.
 
     Fractions keep the shape of a schedule at any length: 0.3/0.6/0.8 of 200 epochs start the
     lower lrs with epochs 61, 121 and 161 (the source's MultiStepLR.step(epoch) starts them one
     epoch earlier, with epochs 60, 120 and 160).
+
+    A warmup that covers a milestone would apply it, and every other milestone it covers, at
+    once when it ends. In that case (short runs) the fractions are taken of the steps after
+    the warmup instead: warmup_steps + round(f x (total_steps - warmup_steps)). And no two
+    milestones share a step (rounding in a run of a few steps could put them there): each is at
+    least one step after the one before. So the decays come one at a time, in order, after the
+    peak; one that lands at or past the run's end never applies (as a fraction of 1 never does).
     """
-    return [round(f * total_steps) for f in fractions]
+    steps = [round(f * total_steps) for f in fractions]
+    if any(m < warmup_steps for m in steps):
+        steps = [warmup_steps + round(f * (total_steps - warmup_steps)) for f in fractions]
+    for i in range(1, len(steps)):
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    return steps
 
 
 def multistep_lr(step: int, base_lr: float, milestones: Sequence[int], gamma: float, warmup_steps: int = 0) -> float:

@@ -31,22 +31,22 @@ from utils.io import atomic_write
 FORMAT = 1  # bump when what is stored (or how it is computed) changes: old files then miss
 
 
-def cache_key(checkpoint_sha256: str, dataset: str, data, preprocess) -> str:
+def cache_key(checkpoint_sha256: str, dataset: str, data, preprocess, precision: str = "fp32") -> str:
     """sha256 of what the features of `data` (a utils.eval.probe.ProbeData) depend on: not of which rows
     are labelled or held out, so every fraction, validation split and seed of one checkpoint shares it."""
     parts = {"format": FORMAT, "checkpoint": checkpoint_sha256, "dataset": dataset,
              "train": data_sha256(data.all_train_images, data.all_train_labels),
              "test": data_sha256(data.test_images, data.test_labels),
              "image_size": preprocess.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
-             "dtype": "float32"}
+             "dtype": "float32", "precision": precision}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def cached_features(backbone: nn.Module, data, preprocess, device: torch.device, checkpoint_sha256: str,
-                    cache_dir: str | Path, dataset: str, batch_size: int = 512) -> dict:
+                    cache_dir: str | Path, dataset: str, batch_size: int = 512, precision: str = "fp32") -> dict:
     """Train / val / test features (cached eval-transform features) of `data`'s rows, from the cache or
     computed on the whole train split and stored. The backbone must be frozen (eval mode, no gradients)."""
-    path = Path(cache_dir) / f"{cache_key(checkpoint_sha256, dataset, data, preprocess)}.pt"
+    path = Path(cache_dir) / f"{cache_key(checkpoint_sha256, dataset, data, preprocess, precision)}.pt"
     t0 = time.perf_counter()
     hit = path.is_file()
     if hit:
@@ -54,7 +54,8 @@ def cached_features(backbone: nn.Module, data, preprocess, device: torch.device,
     else:
         size, mean, std = preprocess.image_size, preprocess.mean, preprocess.std
         stored = {split: extract_features(backbone, images, size, mean, std, device, batch_size=batch_size,
-                                          progress=f"{split} features (cached in {path.parent})").cpu()
+                                          progress=f"{split} features (cached in {path.parent})",
+                                          precision=precision).cpu()
                   for split, images in (("train", data.all_train_images), ("test", data.test_images))}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: torch.save(stored, f))

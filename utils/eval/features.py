@@ -3,6 +3,9 @@
 Used by linear evaluation (test.py caches the features once and trains the head on them) and
 by train.py's kNN monitor. The images stay uint8 until they reach the device; the evaluation
 transform (resize to the checkpoint's size, normalise) or an augmentation runs there in batches.
+Features are computed in float32 by default, on a GPU too (autocast off, TF32 convolutions off),
+so a GPU probe and a CPU probe see the same features; precision="bf16" opts into bf16 autocast
+(only on a GPU with native bf16; elsewhere it stays float32).
 
     from utils.eval.features import extract_features
     h = extract_features(backbone, arrays.images, image_size=32, mean=CIFAR10_MEAN,
@@ -12,18 +15,50 @@ Run its tests with `python -m pytest tests/test_probe.py -q`.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from utils.runtime import autocast_context
+from utils.runtime import autocast_context, bf16_native
 from utils.augment import batch_eval_transform
 
 # Images per forward pass. 512 fills an H100 at 32 px and still fits at 224 px in inference
 # mode (the input batch alone is 512 x 3 x 224 x 224 x 4 B = 308 MB).
 DEFAULT_FEATURE_BATCH_SIZE = 512
+FEATURE_PRECISIONS = ("fp32", "bf16")
+
+
+def feature_precision_used(precision: str, device: torch.device) -> str:
+    """What extract_features(precision=...) computes in on `device`: bf16 only on a GPU with native bf16."""
+    if precision not in FEATURE_PRECISIONS:
+        raise ValueError(f"feature precision must be one of {FEATURE_PRECISIONS}, got {precision!r}")
+    return "bf16" if precision == "bf16" and device.type == "cuda" and bf16_native() else "fp32"
+
+
+@contextmanager
+def _cudnn_tf32(allowed: bool) -> Iterator[None]:
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def precision_context(precision: str, device: torch.device):
+    """The context a feature pass runs in: bf16 autocast (where native), or float32 throughout:
+    autocast off (also inside a caller's autocast region) and, on CUDA, no TF32 convolutions."""
+    if feature_precision_used(precision, device) == "bf16":
+        return autocast_context(device)
+    stack = ExitStack()
+    if device.type in ("cuda", "cpu"):
+        stack.enter_context(torch.autocast(device.type, enabled=False))
+    if device.type == "cuda":
+        stack.enter_context(_cudnn_tf32(False))
+    return stack
 
 
 def _batch_to_device(images: np.ndarray | torch.Tensor, start: int, stop: int, device: torch.device) -> torch.Tensor:
@@ -51,6 +86,7 @@ def extract_features(
     generator: torch.Generator | None = None,
     channels_last: bool = True,
     progress: str | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Features h of every image, exactly once and in order: (N, H, W, 3) uint8 -> (N, D) float32 on `device`.
 
@@ -59,12 +95,14 @@ def extract_features(
     gets the evaluation transform (resize to `image_size` if needed, normalise with mean/std);
     with it, `augment(x_uint8 (B, 3, H, W), generator=generator) -> (B, 3, S, S)` float is used
     instead (e.g. utils.augment.BatchSupervisedAugment), drawing from `generator` (which must
-    live on `device`). bf16 autocast on CUDA only. `progress` is a tqdm description (None: no bar).
+    live on `device`). `precision`: "fp32" (default) or "bf16" (see feature_precision_used).
+    `progress` is a tqdm description (None: no bar).
 
     The result is an inference tensor: `.clone()` it outside inference mode before it takes
     part in autograd (test.py's probe does).
     """
     n = int(images.shape[0])
+    feature_precision_used(precision, device)  # ValueError for an unknown name, before any work
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images (N, H, W, 3), got shape {tuple(images.shape)}")
     was_training = backbone.training
@@ -85,7 +123,7 @@ def extract_features(
                 x = augment(x, generator=generator)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device):
+            with precision_context(precision, device):
                 h = backbone(x)
             h = h.float().flatten(1)
             if out is None:

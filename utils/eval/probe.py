@@ -47,7 +47,7 @@ from torch import nn
 from utils.data.datasets import load_split, stratified_split
 from utils.data.labels import labelled_subset
 from utils.errors import NonFiniteLossError, UserError
-from utils.eval.features import extract_features
+from utils.eval.features import extract_features, feature_precision_used
 from utils.eval.knn import KNN_K, KNN_SETTINGS, KNN_TEMPERATURE, describe_knn, knn_accuracy
 from utils.eval.lbfgs_probe import choose_l2, fit_lbfgs
 from utils.runtime import LOG, autocast_context
@@ -373,8 +373,8 @@ def fit(
 
     batch_logits(idx (B,) on the device) -> logits (B, C) for those training samples;
     evaluate() -> {"test": {"loss", "acc", "count"}, "val": ...}; begin_epoch(epoch) runs first
-    in every epoch (e.g. to recompute augmented features). A row's "lr" is the lr of the
-    epoch's first step. The order of the N samples is a fresh permutation from `generator`
+    in every epoch (e.g. to recompute augmented features). A row's "lr_first" / "lr_last" are the
+    lrs its epoch's first and last steps trained at. The order of the N samples is a fresh permutation from `generator`
     each epoch; the last batch may be smaller (no sample is dropped). Each stage's optimizer is checked to hold exactly `allowed` (default: `params`).
     On CPU, `cpu_step_threads` caps torch's threads during the optimisation steps (see
     PROBE_CPU_THREADS); begin_epoch and evaluate run with the caller's setting.
@@ -394,7 +394,7 @@ def fit(
         for _ in range(stage.epochs):
             if begin_epoch is not None:
                 begin_epoch(epoch)
-            lr_first = optimizer.param_groups[0]["lr"]
+            lr_first = lr_last = optimizer.param_groups[0]["lr"]
             perm = torch.randperm(n, generator=generator).to(device)
             # Sums stay on the device: one host sync per epoch, not per step.
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -410,6 +410,7 @@ def fit(
                     loss = F.cross_entropy(logits, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    lr_last = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     scheduler.step()
                     loss_sum += loss.detach().double() * idx.shape[0]
@@ -420,7 +421,7 @@ def fit(
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(f"{what} training loss became {train_loss} in epoch {epoch + 1}; "
                                          f"try a smaller --test_learning_rate")
-            row = {"epoch": epoch + 1, "stage": stage_index, "lr": lr_first,
+            row = {"epoch": epoch + 1, "stage": stage_index, "lr_first": lr_first, "lr_last": lr_last,
                    "train_loss": train_loss, "train_acc": 100.0 * correct.item() / n}
             for split, result in evaluate().items():
                 row[f"{split}_loss"], row[f"{split}_acc"], row[f"{split}_count"] = (
@@ -437,7 +438,7 @@ def log_epoch(total_epochs: int, label: str) -> Callable[[dict], None]:
     def log(row: dict) -> None:
         val = f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%" if "val_loss" in row else ""
         LOG.info("%s epoch %d/%d (stage %d) lr %.5f | train loss %.4f acc %.2f%%%s | test loss %.4f acc %.2f%%",
-                 label, row["epoch"], total_epochs, row["stage"], row["lr"], row["train_loss"], row["train_acc"],
+                 label, row["epoch"], total_epochs, row["stage"], row["lr_first"], row["train_loss"], row["train_acc"],
                  val, row["test_loss"], row["test_acc"])
     return log
 
@@ -475,6 +476,7 @@ def run_linear_probe(
     lbfgs: dict | None = None,
     precomputed: dict | None = None,
     knn10: bool = False,
+    feature_precision: str = "fp32",
 ) -> ProbeResult:
     """Linear Classification Protocol: train `head` on the frozen backbone's features.
     precomputed: {"train", "val", "test": (N, D), "seconds"} from utils/eval/feature_cache.py (no backbone pass).
@@ -491,8 +493,7 @@ def run_linear_probe(
     features) in front of `head`; the result's `head` is then Sequential(Standardize, head).
     Afterwards the backbone is checked bit-identical to `reference_state` (the checkpoint's
     tensors; by default a copy taken on entry). Also reports weighted kNN accuracy on the cached
-    features (k=200, t=0.1) unless knn=False or augment=True; knn10=True adds the uniform k=10 kNN
-    (extra["knn10"], utils/eval/knn.py).
+    features (k=200, t=0.1) unless knn=False or augment=True; knn10=True adds the uniform k=10 kNN.
     """
     _check_probe_options(feature_norm, lbfgs, augment, head)
     if reference_state is None:
@@ -500,16 +501,15 @@ def run_linear_probe(
     freeze_backbone(backbone)
     backbone.to(device)
     head.to(device).train()
-    size, mean, std = preprocess.image_size, preprocess.mean, preprocess.std
 
     def features(images, augmenter=None, generator=None, label=None):
-        return extract_features(backbone, images, size, mean, std, device, batch_size=feature_batch_size,
-                                augment=augmenter, generator=generator, progress=label).clone()
+        return extract_features(backbone, images, preprocess.image_size, preprocess.mean, preprocess.std, device,
+                                batch_size=feature_batch_size, augment=augmenter, generator=generator,
+                                progress=label, precision=feature_precision).clone()
 
     test_h, val_h, train_h, seconds_features = _cached_features(features, data, augment, device, precomputed)
     train_y, val_y, test_y = (None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
                               for labels in (data.train_labels, data.val_labels, data.test_labels))
-
     params = optimizer_parameters(backbone, head)
     _sync(device)
     t1 = time.perf_counter()
@@ -532,7 +532,8 @@ def run_linear_probe(
     _sync(device)
     seconds_training = time.perf_counter() - t1
 
-    extra = {"guard": _backbone_guard(backbone, reference_state), "feature_norm": feature_norm}
+    extra = {"guard": _backbone_guard(backbone, reference_state), "feature_norm": feature_norm,
+             "feature_precision": feature_precision_used(feature_precision, device)}
     if lbfgs_info is not None:
         extra["lbfgs"] = lbfgs_info
     if knn and train_h is not None:
@@ -665,7 +666,7 @@ def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_
 
     def on_round(iterations: int) -> None:
         train, test = evaluate_head(head, fit_h, fit_y), evaluate_head(head, test_h, test_y)
-        row = {"epoch": len(history) + 1, "stage": 1, "lr": None, "iterations": iterations,
+        row = {"epoch": len(history) + 1, "stage": 1, "lr_first": None, "lr_last": None, "iterations": iterations,
                "train_loss": train["loss"], "train_acc": train["acc"],
                "test_loss": test["loss"], "test_acc": test["acc"], "test_count": test["count"]}
         history.append(row)
@@ -698,6 +699,7 @@ def run_finetune(
     channels_last: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     augmenter: Callable | None = None,
+    feature_precision: str = "fp32",
 ) -> ProbeResult:
     """Fine-tuning (NOT linear evaluation): backbone and head trained together on augmented images.
 
@@ -738,9 +740,11 @@ def run_finetune(
     def evaluate() -> dict:
         out = {}
         if val_images is not None:
-            h = extract_features(backbone, val_images, size, mean, std, device, batch_size=feature_batch_size)
+            h = extract_features(backbone, val_images, size, mean, std, device, batch_size=feature_batch_size,
+                                 precision=feature_precision)
             out["val"] = evaluate_head(head, h, val_y)
-        h = extract_features(backbone, test_images, size, mean, std, device, batch_size=feature_batch_size)
+        h = extract_features(backbone, test_images, size, mean, std, device, batch_size=feature_batch_size,
+                             precision=feature_precision)
         out["test"] = evaluate_head(head, h, test_y)
         return out
 
@@ -753,4 +757,5 @@ def run_finetune(
     seconds_training = time.perf_counter() - t1
     return ProbeResult(FINETUNE, history, seconds_upload, seconds_training,
                        {"note": "whole network trained (fine-tuning); not a linear-probe result",
-                        "feature_norm": "none"}, head)
+                        "feature_norm": "none",
+                        "feature_precision": feature_precision_used(feature_precision, device)}, head)

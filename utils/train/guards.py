@@ -1,8 +1,9 @@
-"""Run guards for train.py: stop cleanly on SIGINT/SIGTERM, stop on a non-finite loss.
+"""Run guards for train.py: stop cleanly on SIGINT/SIGTERM, stop on (or skip) a non-finite loss.
 
 The training loop saves last.pth at the end of the step in which a signal arrived, then raises
 `Interrupted`; a NaN/inf loss raises NonFiniteLossError naming the epoch and step, before any
-checkpoint could hold the bad weights.
+checkpoint could hold the bad weights. With --nan_policy skip, `finite_on_every_rank` decides
+the skip for all ranks at once.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from utils.distributed import all_reduce_sum
 from utils.errors import NonFiniteLossError
 
 TEST_SIGNAL_ENV = "SIMCLR_TEST_SIGNAL_AT_STEP"
@@ -48,6 +50,17 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def finite_on_every_rank(loss: torch.Tensor) -> bool:
+    """--nan_policy skip's test, agreed by every rank: True when the loss is finite on all of them.
+
+    Under torchrun a supervised loss is per rank: a rank that skipped alone would leave the others
+    waiting in backward's gradient all-reduce (a hang), or pair their steps wrongly. One all-reduce
+    of the non-finite count (a copy when not distributed) makes all ranks skip the same steps.
+    """
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    return all_reduce_sum(bad).item() == 0
 
 
 def check_finite(recent: list[torch.Tensor], epoch: int, last_step: int, run_dir: Path) -> None:
