@@ -113,7 +113,8 @@ def make_rows(values: dict[tuple, list[tuple[float, float]]]) -> list[dict]:
                          "test_loss": 2.0 - tst / 100, "pretrain_loss": 4.0, "pretrain_seconds": 10.0 + seed,
                          "images_per_s": 50.0, "eval_seconds": 3.0, "device": "cpu",
                          "checkpoint": f"runs/x{seed}/final.pth", "kind": "simclr", "budget": "epochs",
-                         "steps": 3 * 10, "train_epochs": 3, "recipe": "tuned"})
+                         "steps": 3 * 10, "train_epochs": 3, "recipe": "tuned", "threads": 1,
+                         "deterministic": 0})
     return rows
 
 
