@@ -173,7 +173,8 @@ def reproducibility_parser() -> argparse.ArgumentParser:
                         "results depend on it [torch's default: one per core]%(default).0s")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms, warn-only; cuDNN benchmarking off): "
-                        "bitwise repeatable on CPU; on GPU only as far as torch's kernels allow")
+                        "on CPU at a fixed --threads runs repeat bit for bit with or without it; on GPU only as far as torch's "
+                        "kernels allow (docs/reproducibility.md)")
     return p
 
 
