@@ -22,9 +22,11 @@ count epochs at scale 1.0). At scale 1.0 the two budgets are the same run, run o
 
 Parallel: --jobs N runs N cells at once, each in its own process (`simclr_train.py ... --worker
 CELL`, its output in OUT/logs/CELL.log) with its own device from --devices (default: every visible
-GPU; on CPU the cores are divided between the processes). --launcher slurm submits each cell as a
-SLURM job with submitit (pip install submitit); --launcher submitit_local runs the same jobs on this
-machine (how the SLURM path is tested).
+GPU, else the CPU). --launcher slurm submits each cell as a SLURM job with submitit (pip install
+submitit); --launcher submitit_local runs the same jobs on this machine (how the SLURM path is tested).
+Every cell computes with --threads_per_cell CPU threads (default 1) however it is run, so its numbers do
+not depend on --jobs, --devices or the launcher; on CPU, --jobs = cores / --threads_per_cell uses the
+machine. --deterministic is forwarded to every cell (docs/reproducibility.md says what both promise).
 
 Resume: rerun the same command. Finished (cell, eval epoch) pairs are read back from their
 record.json and skipped; an interrupted pretraining resumes from its last.pth. results.csv is
@@ -70,11 +72,11 @@ from pathlib import Path
 import test
 import train
 from utils import sweep
-from utils.cli import HelpFormatter, common_parser, fraction, positive_int
+from utils.cli import HelpFormatter, common_parser, fraction, positive_int, thread_count
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_json, read_csv
-from utils.runtime import resolve_device
+from utils.runtime import resolve_device, run_settings
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe
 
 SCRIPT = Path(__file__).resolve()
@@ -111,12 +113,14 @@ LOGS = "logs"  # OUT/logs/<cell>.log: a worker's output (--jobs > 1, submitit)
 RESULTS_LOCK = ".results.lock"  # held while results.csv / results.md are rebuilt
 PARENT_ENV = "SIMCLR_SWEEP_PARENT"  # a worker's parent pid: the worker stops when that process dies
 LOCK_WAIT_S = 600  # a worker waits this long for a run folder still held by a dying predecessor
+LATER_SETTINGS = ("threads_per_cell", "deterministic")  # study settings older sweep.json files do not hold
 
 
 def common_passthrough(args: argparse.Namespace) -> list[str]:
-    """Flags of this script forwarded unchanged to every train.py and test.py call (study-wide settings,
-    the recipe)."""
-    return ["--recipe", args.recipe]
+    """Flags of this script forwarded unchanged to every train.py and test.py call (study-wide settings:
+    the recipe, the CPU threads of a cell, determinism)."""
+    return ["--recipe", args.recipe, "--threads", str(args.threads_per_cell)] + (
+        ["--deterministic"] if args.deterministic else [])
 
 
 def _glue_passthrough(argv: list[str]) -> list[str]:
@@ -211,8 +215,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     x.add_argument("--slurm_time", type=positive_int, default=24 * 60, help="SLURM time limit per cell, minutes")
     x.add_argument("--slurm_account", default=None, help="SLURM account (sbatch --account)")
     x.add_argument("--slurm_qos", default=None, help="SLURM quality of service (sbatch --qos)")
+    x.add_argument("--threads_per_cell", type=thread_count, default=1,
+                   help="intra-op CPU threads of every cell (train.py / test.py --threads), whatever --jobs, "
+                        "--devices or --launcher: a cell's numbers depend on it (on CPU, --jobs x this <= cores "
+                        "avoids oversubscription)")
+    x.add_argument("--deterministic", action="store_true",
+                   help="train.py / test.py --deterministic for every cell (deterministic kernels; recorded in "
+                        "results.csv)")
     x.add_argument("--cpus_per_cell", type=positive_int, default=None,
-                   help="CPU cores per cell [cores / --jobs locally; 10 per GPU on SLURM]%(default).0s")
+                   help="submitit jobs: CPU cores reserved per job (sbatch --cpus-per-task) [max(--threads_per_cell, "
+                        "10 per GPU) on SLURM; --threads_per_cell with submitit_local]%(default).0s")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one cell (by name) and exit
     if preset:
         p.set_defaults(**PRESETS[preset])
@@ -234,6 +246,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError(f"--data_scales must be in (0, 1], got {args.data_scales}")
     if not 0 <= args.val_split < 1:
         raise UserError(f"--val_split must be in [0, 1), got {args.val_split}")
+    if args.cpus_per_cell and args.launcher == "local":
+        raise UserError("--cpus_per_cell reserves cores for submitit jobs (--launcher slurm / submitit_local); "
+                        "on this machine a cell's CPU threads are --threads_per_cell")
     for flag in ("train_args", "supervised_args", "test_args"):
         try:
             setattr(args, f"{flag}_list", shlex.split(getattr(args, flag)))
@@ -245,7 +260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def study_settings(args: argparse.Namespace) -> dict:
     """What every row of one out_dir must share (kept in sweep.json)."""
     settings = {"dataset": args.dataset, "eval_dataset": args.eval_dataset, "recipe": args.recipe,
-                "test_num_epochs": args.test_num_epochs,
+                "test_num_epochs": args.test_num_epochs, "threads_per_cell": args.threads_per_cell,
+                "deterministic": args.deterministic,
                 "val_split": args.val_split, "train_args": args.train_args_list, "test_args": args.test_args_list}
     if args.supervised_args_list:
         settings["supervised_args"] = args.supervised_args_list
@@ -256,7 +272,10 @@ def check_study(out_dir: Path, settings: dict, write: bool) -> None:
     path = out_dir / "sweep.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+        # A sweep.json from before threads_per_cell / deterministic existed says nothing about them (its rows
+        # have an empty threads column): not a difference.
+        diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items()
+                 if old.get(k, v if k in LATER_SETTINGS else None) != v]
         diffs += [f"{k}: {old[k]!r} -> None" for k in old if k not in settings]
         if diffs:
             raise UserError(f"{out_dir} holds a study made with other settings ({'; '.join(diffs)}); "
@@ -378,6 +397,12 @@ def _parse_for(parse, argv: list[str], flag: str) -> argparse.Namespace:
         raise UserError(f"{flag} was refused by {parse.__module__}.py: {exc}") from None
 
 
+def _study_flags(clash: list[str]) -> str:
+    """' (give --threads_per_cell to this script)' for passthrough flags the study has its own flag for."""
+    own = [f"--{'threads_per_cell' if k == 'threads' else k}" for k in clash if k in ("threads", "deterministic")]
+    return f" (give {' and '.join(own)} to this script)" if own else ""
+
+
 def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> None:
     """Parse the real argv of one cell of each kind with train.py's and test.py's parsers; refuse flags
     that override what the study sets."""
@@ -386,7 +411,8 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
         firsts.setdefault((cell.kind, cell.budget), cell)
     for (kind, budget), cell in firsts.items():
         run_dir = out_dir / sweep.RUNS / cell.name
-        want = {"dataset": args.dataset, "seed": cell.seed, "run_dir": str(run_dir), "overwrite": False}
+        want = {"dataset": args.dataset, "seed": cell.seed, "run_dir": str(run_dir), "overwrite": False,
+                "threads": args.threads_per_cell, "deterministic": args.deterministic}
         if kind in ("random", "imagenet"):
             want.update(epochs=0, steps=None, pretrained=kind == "imagenet")
         elif kind == "scratch":
@@ -406,15 +432,16 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
         parsed = vars(_parse_for(train.parse_args, train_argv(args, cell, run_dir), flag))
         clash = [k for k, v in want.items() if parsed.get(k) != v]
         if clash:
-            raise UserError(f"{flag} must not set {', '.join(clash)}: the study sets those itself")
+            raise UserError(f"{flag} must not set {', '.join(clash)}: the study sets those itself{_study_flags(clash)}")
     cell = cells[0]
     want = {"model_path": str(out_dir / "x.pth"), "dataset": args.eval_dataset, "test_num_epochs": args.test_num_epochs,
             "val_split": args.val_split, "run_dir": str(out_dir / "eval"), "seed": cell.seed, "finetune": False,
-            "label_fraction": None, "labels_per_class": None}
+            "label_fraction": None, "labels_per_class": None,
+            "threads": args.threads_per_cell, "deterministic": args.deterministic}
     parsed = vars(_parse_for(test.parse_args, test_argv(args, cell, out_dir / "x.pth", out_dir / "eval"), "--test_args"))
     clash = [k for k, v in want.items() if parsed.get(k) != v]
     if clash:
-        raise UserError(f"--test_args must not set {', '.join(clash)}: the study sets those itself")
+        raise UserError(f"--test_args must not set {', '.join(clash)}: the study sets those itself{_study_flags(clash)}")
 
 
 # --- one cell: pretrain (or resume, or skip), then evaluate its missing eval epochs -------------------
@@ -535,8 +562,8 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
     history = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     record = run_dir / TRAIN_RECORD
     trained_on = json.loads(record.read_text())["device"] if record.exists() else describe_device(device)
-    config = run_dir / "config.json"
-    used = json.loads(config.read_text())["args"] if config.exists() else {}
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    used, ran = config.get("args", {}), config.get("env", {})
     added = 0
     for epoch, label_fraction in todo:
         final = epoch == cell.epochs
@@ -554,7 +581,9 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
                              ckpt.relative_to(out_dir).as_posix(),
                              learning_rate=used.get("learning_rate") if simclr_or_sup else None,
                              batch_size=used.get("batch_size") if simclr_or_sup else None,
-                             label_fraction=label_fraction)
+                             label_fraction=label_fraction,
+                             threads=ran.get("threads", evaluation.get("runtime", {}).get("threads")),
+                             deterministic=used.get("deterministic", args.deterministic))
         atomic_write_json(edir / sweep.RECORD, {"row": row, "test_argv": argv})
         if all((eval_dir(run_dir, args, epoch, f) / sweep.RECORD).exists() for f in cell_fractions(args, cell)):
             shutil.rmtree(run_dir / FEATURE_CACHE, ignore_errors=True)  # this checkpoint's fractions are done
@@ -575,11 +604,24 @@ def default_devices(args: argparse.Namespace) -> list[str]:
     return [args.device if args.device != "auto" else "cpu"]
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def warn_oversubscription(args: argparse.Namespace) -> None:
+    """One line when the cells at once ask for more CPU threads than this machine has (slower, same numbers)."""
+    cores, threads = available_cores(), args.jobs * args.threads_per_cell
+    if args.launcher == "local" and threads > cores:
+        print(f"warning: --jobs {args.jobs} x --threads_per_cell {args.threads_per_cell} = {threads} CPU threads on "
+              f"{cores} cores: oversubscribed, so slower (the numbers do not change)", flush=True)
+
+
 def slots(args: argparse.Namespace) -> list[dict]:
-    """One slot per concurrent cell: its device (or GPU group) and its environment overrides."""
+    """One slot per concurrent cell: its device (or GPU group) and its environment overrides. The worker's
+    OpenMP pool (and numpy's BLAS) start with --threads_per_cell threads; train.py / test.py --threads then
+    set torch's count, as they do for a cell run in this process."""
     devices, g = default_devices(args), args.gpus_per_cell
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = args.cpus_per_cell or max(1, cores // args.jobs)
+    threads = args.threads_per_cell
     out = []
     for i in range(args.jobs):
         env = {"OMP_NUM_THREADS": str(threads)}
@@ -679,8 +721,9 @@ def run_submitit(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Pat
     gpus = args.gpus_per_cell if (args.launcher == "slurm" or default_devices(args)[0].startswith("cuda")) else 0
     params = {"timeout_min": args.slurm_time, "name": f"simclr-{out_dir.name}", "nodes": 1, "tasks_per_node": 1,
               "gpus_per_node": gpus}
-    if args.cpus_per_cell or args.launcher == "slurm":
-        params["cpus_per_task"] = args.cpus_per_cell or 10 * max(1, gpus)
+    # The cell computes with --threads_per_cell threads (train.py / test.py --threads) whatever it is given.
+    params["cpus_per_task"] = args.cpus_per_cell or (max(args.threads_per_cell, 10 * max(1, gpus))
+                                                     if args.launcher == "slurm" else args.threads_per_cell)
     if args.launcher == "slurm":
         params.update({f"slurm_{k}": v for k, v in (("partition", args.slurm_partition), ("account", args.slurm_account),
                                                     ("qos", args.slurm_qos)) if v})
@@ -749,15 +792,17 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
     sizes = subset_sizes(args) if pre is not None or "steps" in args.budget else None
     trained = [c for c in cells if c.kind in ("simclr", "supervised")]
     cap = sweep.MEASURE_CAP.get(device.type, max([c.batch_size for c in trained] or [1]))
-    measured = {b: sweep.measure_step_seconds(b, image_size, device, cap)
-                for b in sorted({min(c.batch_size, cap) for c in trained} or {min(16, cap)})}
+    with run_settings(args.threads_per_cell, args.deterministic):  # measured as a cell runs
+        measured = {b: sweep.measure_step_seconds(b, image_size, device, cap)
+                    for b in sorted({min(c.batch_size, cap) for c in trained} or {min(16, cap)})}
     for t in measured.values():
         print(f"measured on {device}: SimCLR step {t['train_s_per_image'] * t['batch']:.3f} s for {t['batch']} images "
               f"(two views) = {1 / t['train_s_per_image']:.1f} images/s; feature pass "
               f"{1 / t['forward_s_per_image']:.1f} images/s", flush=True)
     forward = next(iter(measured.values()))["forward_s_per_image"]
     if any(c.kind == "imagenet" for c in cells):  # its probe runs at 224 px through the ImageNet stem
-        forward_224 = sweep.measure_step_seconds(1, 224, device, 1)["forward_s_per_image"]
+        with run_settings(args.threads_per_cell, args.deterministic):
+            forward_224 = sweep.measure_step_seconds(1, 224, device, 1)["forward_s_per_image"]
     free_at = [0.0] * len(places)
     total_known, work = True, 0.0
     print(f"{'#':>3}  {'cell':<48} {'eval epochs':<12} {'status':<22} {'images':>7} {'steps':>7} {'estimate':>9}  where")
@@ -786,8 +831,8 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
             # one feature pass per checkpoint: its label fractions share the cached features
             probe = len(set(todo)) * sum(post) * (forward_224 if cell.kind == "imagenet" else forward)
             seconds = (total_steps - done_steps) * (cell.batch_size or 0) * per_image + probe
-            if wanted == "cpu" and args.launcher == "local":
-                seconds *= len(places)  # measured on all the cores, which the cells at once then share
+            if wanted == "cpu" and args.launcher == "local":  # the cells at once share the cores
+                seconds *= max(1.0, len(places) * args.threads_per_cell / available_cores())
         total_known = total_known and seconds is not None
         slot = min(range(len(places)), key=lambda k: free_at[k])
         if args.launcher == "local":
@@ -841,6 +886,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("no cells: give the grid, or --baselines")
     check_passthrough(args, cells, out_dir)
     check_study(out_dir, study_settings(args), write=not args.dry_run)
+    warn_oversubscription(args)
     n_simclr = sum(c.kind == "simclr" for c in cells)
     print(f"{len(cells)} cells ({n_simclr} SimCLR, {len(cells) - n_simclr} baselines: "
           f"{', '.join(sorted({c.kind for c in cells if c.kind != 'simclr'})) or 'none'}): data scales "

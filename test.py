@@ -46,7 +46,8 @@ and test splits there, so another fraction of the same checkpoint reuses them (n
 kNN accuracy (k=10 uniform, k=200 weighted) beside the probe (docs/measures.md).
 
 Outputs in --run_dir (default: eval-<dataset> beside the checkpoint): eval.json, eval_curves.png,
-eval.log; the last printed line is `test loss 1.2345, test accuracy 67.89%`.
+eval.log; the last printed line is `test loss 1.2345, test accuracy 67.89%`. eval.json's `runtime` records the
+CPU threads (--threads) and determinism (--deterministic) it ran with (docs/reproducibility.md).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ from models import build_backbone, build_probe_head
 from models.resnet import FEATURE_DIM
 from utils.checkpoint import check_finite_weights, load_checkpoint, load_state_strict, strip_prefixes
 from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, fraction, non_negative_float,
-                       positive_float, positive_int)
+                       positive_float, positive_int, reproducibility_parser)
 from utils.data.registry import DATASET_CHOICES, canonical_dataset
 from utils.data.datasets import indices_sha256
 from utils.data.labels import describe_labels, label_counts
@@ -78,7 +79,7 @@ from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHED
                               freeze_backbone, load_probe_data, log_epoch, make_config, run_finetune, run_linear_probe)
 from utils.io import atomic_write_json
 from utils.plotting import plot_panels
-from utils.runtime import LOG, resolve_device, seed_everything, setup_logging
+from utils.runtime import LOG, resolve_device, run_settings, runtime_info, seed_everything, setup_logging
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, finetune_epochs, recipe, recipe_help, scaled_lr
 from utils.train.rundir import run_dir_exists
 
@@ -88,7 +89,8 @@ PROBE = ("probe",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser(), measures_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                       parents=[common_parser(), measures_parser(), reproducibility_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     g = p.add_argument_group("evaluation")
     g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
     setup_logging(run_dir / f"{stem_name}.log", quiet=args.quiet)
     try:
-        return _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t_start, argv)
+        with run_settings(args.threads, args.deterministic):
+            return _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t_start, argv)
     except UserError:
         # Stopped on bad input (missing data, no GPU ...) before any result: leave no empty folder behind.
         if new_dir and not (run_dir / f"{stem_name}.json").exists():
@@ -457,6 +460,7 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
     report.update(extra)
     report["command"] = ["test.py", *(sys.argv[1:] if argv is None else argv)]
     report["torch"] = torch.__version__
+    report["runtime"] = runtime_info()  # threads, determinism: the evaluation's numbers depend on them
     return report
 
 

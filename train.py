@@ -8,8 +8,8 @@
     torchrun --standalone --nproc_per_node 4 train.py ...        # DistributedDataParallel, --batch_size is global
 
 The run directory (--run_dir, default checkpoints/<train_type>-<dataset>-<UTC time>) receives
-config.json, metrics.csv, curves.png, train.log, last.pth (every epoch) and final.pth, each
-written atomically. Runs survive interruptions:
+config.json (its `env` records the CPU threads, --threads, and determinism the run used), metrics.csv,
+curves.png, train.log, last.pth (every epoch) and final.pth, each written atomically. Runs survive interruptions:
 - Ctrl-C / SIGTERM save last.pth at the end of the current step and exit 130 / 143; a SIGKILL
   loses at most the current epoch. The same command with the same --run_dir resumes exactly
   (model, optimizer, schedule, RNG and data order: bitwise the same weights as an uninterrupted
@@ -42,7 +42,7 @@ from models.resnet import imagenet_classifier
 from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
 from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, image_size, momentum,
                        non_negative_float, non_negative_int, positive_float, positive_int, probability, fraction,
-                       jitter_strength, degrees, str2bool)
+                       jitter_strength, degrees, reproducibility_parser, str2bool)
 from utils.data.constants import IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_subset
@@ -54,8 +54,8 @@ from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanu
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.plotting import plot_panels
-from utils.runtime import (LOG, choose_precision, mixed_precision, resolve_device, rng_state, seed_everything,
-                           set_deterministic, set_rng_state, setup_logging)
+from utils.runtime import (LOG, choose_precision, mixed_precision, resolve_device, rng_state, run_settings,
+                           seed_everything, set_rng_state, setup_logging)
 from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugment, BatchSupervisedAugment,
                                  SimCLRViewSpec, SupervisedAugSpec, TwoViews,
                                  simclr_view_transform, supervised_train_transform)
@@ -90,7 +90,8 @@ RENAMED_METRICS = {"knn_acc": "knn200_acc"}  # history rows in checkpoints writt
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter, parents=[common_parser()])
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                       parents=[common_parser(), reproducibility_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     _add_what_to_train(p, by_type)
     _add_augmentation(p, by_type)
@@ -225,7 +226,7 @@ def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
 
 
 def _add_speed(p: argparse.ArgumentParser, by_type: str) -> None:
-    """Flags: speed (augmentation device, compile, memory format, determinism, SyncBatchNorm)."""
+    """Flags: speed (augmentation device, compile, memory format, SyncBatchNorm)."""
     s = p.add_argument_group("speed")
     s.add_argument("--aug", default="auto", choices=["auto", "gpu", "cpu"],
                    help="gpu: data resident on the training device (GPU or CPU), batched augmentation there; "
@@ -234,7 +235,6 @@ def _add_speed(p: argparse.ArgumentParser, by_type: str) -> None:
     s.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model; off by default: 1.04x on a 2-core CPU after 5-26 s of compilation, "
                    "not yet measured on a GPU (benchmarks/throughput.py --compile prints the break-even)")
     s.add_argument("--channels_last", type=str2bool, default=True, help="NHWC memory format (faster on CPU and GPU)")
-    s.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise repeatable)")
     s.add_argument("--sync_bn", type=str2bool, default=None,
                    help="SyncBatchNorm across GPUs [on for multi-GPU SimCLR; never on CPU]" + by_type)
 
@@ -512,7 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     env = init_distributed(device.type)
     try:
-        return _train(args, device, env)
+        with run_settings(args.threads, args.deterministic):
+            return _train(args, device, env)
     finally:
         if args.run_dir:
             unlock_run_dir(Path(args.run_dir))
@@ -523,7 +524,6 @@ def _train(args, device, env) -> dict:
     if env.is_distributed and device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
     local_bs = per_rank_batch_size(args.batch_size, env.world_size)
-    set_deterministic(args.deterministic)
     precision = choose_precision(args.precision, device)
     if precision in ("bf16", "fp16") and device.type != "cuda":
         raise UserError(f"--precision {precision} needs CUDA here (bf16 on this CPU was measured 17x slower)")

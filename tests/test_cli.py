@@ -35,6 +35,7 @@ def _throughput():
     (cli.non_negative_int, {"0": 0, "7": 7}, ["-1", "inf"]),
     (cli.seed, {"0": 0, str(2**32 - 1): 2**32 - 1}, ["-5", str(2**32), "99999999999999999999", "1.0"]),
     (cli.image_size, {"8": 8, "1024": 1024, "224": 224}, ["7", "1025", "100000", "nan"]),
+    (cli.thread_count, {"1": 1, "2": 2, "1024": 1024}, ["0", "-1", "1025", "100000", "1.5", "nan", "inf"]),
 ])
 def test_types_accept_their_range_and_refuse_the_rest(func, good, bad):
     for text, value in good.items():

@@ -10,6 +10,7 @@ scripts in separate processes on a 40-image folder dataset at 16 px.
 """
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -37,6 +38,7 @@ class Fakes:
 
     def __init__(self):
         self.trained: list[object] = []
+        self.tested: list[object] = []
 
     def train_main(self, argv):
         args = train.parse_args(argv)
@@ -52,7 +54,7 @@ class Fakes:
             rows = [{"epoch": e, "step": min(e * spe, total), "loss": 5.0 - 0.01 * e, "lr_first": 0.1, "lr_last": 0.1,
                      "images_per_s": 100.0, "seconds": 1.0} for e in range(1, epochs + 1)]
             atomic_write_csv(run / "metrics.csv", rows, train.METRIC_FIELDS)
-        atomic_write_json(run / "config.json", {"args": vars(args)})
+        atomic_write_json(run / "config.json", {"args": vars(args), "env": {"threads": args.threads}})
         for e in args.save_at:
             (run / f"epoch_{e:04d}.pth").write_bytes(b"fake")
         (run / "final.pth").write_bytes(b"fake")
@@ -60,6 +62,7 @@ class Fakes:
 
     def test_main(self, argv):
         args = test_script.parse_args(argv)
+        self.tested.append(args)
         assert Path(args.model_path).exists()
         h = zlib.crc32(args.model_path.encode())
         return {"test_accuracy": 20 + h % 6000 / 100, "test_loss": 1.5, "val_accuracy": 20 + (h >> 8) % 6000 / 100,
@@ -236,12 +239,13 @@ def test_original_preset_is_the_original_grid_with_both_budgets_and_baselines(no
 # --- the --jobs scheduler, with stand-in worker commands ---------------------------------------------
 
 def test_jobs_scheduler_gives_each_worker_a_device_threads_and_reports_failures(tmp_path, monkeypatch, capsys):
-    """Each cell's worker gets its slot's device, a share of the cores and the parent's pid (to die with
-    it); a failing cell is reported with its log's last line while the others finish."""
+    """Each cell's worker gets its slot's device, --threads_per_cell OpenMP threads (not a share of the cores)
+    and the parent's pid (to die with it); a failing cell is reported with its log's last line while the
+    others finish."""
     out = tmp_path / "study"
     args = simclr_train.parse_args([*BASE, "--out_dir", str(out), "--data_scales", "0.05", "0.1", "--batch_sizes", "50",
                                     "--learning_rates", "0.3", "0.6", "--epochs", "1", "--baselines", "none",
-                                    "--jobs", "2", "--devices", "cpu", "cuda:7"])
+                                    "--jobs", "2", "--devices", "cpu", "cuda:7", "--threads_per_cell", "3"])
     cells = simclr_train.build_cells(args)
     doomed = cells[1].name
     script = ("import json, os, sys; name, device = sys.argv[1], sys.argv[2]; "
@@ -256,14 +260,12 @@ def test_jobs_scheduler_gives_each_worker_a_device_threads_and_reports_failures(
     assert failed == [doomed]
     printed = capsys.readouterr().out
     assert f"{doomed}: failed (exit 5): boom: disk on fire" in printed
-    import json
     import os
 
-    cores = len(os.sched_getaffinity(0))
     got = {p.name: json.loads(p.read_text()) for p in seen.iterdir()}
     assert sorted(got) == sorted(c.name for c in cells)
     assert {g["device"] for g in got.values()} == {"cpu", "cuda:7"}
-    assert all(g["threads"] == str(max(1, cores // 2)) and g["parent"] == str(os.getpid()) for g in got.values())
+    assert all(g["threads"] == "3" and g["parent"] == str(os.getpid()) for g in got.values())
     assert got[cells[0].name]["device"] == "cpu" and got[cells[1].name]["device"] == "cuda:7"
 
 
@@ -307,6 +309,69 @@ def test_slurm_launcher_writes_the_sbatch_options_and_needs_a_cluster(tmp_path, 
                    "--cpus-per-task=20", "--ntasks-per-node=1"):
         assert f"#SBATCH {option}" in scripts[0], option
     assert commands[0][-4:] == ["--worker", "ds0.05_bs50_lr0.3_ep1_seed0", "--device", "cuda"]
+
+
+# --- threads and determinism: the same for every cell however it runs ---------------------------------------
+
+def test_threads_and_determinism_reach_every_call_and_every_row(tmp_path, fakes):
+    out = tmp_path / "study"
+    argv = [*BASE, "--out_dir", str(out), "--data_scales", "0.05", "--batch_sizes", "50", "--learning_rates", "0.3",
+            "--epochs", "1", "--baselines", "random", "--threads_per_cell", "3", "--deterministic"]
+    res = simclr_train.main(argv)
+    assert len(fakes.trained) == len(fakes.tested) == 2
+    assert all(a.threads == 3 and a.deterministic for a in fakes.trained + fakes.tested)
+    rows = read_csv(out / sweep.RESULTS_CSV)
+    assert [(r["threads"], r["deterministic"]) for r in rows] == [("3", "1")] * 2
+    assert all(r["threads"] == 3 and r["deterministic"] == 1 for r in res["rows"])  # typed back
+    assert "Cells ran with 3 CPU threads each (deterministic kernels)." in (out / sweep.RESULTS_MD).read_text()
+    with pytest.raises(UserError, match=r"other settings \(threads_per_cell: 3 -> 2\)"):
+        simclr_train.main([*argv, "--threads_per_cell", "2"])
+    with pytest.raises(UserError, match=r"other settings \(deterministic: True -> False\)"):
+        simclr_train.main([a for a in argv if a != "--deterministic"])
+
+
+def test_a_study_json_from_before_the_threads_setting_is_resumed(tmp_path, fakes):
+    out = tmp_path / "study"
+    argv = [*BASE, "--out_dir", str(out), "--data_scales", "0.05", "--batch_sizes", "50", "--learning_rates", "0.3",
+            "--epochs", "1", "--baselines", "none"]
+    simclr_train.check_study(out, simclr_train.study_settings(simclr_train.parse_args(argv)), write=True)
+    old = json.loads((out / "sweep.json").read_text())
+    del old["threads_per_cell"], old["deterministic"]
+    atomic_write_json(out / "sweep.json", old)
+    assert simclr_train.main(argv)["added"] == 1
+    with pytest.raises(UserError, match="other settings .*recipe"):  # the other settings are still compared
+        simclr_train.main(argv + ["--recipe", "original"])
+
+
+def test_threads_given_to_a_cell_elsewhere_are_refused_in_one_line(tmp_path):
+    base = [*BASE, "--out_dir", str(tmp_path / "s"), "--data_scales", "0.05", "--batch_sizes", "50",
+            "--learning_rates", "0.3", "--epochs", "1", "--baselines", "none"]
+    for extra, message in ((["--train_args", "--threads 2"], "--train_args must not set threads: the study sets those "
+                            "itself (give --threads_per_cell to this script)"),
+                           (["--test_args", "--deterministic"], "--test_args must not set deterministic: the study sets "
+                            "those itself (give --deterministic to this script)"),
+                           (["--cpus_per_cell", "4"], "--cpus_per_cell reserves cores for submitit jobs")):
+        with pytest.raises(UserError) as info:
+            simclr_train.main(base + extra)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert not (tmp_path / "s" / sweep.RUNS).exists()
+
+
+def test_oversubscription_is_one_warning_and_the_dry_run_counts_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(simclr_train, "available_cores", lambda: 2)
+    monkeypatch.setattr(sweep, "measure_step_seconds",
+                        lambda bs, size, device, cap=None: {"batch": min(bs, cap), "train_s_per_image": 0.1,
+                                                            "forward_s_per_image": 0.01})
+    argv = [*BASE, "--out_dir", str(tmp_path / "s"), "--dry_run", "--data_scales", "0.1", "0.2", "--learning_rates",
+            "0.3", "--batch_sizes", "50", "--epochs", "2", "--test_num_epochs", "5", "--baselines", "none",
+            "--devices", "cpu", "--jobs", "2"]
+    # As in the dry-run test above: 65 s and 105 s per cell, side by side; 2 x 2 threads on 2 cores: twice as long.
+    assert simclr_train.main(argv)["estimate_s"] == pytest.approx(105)
+    assert "warning" not in capsys.readouterr().out
+    assert simclr_train.main([*argv, "--threads_per_cell", "2"])["estimate_s"] == pytest.approx(2 * 105)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
+    assert warnings == ["warning: --jobs 2 x --threads_per_cell 2 = 4 CPU threads on 2 cores: oversubscribed, so "
+                        "slower (the numbers do not change)"]
 
 
 # --- slow: real processes ---------------------------------------------------------------------------------
@@ -412,3 +477,48 @@ def test_submitit_local_jobs_one_killed_and_resubmitted_without_a_duplicate_row(
     keys = [(r["data_scale"], r["eval_epoch"]) for r in read_csv(out / sweep.RESULTS_CSV)]
     assert keys == [("0.5", "1"), ("1.0", "1")]
     assert read_csv(out / sweep.RUNS / "ds1_bs5_lr0.3_ep1_seed0" / "metrics.csv")[-1]["step"] == "4"
+
+
+@pytest.mark.slow
+def test_a_cell_gives_the_same_numbers_with_jobs_1_and_jobs_2(tmp_path, monkeypatch):
+    """--jobs 1 runs the cells in this process (torch's threads set and restored per cell), --jobs 2 in two
+    worker processes started with OMP_NUM_THREADS: both at --threads_per_cell (1), so every loss, accuracy
+    and weight is bit-identical. At 2 threads against 1 this study's losses differ from the 6th decimal
+    (measured: pretraining loss 2.218132 vs 2.218133), so a cell run with another thread count fails it."""
+    import torch
+
+    from utils.checkpoint import load_checkpoint
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.chdir(ROOT)
+    for module, name in ((train, "plot_panels"), (test_script, "plot_curves"), (sweep, "plot_accuracy_vs_scale"),
+                         (sweep, "plot_heatmaps")):  # this process's plots only (a third of its time); not numbers
+        monkeypatch.setattr(module, name, lambda *a, **k: None)
+    data = _image_folder(tmp_path / "images")
+    argv = [*_study_argv(data, tmp_path / "x"), "--epochs", "1", "--eval_at", "--baselines", "none"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    threads_before = torch.get_num_threads()
+    simclr_train.main([*argv, "--out_dir", str(one)])
+    assert torch.get_num_threads() == threads_before  # restored after each in-process cell
+    assert simclr_train.main([*argv, "--out_dir", str(two), "--jobs", "2"])["failed"] == []
+
+    rows = {d: read_csv(d / sweep.RESULTS_CSV) for d in (one, two)}
+    assert len(rows[one]) == 2
+    numbers = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "pretrain_loss", "steps", "threads",
+               "deterministic")
+    for a, b in zip(rows[one], rows[two], strict=True):
+        assert {k: a[k] for k in numbers} == {k: b[k] for k in numbers}
+        assert a["threads"] == "1" and a["deterministic"] == "0"
+    for cell in ("ds0.5_bs5_lr0.3_ep1_seed0", "ds1_bs5_lr0.3_ep1_seed0"):
+        runs = [d / sweep.RUNS / cell for d in (one, two)]
+        losses = [[r["loss"] for r in read_csv(run / "metrics.csv")] for run in runs]
+        assert losses[0] == losses[1] and len(losses[0]) == 1
+        configs = [json.loads((run / "config.json").read_text())["env"] for run in runs]
+        assert configs[0]["threads"] == configs[1]["threads"] == 1
+        reports = [json.loads(next(run.glob("eval-*/eval.json")).read_text()) for run in runs]
+        assert reports[0]["runtime"]["threads"] == reports[1]["runtime"]["threads"] == 1
+        for key in ("test_loss", "test_accuracy", "val_loss", "val_accuracy"):
+            assert reports[0][key] == reports[1][key], key  # full precision, not the CSV's 6 decimals
+        assert reports[0]["history"]["train_loss"] == reports[1]["history"]["train_loss"]
+        weights = [load_checkpoint(run / "final.pth")["backbone"] for run in runs]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

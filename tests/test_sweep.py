@@ -114,7 +114,8 @@ def make_rows(values: dict[tuple, list[tuple[float, float]]]) -> list[dict]:
                          "test_loss": 2.0 - tst / 100, "pretrain_loss": 4.0, "pretrain_seconds": 10.0 + seed,
                          "images_per_s": 50.0, "eval_seconds": 3.0, "device": "cpu",
                          "checkpoint": f"runs/x{seed}/final.pth", "kind": "simclr", "budget": "epochs",
-                         "steps": 3 * 10, "train_epochs": 3, "recipe": "tuned"})
+                         "steps": 3 * 10, "train_epochs": 3, "recipe": "tuned", "threads": 1,
+                         "deterministic": 0})
     return rows
 
 
@@ -341,7 +342,9 @@ def test_results_csv_columns(tmp_path):
     assert [r["data_scale"] for r in back] == [0.1, 0.5] and back[0] == {**first, "label_fraction": 1.0}
     # A results.csv from before the label axis (no label_fraction column) reads as every label.
     old = tmp_path / "old.csv"
-    old.write_text("\n".join(",".join(line.split(",")[:-1]) for line in path.read_text().splitlines()) + "\n")
+    drop = sweep.RESULT_FIELDS.index("label_fraction")
+    old.write_text("\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != drop)
+                             for line in path.read_text().splitlines()) + "\n")
     assert "label_fraction" not in old.read_text() and [r["label_fraction"] for r in sweep.read_results(old)] == [1.0, 1.0]
 
 

@@ -15,6 +15,9 @@ SEED_MAX = 2**32 - 1  # numpy's seed range (torch accepts more; numpy is the nar
 # Largest --image_size: one 3 x 1024 x 1024 uint8 image is 3 MiB, a dataset of them already tens of
 # GB on the device, and ResNet-18 activations at batch 64 exceed a 24 GB GPU's memory well below this.
 IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 8, 1024
+# Most CPU threads a run may ask for: above the largest two-socket servers' hardware threads (2 x 192 cores x
+# 2); each thread is an OpenMP worker, so a typo such as 100000 would start that many.
+THREADS_MAX = 1024
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -138,6 +141,14 @@ def image_size(value: str) -> int:
     return n
 
 
+def thread_count(value: str) -> int:
+    """CPU threads: an integer in [1, THREADS_MAX]."""
+    n = _integer(value)
+    if not 1 <= n <= THREADS_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [1, {THREADS_MAX}], got {n}")
+    return n
+
+
 def common_parser() -> argparse.ArgumentParser:
     """Flags every script shares, with one spelling, default and help text."""
     p = argparse.ArgumentParser(add_help=False)
@@ -149,6 +160,21 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=non_negative_int, default=2,
                    help="DataLoader worker processes (DataLoader path only; the device path needs none)")
     g.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    return p
+
+
+def reproducibility_parser() -> argparse.ArgumentParser:
+    """--threads and --deterministic, shared by train.py and test.py (the study forwards both to every cell;
+    docs/reproducibility.md says what each one promises)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("reproducibility")
+    g.add_argument("--threads", type=thread_count, default=None,
+                   help="intra-op CPU threads (torch.set_num_threads) while this script runs, restored after; CPU "
+                        "results depend on it [torch's default: one per core]%(default).0s")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms, warn-only; cuDNN benchmarking off): "
+                        "on CPU at a fixed --threads runs repeat bit for bit with or without it; on GPU only as far as torch's "
+                        "kernels allow (docs/reproducibility.md)")
     return p
 
 

@@ -5,7 +5,7 @@ import logging
 import os
 import random
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import numpy as np
@@ -45,12 +45,15 @@ def seed_everything(seed: int) -> None:
 
 
 def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels (bitwise repeatable runs); slower on GPU."""
+    """Deterministic kernels (bitwise repeatable runs); slower on GPU. warn_only: an op without a deterministic
+    kernel warns and runs anyway. CUBLAS_WORKSPACE_CONFIG was required by older torch releases (torch 2.14
+    allocates a cuBLAS workspace per handle and stream and no longer asks for it); harmless when set."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     else:
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
 
 
@@ -80,6 +83,38 @@ def mixed_precision(precision: str, device: torch.device) -> tuple[torch.amp.Gra
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return scaler, ((lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext)
+
+
+@contextmanager
+def run_settings(threads: int | None, deterministic: bool):
+    """Inside: `threads` intra-op CPU threads (None: unchanged) and set_deterministic(deterministic); after,
+    all of it restored, so a cell run in-process (the study's --jobs 1) leaves no setting to the next one.
+
+    CPU kernels split their reductions by the thread count, so the same computation at 1 and 2 threads can
+    differ in the last bits and then drift apart over a training run: the count is part of what is computed.
+    """
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        set_deterministic(deterministic)
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
+
+
+def runtime_info() -> dict:
+    """What changes a run's numbers besides its flags, as it is now: intra-op and inter-op threads,
+    deterministic kernels, cuDNN benchmarking, and the thread variables of the environment (numpy's BLAS
+    reads them; no cell computes with it)."""
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                          "CUBLAS_WORKSPACE_CONFIG") if os.environ.get(k) is not None}
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "env": env}
 
 
 def autocast_context(device: torch.device, enabled: bool = True):

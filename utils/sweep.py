@@ -44,14 +44,17 @@ RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 # epochs). epochs / eval_epoch count epochs at data scale 1.0 under the steps budget; train_epochs is
 # the epoch of the evaluated checkpoint in the cell's own run and steps its cumulative training steps.
 # recipe: the --recipe of the study (utils/recipes.py; empty in older files). label_fraction: the share of
-# the probe's train labels (test.py --label_fraction; older files without it read as 1.0).
+# the probe's train labels (test.py --label_fraction; older files without it read as 1.0). threads: the intra-op
+# CPU threads the cell's pretraining ran with (its config.json; else its evaluation's); deterministic: 1 when the
+# cell ran with --deterministic (both empty in older files; docs/reproducibility.md).
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
     "pretrain_loss", "pretrain_seconds", "images_per_s", "eval_seconds", "device", "checkpoint",
-    "kind", "budget", "steps", "train_epochs", "recipe", "label_fraction",
+    "kind", "budget", "steps", "train_epochs", "recipe", "label_fraction", "threads", "deterministic",
 ]
-INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs"}
+INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs", "threads",
+              "deterministic"}
 STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe"}
 REQUIRED_FIELDS = ("dataset", "eval_epoch", "seed", "eval_dataset", "test_accuracy", "test_loss")
 CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "label_fraction")
@@ -220,9 +223,10 @@ def dataset_sizes(name: str) -> tuple[int, int] | None:
 
 def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation: Mapping, study: Mapping,
              device: str, checkpoint: str, learning_rate: float | None = None, batch_size: int | None = None,
-             label_fraction: float = 1.0) -> dict:
+             label_fraction: float = 1.0, threads: int | None = None, deterministic: bool | None = None) -> dict:
     """One results.csv row. `history`: train.py metrics.csv rows (epoch, step, loss, images_per_s, seconds);
-    `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py."""
+    `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py; `threads` /
+    `deterministic`: what it ran with."""
     ckpt_epoch = cell.checkpoint_epoch(eval_epoch)
     done = [h for h in history if int(h["epoch"]) <= ckpt_epoch]
     step = done[-1].get("step") if done else None
@@ -246,7 +250,8 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
         "eval_seconds": round(float(evaluation.get("seconds", {}).get("total", float("nan"))), 2),
         "device": device, "checkpoint": checkpoint, "kind": cell.kind, "budget": cell.budget,
         "steps": int(step) if step not in (None, "") else (0 if cell.epochs == 0 else None),
-        "train_epochs": ckpt_epoch, "label_fraction": label_fraction,
+        "train_epochs": ckpt_epoch, "label_fraction": label_fraction, "threads": threads,
+        "deterministic": None if deterministic is None else int(bool(deterministic)),
     }
 
 
@@ -472,6 +477,17 @@ def _baseline_lines(entries: Sequence[Mapping]) -> list[str]:
     return out
 
 
+def _threads_text(rows: Sequence[Mapping]) -> str:
+    """' Cells ran with 1 CPU thread each (deterministic kernels).' from the rows' threads / deterministic."""
+    threads = sorted({r["threads"] for r in rows if r.get("threads") is not None})
+    if not threads:
+        return ""
+    det = {r.get("deterministic") for r in rows} - {None}
+    how = {frozenset({1}): " (deterministic kernels)", frozenset({0, 1}): " (some with deterministic kernels)"}
+    return (f" Cells ran with {' or '.join(map(str, threads))} CPU thread{'s' if threads != [1] else ''} each"
+            f"{how.get(frozenset(det), '')}.")
+
+
 def results_markdown(rows: Sequence[Mapping]) -> str:
     """results.md from typed results.csv rows alone (no clock, no paths: reruns give the same bytes).
 
@@ -489,7 +505,8 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
     out.append(f"{len(rows)} rows (cell x eval epoch) from {RESULTS_CSV}; {len(everything)} configurations; "
                f"seeds {', '.join(map(str, seeds))}; recipe {', '.join(study['recipe']) or '-'} (pretraining and "
                f"probe); probe {', '.join(study['probe_epochs'])} epochs, "
-               f"validation split {', '.join(study['val_split'])} of the probe's train split.")
+               f"validation split {', '.join(study['val_split'])} of the probe's train split."
+               + _threads_text(rows))
     out.append("")
     out.append("Selection uses the linear probe's validation accuracy (mean over seeds) only; test accuracy "
                "and loss are reported, never used to choose. Values are mean ± sample std (ddof=1) over seeds "

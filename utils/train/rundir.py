@@ -30,12 +30,14 @@ import torchvision
 from utils.checkpoint import check_finite_weights, load_checkpoint
 from utils.errors import UserError
 from utils.io import remove_stale_temp_files
+from utils.runtime import runtime_info
 
 # Arguments that change what is computed. The rest (device, workers, logging, ...) may differ
 # between a run and its resumption.
 IGNORED_FOR_RESUME = {
     "device", "workers", "resume", "overwrite", "debug", "run_dir", "data_dir", "quiet", "tensorboard",
     "log_every", "compile", "knn_every", "save_every", "save_at", "nan_policy", "max_nan_skips",
+    "threads",  # changes the last bits on CPU, like device; a run may resume on a machine with fewer cores
 }
 RUN_FILES = ("last.pth", "final.pth", "metrics.csv", "curves.png", "config.json", "train.log")
 LOCK_FILE = ".lock"
@@ -45,9 +47,10 @@ _LOCKS: dict[str, int] = {}  # resolved run directory -> open file descriptor ho
 
 
 def environment_info() -> dict:
-    """Versions and git commit recorded next to the arguments."""
+    """Versions, git commit and the run's thread count and determinism (utils.runtime.runtime_info) recorded
+    next to the arguments."""
     info = {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform()}
+            "torchvision": torchvision.__version__, "platform": platform.platform(), **runtime_info()}
     try:
         root = Path(__file__).resolve().parents[2]  # utils/train/rundir.py -> the repository
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
