@@ -62,7 +62,7 @@ from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugme
 from utils.train.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
                                 finite_on_every_rank, last_good, test_signal_hook)
 from utils.train.losses import gathered_nt_xent_loss, nt_xent_loss
-from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, scaled_lr
+from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, run_lr
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
 from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
@@ -189,7 +189,8 @@ def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
                    + recipe_help("epochs") + by_type)
     o.add_argument("--batch_size", type=int, default=None, help="global batch" + recipe_help("batch_size") + by_type)
     o.add_argument("--learning_rate", "--lr", type=finite_float, default=None,
-                   help="peak lr, absolute; by default the recipe's, scaled linearly with the batch"
+                   help="peak lr, absolute; by default the recipe's, scaled linearly with the batch (tuned SimCLR "
+                        "runs under 500 epochs: 0.12 x B/512, the source's 100-epoch value)"
                    + recipe_help("lr") + by_type)
     o.add_argument("--steps", type=positive_int, default=None,
                    help="train for exactly this many steps instead of --epochs (the schedule's horizon): the "
@@ -286,12 +287,20 @@ def apply_recipe(args: argparse.Namespace) -> None:
     if args.schedule == "cosine" and args.min_lr is None:
         args.min_lr = 0.0  # a recipe with a multistep schedule (tuned supervised) has no cosine floor
     if args.learning_rate is None:
-        args.learning_rate = scaled_lr(values, args.batch_size) if args.batch_size and args.batch_size > 0 else 0.0
-        args.lr_rule = (f"{values['lr']:g} x batch / {values['lr_batch']}" if values.get("lr_batch")
-                        else f"{values['lr']:g} (not scaled)")
+        batch = args.batch_size if args.batch_size and args.batch_size > 0 else 0
+        args.learning_rate, args.lr_rule = run_lr(values, batch, run_epochs(args))
     else:
         args.lr_rule = "given by --learning_rate"
     args.recipe_source = values["source"]
+
+
+def run_epochs(args: argparse.Namespace) -> float | None:
+    """How many epochs of the full training set the run amounts to (what the recipe's lr rule reads):
+    --epochs, or --steps x batch / the dataset's train size (None when that size is unknown: folders)."""
+    if args.steps is None:
+        return args.epochs
+    sizes = DATASETS[args.dataset].sizes
+    return args.steps * args.batch_size / sizes[0] if sizes and args.batch_size else None
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -171,3 +171,28 @@ def test_the_dropped_last_partial_batch_is_a_stated_departure():
     loader = LoaderBatches(arrays, np.arange(10), lambda img: torch.zeros(3, 4, 4), 4, 0, env, cpu, 0, False)
     assert device.steps_per_epoch == loader.steps_per_epoch == 2
     assert sum(1 for _ in device.epoch(0)) == sum(1 for _ in loader.epoch(0)) == 2
+
+
+# dkobak @ 44b2500, README "Training ResNet18 for 100 epochs": base lr 0.06 x B/256 beats 0.03 at 100 epochs (not at
+# 1000); lightly @ 050f5264 trains its 200-epoch CIFAR-10 SimCLR at 0.06 x B/128.
+SOURCE_DKOBAK_100_EPOCHS = {"lr_per_256": 0.06, "epochs": 100}
+SOURCE_LIGHTLY_200_EPOCHS = {"lr_per_128": 0.06, "epochs": 200}
+
+
+def test_short_runs_take_the_sources_short_run_lr():
+    from utils.recipes import run_lr
+
+    r = recipe("tuned", "simclr")
+    short = r["short_run"]
+    assert short["lr"] * 256 / short["lr_batch"] == pytest.approx(SOURCE_DKOBAK_100_EPOCHS["lr_per_256"])
+    assert SOURCE_DKOBAK_100_EPOCHS["epochs"] < short["below_epochs"] <= r["epochs"]
+    assert "0.06 x B/128" in short["source"] and "050f5264" in short["source"] and "44b2500" in short["source"]
+    assert run_lr(r, 256, 100) == (pytest.approx(0.06), "0.12 x batch / 512 (runs under 500 epochs)")
+    assert run_lr(r, 256, 500)[0] == pytest.approx(0.03) and run_lr(r, 256, None)[0] == pytest.approx(0.03)
+    assert "short_run" not in recipe("tuned", "supervised") and "short_run" not in recipe("original", "simclr")
+    # train.py: --epochs, or --steps counted in epochs of the full training set (synthetic: 2,000 images)
+    for argv, lr in ((["--epochs", "250"], 0.12), (["--epochs", "1000"], 0.06),
+                     (["--steps", str(499 * 2000 // 512)], 0.12), (["--steps", str(501 * 2000 // 512)], 0.06)):
+        args = train.parse_args(["--dataset", "synthetic", "--batch_size", "512", *argv])
+        assert args.learning_rate == pytest.approx(lr), argv
+    assert train.parse_args(["--dataset", "synthetic", "--epochs", "5", "--learning_rate", "0.5"]).learning_rate == 0.5
