@@ -429,3 +429,35 @@ def test_command_line_user_error_is_one_line_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: --report: no {tmp_path / 'results.csv'}; run the sweep first"]
+
+
+def test_rows_carry_the_measures_and_results_md_sets_them_side_by_side(tmp_path):
+    """make_row copies the evaluation's augmented-view accuracy and kNN and the last epoch's contrastive accuracy;
+    results.md shows each configuration's mean ± std of them; the plot gets its augmented-views panel."""
+    cell = sweep.Cell(data_scale=1.0, batch_size=64, learning_rate=0.1, epochs=2, seed=0, eval_epochs=(2,))
+    history = [{"epoch": 1, "step": 5, "loss": 4.0, "images_per_s": 10, "seconds": 1.0, "contrastive_acc": 5.0},
+               {"epoch": 2, "step": 10, "loss": 3.5, "images_per_s": 10, "seconds": 1.0, "contrastive_acc": "12.5"}]
+    evaluation = {"test_accuracy": 90.0, "test_loss": 0.3, "augmented_test_accuracy": 61.23456,
+                  "augmented_test_loss": 1.5, "knn10_accuracy": 88.0, "knn200_accuracy": 80.0}
+    study = {"dataset": "digits", "eval_dataset": "digits", "val_split": 0.1, "test_num_epochs": 5}
+    row = sweep.make_row(cell, 2, history, evaluation, study, "cpu", "runs/x/final.pth")
+    assert (row["aug_test_acc"], row["aug_test_loss"], row["knn10_acc"], row["knn200_acc"], row["contrastive_acc"]) \
+        == (61.2346, 1.5, 88.0, 80.0, 12.5)
+    bare = sweep.make_row(cell, 2, [{**h, "contrastive_acc": ""} for h in history],
+                          {"test_accuracy": 90.0, "test_loss": 0.3}, study, "cpu", "runs/x/final.pth")
+    assert all(bare[k] is None for k in ("aug_test_acc", "knn10_acc", "contrastive_acc"))
+
+    rows = make_rows({(1.0, 64, 0.1): [(95.0, 90.0), (97.0, 92.0)]})
+    for r, aug in zip(rows, (60.0, 64.0)):
+        r.update(aug_test_acc=aug, knn10_acc=88.0, contrastive_acc=12.0)
+    md = sweep.results_markdown([sweep.parse_row({k: "" if v is None else str(v) for k, v in r.items()})
+                                 for r in rows])
+    section = md.split("## Every configuration's measures", 1)[1]
+    assert "| augmented test acc (%) |" in section and "| 91.00 ± 1.41 | 62.00 ± 2.83 | 88.00 ± 0.00 |" in section
+    assert "## Every configuration's measures" not in sweep.results_markdown(make_rows({(1.0, 64, 0.1): [(95.0, 90.0)]}))
+    import matplotlib.image
+    path = sweep.plot_accuracy_vs_scale(sweep.aggregate(rows), tmp_path / "p.png")
+    wide = matplotlib.image.imread(path).shape[1]
+    narrow = matplotlib.image.imread(sweep.plot_accuracy_vs_scale(sweep.aggregate(make_rows(
+        {(1.0, 64, 0.1): [(95.0, 90.0)]})), tmp_path / "q.png")).shape[1]
+    assert wide > 1.8 * narrow  # two panels: clean and augmented test views

@@ -46,12 +46,15 @@ RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 # recipe: the --recipe of the study (utils/recipes.py; empty in older files). label_fraction: the share of
 # the probe's train labels (test.py --label_fraction; older files without it read as 1.0). threads: the intra-op
 # CPU threads the cell's pretraining ran with (its config.json; else its evaluation's); deterministic: 1 when the
-# cell ran with --deterministic (both empty in older files; docs/reproducibility.md).
+# cell ran with --deterministic (both empty in older files; docs/reproducibility.md). aug_test_acc / aug_test_loss:
+# the probe scored on augmented test views (test.py --eval_views); knn10_acc / knn200_acc: test.py --knn;
+# contrastive_acc: the pretraining's last epoch (train.py metrics.csv); each empty where not measured.
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
     "pretrain_loss", "pretrain_seconds", "images_per_s", "eval_seconds", "device", "checkpoint",
     "kind", "budget", "steps", "train_epochs", "recipe", "label_fraction", "threads", "deterministic",
+    "aug_test_acc", "aug_test_loss", "knn10_acc", "knn200_acc", "contrastive_acc",
 ]
 INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs", "threads",
               "deterministic"}
@@ -252,7 +255,17 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
         "steps": int(step) if step not in (None, "") else (0 if cell.epochs == 0 else None),
         "train_epochs": ckpt_epoch, "label_fraction": label_fraction, "threads": threads,
         "deterministic": None if deterministic is None else int(bool(deterministic)),
+        "aug_test_acc": _rounded(evaluation.get("augmented_test_accuracy"), 4),
+        "aug_test_loss": _rounded(evaluation.get("augmented_test_loss"), 6),
+        "knn10_acc": _rounded(evaluation.get("knn10_accuracy"), 4),
+        "knn200_acc": _rounded(evaluation.get("knn200_accuracy"), 4),
+        "contrastive_acc": _rounded(done[-1].get("contrastive_acc") if done else None, 4),
     }
+
+
+def _rounded(value, digits: int) -> float | None:
+    """A number from a report or a metrics.csv cell, rounded; None for absent or empty."""
+    return None if value in (None, "") else round(float(value), digits)
 
 
 def _orderable(value) -> tuple:
@@ -363,7 +376,8 @@ def aggregate(rows: Sequence[Mapping]) -> list[dict]:
         entry["steps"] = steps.pop() if len(steps) == 1 else None
         entry["seeds"] = sorted(int(m["seed"]) for m in members)
         entry["n_seeds"] = len(members)
-        for metric in ("val_accuracy", "test_accuracy", "test_loss", "pretrain_seconds", "images_per_s"):
+        for metric in ("val_accuracy", "test_accuracy", "test_loss", "pretrain_seconds", "images_per_s",
+                       "aug_test_acc", "knn10_acc", "contrastive_acc"):
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std([m.get(metric) for m in members])
         out.append(entry)
     return sorted(out, key=selection_order)
@@ -539,6 +553,7 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
                        f"| {_pm(e['test_loss_mean'], e['test_loss_std'], '.3f')} | {budget_of(e)} "
                        f"| {_g(e.get('steps'), 'd')} |")
         out.append("")
+    out += measures_markdown(everything)
     out += label_axis_markdown(all_rows)
     out += [f"Plots: [{PLOT_SCALE}]({PLOT_SCALE}), [{PLOT_HEATMAP}]({PLOT_HEATMAP})"
             + (f", [{PLOT_LABELS}]({PLOT_LABELS})" if has_label_axis(all_rows) else "") + ". "
@@ -576,6 +591,32 @@ def label_axis_points(entries: Sequence[Mapping]) -> dict[tuple, dict[tuple, lis
 def _arm_label(arm: tuple, budgets: set) -> str:
     kind, budget = arm
     return KIND_LABELS[kind] + (f" ({budget} budget)" if len(budgets) > 1 and kind in ("simclr", "supervised") else "")
+
+
+MEASURES = (("test_accuracy", "test acc (%)"), ("aug_test_acc", "augmented test acc (%)"),
+            ("knn10_acc", "kNN k=10 (%)"), ("contrastive_acc", "contrastive acc (%)"))
+
+
+def measures_markdown(entries: Sequence[Mapping]) -> list[str]:
+    """The results.md section that sets every configuration's measures side by side (only when the study
+    measured more than test accuracy: test.py --eval_views / --knn, or SimCLR's contrastive accuracy)."""
+    shown = [(key, title) for key, title in MEASURES if any(e.get(f"{key}_mean") is not None for e in entries)]
+    if len(shown) < 2:
+        return []
+    out = ["## Every configuration's measures (mean ± std over seeds)", "",
+           "test acc: the probe on clean test images; augmented test acc: the same probe on seeded SimCLR views "
+           "of every test image (test.py --eval_views); kNN k=10: cosine, majority vote, probe train split as "
+           "memory; contrastive acc: the share of the last pretraining epoch's views whose positive ranked first "
+           "(chance 1/(2N-1)). See docs/measures.md.", "",
+           "| kind | data scale | lr | epochs | seeds | " + " | ".join(t for _, t in shown) + " |",
+           "|---|---|---|---|---|" + "---|" * len(shown)]
+    for e in sorted(entries, key=lambda e: (KINDS.index(kind_of(e)), budget_of(e), e["data_scale"] or 0,
+                                            _orderable(e.get("learning_rate")))):
+        cells = [_pm(e.get(f"{k}_mean"), e.get(f"{k}_std"), ".2f") for k, _ in shown]
+        out.append(f"| {KIND_LABELS[kind_of(e)]}{' (steps)' if budget_of(e) == 'steps' else ''} "
+                   f"| {_g(e['data_scale'])} | {_g(e['learning_rate'])} | {e['epochs']} | {e['n_seeds']} | "
+                   + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def label_axis_markdown(rows: Sequence[Mapping]) -> list[str]:
@@ -649,7 +690,8 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
-    """Mean test accuracy (± std over seeds) against data scale.
+    """Mean test accuracy (± std over seeds) against data scale; a second panel for the augmented test views
+    when the study measured them (test.py --eval_views).
 
     Per budget (solid: epochs, dashed: steps): SimCLR's best configuration per scale by validation
     accuracy (without a validation split: one line per configuration) and supervised pretraining's;
@@ -660,7 +702,19 @@ def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    panels = [("test_accuracy", "clean test images")]
+    if any(e.get("aug_test_acc_mean") is not None for e in entries):
+        panels.append(("aug_test_acc", "augmented test views (--eval_views)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    for ax, (metric, what) in zip(axes[0], panels):
+        _scale_panel(ax, entries, metric, what)
+    fig.tight_layout()
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def _scale_panel(ax, entries: Sequence[Mapping], metric: str, what: str) -> None:
+    """One panel of plot_accuracy_vs_scale: `metric` ("test_accuracy" or "aug_test_acc") per data scale."""
     styles = {"epochs": "-", "steps": "--"}
     colours = {"simclr": "tab:blue", "supervised": "tab:orange", "random": "tab:gray", "imagenet": "tab:green"}
     budgets = [b for b in BUDGETS if any(budget_of(e) == b and kind_of(e) in ("simclr", "supervised")
@@ -668,10 +722,10 @@ def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
     names = {"batch_size": "bs", "learning_rate": "lr", "epochs": "ep", "eval_epoch": "@"}
 
     def draw(pts, label, colour, style):
-        pts = sorted((e for e in pts if e["test_accuracy_mean"] is not None), key=lambda e: e["data_scale"])
+        pts = sorted((e for e in pts if e.get(f"{metric}_mean") is not None), key=lambda e: e["data_scale"])
         if pts:
-            ax.errorbar([e["data_scale"] for e in pts], [e["test_accuracy_mean"] for e in pts],
-                        yerr=[e["test_accuracy_std"] or 0.0 for e in pts], marker="o", capsize=3, label=label,
+            ax.errorbar([e["data_scale"] for e in pts], [e[f"{metric}_mean"] for e in pts],
+                        yerr=[e[f"{metric}_std"] or 0.0 for e in pts], marker="o", capsize=3, label=label,
                         color=colour, linestyle=style)
 
     for budget in budgets:
@@ -692,8 +746,8 @@ def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
              styles[budget])
     for kind in ("random", "imagenet"):
         ref = of_kind(entries, kind)
-        if ref and ref[0]["test_accuracy_mean"] is not None:
-            mean, std = ref[0]["test_accuracy_mean"], ref[0]["test_accuracy_std"] or 0.0
+        if ref and ref[0].get(f"{metric}_mean") is not None:
+            mean, std = ref[0][f"{metric}_mean"], ref[0][f"{metric}_std"] or 0.0
             ax.axhline(mean, color=colours[kind], linestyle=":", label=KIND_LABELS[kind])
             if std:
                 ax.axhspan(mean - std, mean + std, color=colours[kind], alpha=0.15)
@@ -704,13 +758,10 @@ def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
     ax.set_xticklabels([f"{s:g}" for s in scales])
     ax.minorticks_off()
     ax.set_xlabel("data scale (fraction of the pretraining set)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Linear probe test accuracy (mean ± std over seeds)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Linear probe accuracy on {what}\n(mean ± std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, Path(path))
-    return Path(path)
 
 
 def plot_heatmaps(entries: Sequence[Mapping], path: Path) -> Path:
