@@ -93,11 +93,25 @@ GRID = {
     "seeds": [0],
 }
 
-# --preset demo: the README's quick start: 2 scales x 2 lrs of `synthetic` (100 / 200 images),
-# 2 epochs, the recipe's probe, with the supervised (batch 50) and random-init baselines. Measured on 2
-# CPU cores shared with other jobs (load 4-6): 8 min 30 s wall, 334 s CPU; 7 min 30 s with --jobs 2.
-# --preset original: the original's grid, both budgets, every baseline.
+# --preset digits: the README's quick start, real images on a CPU (docs/study.md, "The digits preset"):
+# scikit-learn's digits at 16 px, 3 data scales x 2 lrs x 2 seeds of SimCLR, the supervised, random-init
+# and scratch baselines, every backbone probed with 10 % and all of the labels and scored on clean and
+# augmented test views. Views: the issue-18 digits settings (crop (0.3, 1), jitter strength 0.5, grayscale
+# 0.2, no flips: a digit flipped is another symbol), head 512-512-BN-128; both arms without flips. Batch
+# 64 and lrs 0.125 / 0.5 come from a measured sweep at 3 epochs (no source covers runs of a few epochs;
+# docs/study.md); 2 epochs and 2 augmented views per test image keep it within 10 minutes on 2 cores.
+# --preset demo: 2 scales x 2 lrs of `synthetic` (100 / 200 images), 2 epochs: the tests' small study.
+# --preset original: the original's grid, both budgets, every baseline; lr "auto" is the tuned recipe's
+# short-run rule at 250 epochs, 0.06 x B/256 (utils/recipes.py, short_run).
+DIGITS_VIEWS = "--crop_min_scale 0.3 --jitter_strength 0.5 --gray_prob 0.2 --hflip_prob 0"
+DIGITS_EVAL_VIEWS = "--eval_crop_min_scale 0.3 --eval_jitter_strength 0.5 --eval_gray_prob 0.2 --eval_hflip_prob 0"
 PRESETS = {
+    "digits": {"dataset": "digits", "eval_dataset": "digits", "data_scales": [0.1, 0.3, 1.0], "batch_sizes": [64],
+               "learning_rates": [0.125, 0.5], "epochs": [2], "seeds": [0, 1],
+               "baselines": ["supervised", "random", "scratch"], "label_fractions": [0.1, 1.0],
+               "train_args": f"{DIGITS_VIEWS} --proj_hidden_dim 512 --proj_bn true",
+               "supervised_args": "--batch_size 64 --hflip_prob 0",
+               "test_args": f"--eval_views 2 --knn {DIGITS_EVAL_VIEWS}", "jobs": 2, "out_dir": "sweeps/digits"},
     "demo": {"dataset": "synthetic", "eval_dataset": "synthetic", "data_scales": [0.05, 0.1], "batch_sizes": [50],
              "learning_rates": [0.3, 0.6], "epochs": [2], "seeds": [0],
              "supervised_args": "--batch_size 50", "out_dir": "sweeps/demo"},
@@ -308,6 +322,20 @@ def imagenet_weights_missing() -> Path | None:
     return None if path.is_file() else path
 
 
+def scratch_fractions(args: argparse.Namespace, baselines: list[str], announce: bool) -> list[float]:
+    """The label fractions the scratch baseline trains at. With every label of the pretraining data itself
+    (--eval_dataset = --dataset) it would repeat the supervised baseline at data scale 1 (the same recipe and
+    images, less the probe's validation split), so that one is not run twice."""
+    fractions = list(args.label_fractions)
+    if (canonical_dataset(args.eval_dataset) == canonical_dataset(args.dataset) and "supervised" in baselines
+            and 1.0 in args.data_scales and 1.0 in fractions and "steps" not in args.budget):
+        fractions.remove(1.0)
+        if announce and "scratch" in baselines:
+            print("scratch baseline at every label: the supervised baseline at data scale 1 is that run (same data)",
+                  flush=True)
+    return fractions
+
+
 def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.Cell]:
     """Every cell of the study, in run order: the SimCLR grid per budget, then the baselines."""
     baselines = list(args.baselines)
@@ -326,7 +354,7 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
         probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
         sup_batch = _parse_for(train.parse_args, probe, "--supervised_args").batch_size
     cells = sweep.study_cells({k: getattr(args, k) for k in sweep.GRID_KEYS}, args.eval_at, args.budget, baselines,
-                              sizes, sup_batch, args.label_fractions)
+                              sizes, sup_batch, scratch_fractions(args, baselines, announce))
     if sizes is not None:
         for cell in cells:
             if cell.data_scale is None:
@@ -370,7 +398,29 @@ def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: 
     return (["--model_path", str(ckpt), "--dataset", args.eval_dataset, "--test_num_epochs", str(args.test_num_epochs),
              "--val_split", repr(args.val_split), "--run_dir", str(eval_dir), "--seed", str(cell.seed),
              "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
-             *common_passthrough(args), *labels] + (["--quiet"] if args.quiet else []) + args.test_args_list)
+             *common_passthrough(args), *labels] + (["--quiet"] if args.quiet else [])
+            + (args.test_args_list if label_fraction == 1 else without_measures(args.test_args_list)))
+
+
+MEASURE_FLAGS = ("--eval_views", "--eval_view_seed", "--eval_crop_min_scale", "--eval_hflip_prob", "--eval_jitter_strength",
+                 "--eval_jitter_prob", "--eval_gray_prob", "--eval_blur_prob")
+
+
+def without_measures(argv: list[str]) -> list[str]:
+    """--test_args less the measures of the features (--eval_views and its view flags, --knn): the study takes
+    them once per checkpoint, with every label; a probe with fewer labels reports its accuracy only."""
+    out, skip = [], False
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name == "--knn":
+            continue
+        elif name in MEASURE_FLAGS:
+            skip = "=" not in token
+        else:
+            out.append(token)
+    return out
 
 
 def cell_fractions(args: argparse.Namespace, cell: sweep.Cell) -> list[float]:

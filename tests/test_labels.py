@@ -181,9 +181,9 @@ def test_demo_study_with_label_fractions(tmp_path, monkeypatch):
         "--train_args", "--image_size 8", "--out_dir", str(out)])
     rows = sweep.read_results(out / sweep.RESULTS_CSV)
     got = sorted((r["kind"], r["label_fraction"]) for r in rows)
-    assert got == sorted([(k, f) for k in ("simclr", "supervised", "random") for f in (0.1, 1.0)]
-                         + [("scratch", 0.1), ("scratch", 1.0)])
-    assert result["added"] == 8 and (out / sweep.PLOT_LABELS).stat().st_size > 0
+    # scratch at every label of the pretraining data itself is the supervised cell at data scale 1: not run twice
+    assert got == sorted([(k, f) for k in ("simclr", "supervised", "random") for f in (0.1, 1.0)] + [("scratch", 0.1)])
+    assert result["added"] == 7 and (out / sweep.PLOT_LABELS).stat().st_size > 0
     md = (out / sweep.RESULTS_MD).read_text()
     assert "## Label efficiency" in md and "supervised from scratch on the labels" in md
     # Every fraction of a checkpoint was probed on the features of one pass (then the cache was removed).

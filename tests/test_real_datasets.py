@@ -79,7 +79,8 @@ def test_digits_uint8_scaling_endpoints():
 
 
 def test_digits_without_scikit_learn_is_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # neither found nor imported, as if it were not installed
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     digits._digits_arrays.cache_clear()
     try:
         with pytest.raises(UserError, match=r"^the digits dataset needs scikit-learn: pip install 'scikit-learn>=1.3'$"):

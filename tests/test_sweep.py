@@ -339,7 +339,7 @@ def test_results_csv_columns(tmp_path):
     assert header == sweep.RESULT_FIELDS
     back = sweep.read_results(path)
     first = sorted(rows, key=lambda r: r["data_scale"])[0]
-    assert [r["data_scale"] for r in back] == [0.1, 0.5] and back[0] == {**first, "label_fraction": 1.0}
+    assert [r["data_scale"] for r in back] == [0.1, 0.5] and back[0] == {**dict.fromkeys(sweep.RESULT_FIELDS), **first, "label_fraction": 1.0}
     # A results.csv from before the label axis (no label_fraction column) reads as every label.
     old = tmp_path / "old.csv"
     drop = sweep.RESULT_FIELDS.index("label_fraction")
@@ -461,3 +461,19 @@ def test_rows_carry_the_measures_and_results_md_sets_them_side_by_side(tmp_path)
     narrow = matplotlib.image.imread(sweep.plot_accuracy_vs_scale(sweep.aggregate(make_rows(
         {(1.0, 64, 0.1): [(95.0, 90.0)]})), tmp_path / "q.png")).shape[1]
     assert wide > 1.8 * narrow  # two panels: clean and augmented test views
+
+
+def test_features_are_measured_once_per_checkpoint_with_every_label(tmp_path):
+    """--test_args' measures of the features (augmented views, kNN) reach the probe with every label only: a
+    probe with fewer labels of the same checkpoint gets the rest of --test_args and no measure flag."""
+    args = simclr_train.parse_args(["--dataset", "synthetic", "--eval_dataset", "synthetic", "--label_fractions",
+                                    "0.1", "1.0", "--test_args",
+                                    "--eval_views 2 --knn --eval_crop_min_scale=0.3 --eval_hflip_prob 0 --test_learning_rate 0.01",
+                                    "--out_dir", str(tmp_path)])
+    cell = simclr_train.build_cells(args, announce=False)[0]
+    full = simclr_train.test_argv(args, cell, tmp_path / "c.pth", tmp_path / "e", label_fraction=1.0)
+    few = simclr_train.test_argv(args, cell, tmp_path / "c.pth", tmp_path / "e", label_fraction=0.1)
+    assert full[-8:] == ["--eval_views", "2", "--knn", "--eval_crop_min_scale=0.3", "--eval_hflip_prob", "0",
+                         "--test_learning_rate", "0.01"]
+    assert few[-2:] == ["--test_learning_rate", "0.01"] and not any(t.startswith(("--eval_", "--knn")) for t in few)
+    assert test_script.parse_args(few).eval_views == 0 and test_script.parse_args(full).eval_views == 2

@@ -608,13 +608,14 @@ def measures_markdown(entries: Sequence[Mapping]) -> list[str]:
            "of every test image (test.py --eval_views); kNN k=10: cosine, majority vote, probe train split as "
            "memory; contrastive acc: the share of the last pretraining epoch's views whose positive ranked first "
            "(chance 1/(2N-1)). See docs/measures.md.", "",
-           "| kind | data scale | lr | epochs | seeds | " + " | ".join(t for _, t in shown) + " |",
-           "|---|---|---|---|---|" + "---|" * len(shown)]
+           "| kind | data scale | batch | lr | epochs | seeds | " + " | ".join(t for _, t in shown) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(shown)]
     for e in sorted(entries, key=lambda e: (KINDS.index(kind_of(e)), budget_of(e), e["data_scale"] or 0,
-                                            _orderable(e.get("learning_rate")))):
+                                            _orderable(e.get("batch_size")), _orderable(e.get("learning_rate")))):
         cells = [_pm(e.get(f"{k}_mean"), e.get(f"{k}_std"), ".2f") for k, _ in shown]
         out.append(f"| {KIND_LABELS[kind_of(e)]}{' (steps)' if budget_of(e) == 'steps' else ''} "
-                   f"| {_g(e['data_scale'])} | {_g(e['learning_rate'])} | {e['epochs']} | {e['n_seeds']} | "
+                   f"| {_g(e['data_scale'])} | {_g(e['batch_size'])} | {_g(e['learning_rate'])} | {e['epochs']} "
+                   f"| {e['n_seeds']} | "
                    + " | ".join(cells) + " |")
     return out + [""]
 

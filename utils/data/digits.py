@@ -15,6 +15,7 @@ the evaluation transform), never here.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -36,7 +37,23 @@ def split_rule(test_fraction: float, seed: int) -> str:
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    """(images float (1797, 8, 8) in 0..16, labels int (1797,)) from scikit-learn, imported only here."""
+    """(images float (1797, 8, 8) in 0..16, labels int (1797,)): scikit-learn's file, read as load_digits reads it.
+
+    Importing sklearn costs about 4 s, once per process, and the study starts a process per cell; so the
+    package's `datasets/data/digits.csv.gz` (64 pixel columns and the label, one image a row) is located
+    without importing sklearn and parsed here, with load_digits itself as the fallback."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("sklearn")
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it (tests: "not installed")
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            if table.shape == (DIGITS_COUNT, 65):
+                return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
     try:
         from sklearn.datasets import load_digits
     except ImportError:
