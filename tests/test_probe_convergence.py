@@ -35,8 +35,9 @@ def test_default_probe_matches_converged_lbfgs(tmp_path, capsys):
         for kind, flags in KINDS.items():
             run = tmp_path / f"{kind.replace(' ', '-')}-{seed}"
             train.main(common + flags + ["--run_dir", str(run)])
+            # both probes read one feature pass (test.py --feature_cache): the same features, half the passes
             probe_args = ["--model_path", str(run / "final.pth"), "--dataset", "synthetic", "--device", "cpu",
-                          "--quiet", "--seed", str(seed)]
+                          "--quiet", "--seed", str(seed), "--feature_cache", str(run / "features")]
             sgd = test_script.main(probe_args + ["--run_dir", str(run / "probe")])
             lbfgs = test_script.main(probe_args + ["--run_dir", str(run / "lbfgs"), "--solver", "lbfgs",
                                                    "--lbfgs_max_iter", "2000"])

@@ -287,32 +287,30 @@ def test_imagenet_weights_checkpoint_gets_the_common_probe(capsys):
 
 
 @pytest.mark.slow
-def test_simclr_pretraining_improves_the_probe_loss_over_random_init(tmp_path):
-    """On synthetic, 75 SimCLR steps from seed 0 give a lower probe test loss than the same network at init.
+def test_simclr_beats_random_init_on_augmented_views_of_real_digits(tmp_path):
+    """Real images: SimCLR pretraining on scikit-learn's digits makes the probe's features invariant to the views.
 
-    5 epochs of 15 steps at 16 px, the original recipe with Adam lr 1e-3 and temperature 0.1 (the
-    fastest learner found in few steps); both backbones come from seed 0, so the SimCLR one is the
-    random-init one after pretraining; both probed by the default (converged) probe. Measured on
-    the 2-core CPU (2026-11-30): test loss 1.815 against 2.051, accuracy 31.2 % against 31.6 %.
-    Under the old diverging probe this run's accuracy gain looked like 7 points (32.6 % vs 25.4 %),
-    but that came from the probe: it overfitted random features (test loss 7.4). With a converged
-    probe, neither this setting, nor 10 epochs (29.6 %), nor the tuned or original recipes' own
-    values (README, Results) beat random init's accuracy at this budget, so accuracy is not asserted.
+    2 epochs of SimCLR on the 1,438 train digits (44 steps of batch 64 at 16 px, lr 0.125, the digits preset's
+    views and head) against the same network at init (both from seed 0); both probed by the default probe on
+    clean train features and scored on 2 seeded augmented views of every test image (the preset's views). On
+    clean test images random features are already near 98 % (README, Results), so the claim is on the views.
+    Measured here (2026-12-01, 2 CPU cores): @@MEASURED@@.
     """
+    import simclr_train
     import train
 
-    common = ["--dataset", "synthetic", "--device", "cpu", "--quiet", "--seed", "0", "--image_size", "16"]
-    train.main(common + ["--run_dir", str(tmp_path / "simclr"), "--epochs", "5", "--batch_size", "128",
-                         "--recipe", "original", "--optimizer", "adam", "--learning_rate", "1e-3",
-                         "--temperature", "0.1"])
+    common = ["--dataset", "digits", "--device", "cpu", "--quiet", "--seed", "0"]
+    train.main(common + ["--run_dir", str(tmp_path / "simclr"), "--epochs", "2", "--batch_size", "64",
+                         "--learning_rate", "0.125", *simclr_train.DIGITS_VIEWS.split(),
+                         "--proj_hidden_dim", "512", "--proj_bn", "true"])
     train.main(common + ["--run_dir", str(tmp_path / "init"), "--epochs", "0"])
-    probe_args = ["--dataset", "synthetic", "--device", "cpu", "--quiet"]  # the default probe
-    pretrained = test_script.main(["--model_path", str(tmp_path / "simclr" / "final.pth"), *probe_args])
-    random_init = test_script.main(["--model_path", str(tmp_path / "init" / "final.pth"), *probe_args])
-    assert pretrained["protocol"] == random_init["protocol"] == "linear"
-    scores = (pretrained["test_accuracy"], random_init["test_accuracy"], pretrained["test_loss"],
-              random_init["test_loss"])
-    assert pretrained["test_loss"] < random_init["test_loss"] - 0.1, scores
+    probe = ["--dataset", "digits", "--device", "cpu", "--quiet", "--eval_views", "2",
+             *simclr_train.DIGITS_EVAL_VIEWS.split()]
+    pretrained = test_script.main(["--model_path", str(tmp_path / "simclr" / "final.pth"), *probe])
+    random_init = test_script.main(["--model_path", str(tmp_path / "init" / "final.pth"), *probe])
+    scores = {k: (pretrained[k], random_init[k]) for k in ("augmented_test_accuracy", "test_accuracy")}
+    assert pretrained["augmented_test_accuracy"] > random_init["augmented_test_accuracy"] + 5, scores
+    assert pretrained["augmented_test_loss"] < random_init["augmented_test_loss"], scores
 
 
 # --- issue 14 ------------------------------------------------------------------------------------
