@@ -1,0 +1,153 @@
+"""A straightforward SimCLR written from the paper, on scikit-learn's digits: the yardstick for the project's own.
+
+Independent of the project's training code on purpose (it imports nothing from train.py, models/ or utils/):
+torchvision's per-image transforms, torchvision's ResNet-18 with the CIFAR stem, NT-Xent written anchor by
+anchor from eq. (1) of Chen et al. (2020), plain SGD with a per-step cosine, then scikit-learn's logistic
+regression on frozen, standardised features (clean train images), scored on the clean test images and on K
+augmented views of each test image. If the project's `simclr_train.py --preset digits` and this script disagree
+by much at the same settings, one of them is wrong.
+
+    python benchmarks/reference_simclr.py --epochs 5 --lr 0.5 --seeds 0 1
+    python benchmarks/reference_simclr.py --epochs 0 --seeds 0 1          # the same networks at random init
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torchvision.transforms import v2
+
+
+def digits(size: int, seed: int = 0):
+    """Digits as float RGB tensors (N, 3, size, size) in [0, 1], an 80/20 stratified split (its own, not the project's)."""
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False).clamp(0, 1)
+    x = x.expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(d.target)
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.2, stratify=d.target, random_state=seed)
+    return x[tr], y[tr], x[te], y[te]
+
+
+def view_transform(size: int, crop_min: float, strength: float, gray: float, flip: float) -> v2.Compose:
+    """The SimCLR view (paper, appendix A): random resized crop, flip, colour jitter (p 0.8), grayscale."""
+    s = strength
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(crop_min, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(flip),
+        v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
+        v2.RandomGrayscale(gray),
+    ])
+
+
+def resnet18_cifar() -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem the paper uses for CIFAR-10 (3x3 conv, stride 1, no max-pool)."""
+    net = torchvision.models.resnet18(num_classes=10)
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+def nt_xent_naive(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
+    """Eq. (1), anchor by anchor: l(i, j) = -log exp(s_ij / t) / sum_{k != i} exp(s_ik / t), averaged over 2N anchors."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n2 = z.shape[0]
+    n = n2 // 2
+    total = z.new_zeros(())
+    for i in range(n2):
+        j = i + n if i < n else i - n
+        s = z[i] @ z.t() / t
+        others = torch.cat([s[:i], s[i + 1:]])
+        total = total - (s[j] - torch.logsumexp(others, dim=0))
+    return total / n2
+
+
+def features(net: nn.Module, x: torch.Tensor) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net(x[i:i + 512]) for i in range(0, len(x), 512)]).numpy()
+
+
+def run(args, seed: int) -> dict:
+    torch.manual_seed(seed)
+    xtr, ytr, xte, yte = digits(args.size)
+    net = resnet18_cifar()
+    head = nn.Sequential(nn.Linear(512, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 128))
+    params = list(net.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.wd)
+    aug = view_transform(args.size, args.crop_min, args.jitter, args.gray, args.flip)
+    steps_per_epoch = len(xtr) // args.batch
+    total = args.epochs * steps_per_epoch
+    losses, t0, step = [], time.time(), 0
+    for epoch in range(args.epochs):
+        net.train(), head.train()
+        order = torch.randperm(len(xtr))
+        epoch_loss = []
+        for b in range(steps_per_epoch):
+            batch = xtr[order[b * args.batch:(b + 1) * args.batch]]
+            x1 = torch.stack([aug(img) for img in batch])
+            x2 = torch.stack([aug(img) for img in batch])
+            for g in opt.param_groups:  # cosine over the run, per step, the floor reached after the last step
+                g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = nt_xent_naive(head(net(x1)), head(net(x2)), args.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            epoch_loss.append(loss.item())
+            step += 1
+        losses.append(float(np.mean(epoch_loss)))
+        print(f"seed {seed} epoch {epoch + 1}/{args.epochs} loss {losses[-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    scaler = StandardScaler().fit(features(net, xtr))
+    clf = LogisticRegression(C=args.C, max_iter=5000, tol=1e-6)
+    clf.fit(scaler.transform(features(net, xtr)), ytr.numpy())
+    clean = clf.score(scaler.transform(features(net, xte)), yte.numpy())
+    torch.manual_seed(10_000 + seed)
+    views = torch.cat([torch.stack([aug(img) for img in xte]) for _ in range(args.eval_views)])
+    augmented = clf.score(scaler.transform(features(net, views)), yte.repeat(args.eval_views).numpy())
+    return {"seed": seed, "epochs": args.epochs, "lr": args.lr, "loss_per_epoch": losses,
+            "test_accuracy": 100 * clean, "augmented_test_accuracy": 100 * augmented,
+            "solver_iterations": int(clf.n_iter_.max()), "seconds": round(time.time() - t0, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--wd", type=float, default=5e-4)
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--crop_min", type=float, default=0.3)
+    p.add_argument("--jitter", type=float, default=0.5)
+    p.add_argument("--gray", type=float, default=0.2)
+    p.add_argument("--flip", type=float, default=0.0)
+    p.add_argument("--eval_views", type=int, default=5)
+    p.add_argument("--C", type=float, default=1.0, help="inverse l2 strength of the logistic regression")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    results = [run(args, s) for s in args.seeds]
+    for r in results:
+        print(json.dumps(r))
+    for key in ("test_accuracy", "augmented_test_accuracy"):
+        v = [r[key] for r in results]
+        print(f"{key}: {np.mean(v):.2f} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.2f} over seeds {args.seeds}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
