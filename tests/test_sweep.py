@@ -467,7 +467,7 @@ def test_features_are_measured_once_per_checkpoint_with_every_label(tmp_path):
     """--test_args' measures of the features (augmented views, kNN) reach the probe with every label only: a
     probe with fewer labels of the same checkpoint gets the rest of --test_args and no measure flag."""
     args = simclr_train.parse_args(["--dataset", "synthetic", "--eval_dataset", "synthetic", "--label_fractions",
-                                    "0.1", "1.0", "--test_args",
+                                    "0.1", "1.0", "--data_scales", "1.0", "--batch_sizes", "64", "--test_args",
                                     "--eval_views 2 --knn --eval_crop_min_scale=0.3 --eval_hflip_prob 0 --test_learning_rate 0.01",
                                     "--out_dir", str(tmp_path)])
     cell = simclr_train.build_cells(args, announce=False)[0]

@@ -165,3 +165,16 @@ def write_decoded_npy(path: Path, files: list[Path], decode: Callable[[Path, int
         except FileNotFoundError:
             pass
         raise
+
+
+def publish_cache(partial: Path, final: Path, meta: dict) -> Path:
+    """Finish a cache folder built in `partial`: write its meta.json last (its presence marks the cache complete),
+    then put the folder in place of `final` (an older cache there is removed first)."""
+    import json
+    import shutil
+
+    (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final

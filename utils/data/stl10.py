@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from utils.data.archive import extract_into_place
 from utils.data.constants import STL10_MEAN, STL10_STD, DatasetInfo
-from utils.data.decode import write_decoded_npy
+from utils.data.decode import publish_cache, write_decoded_npy
 from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
 
@@ -169,11 +168,7 @@ def build_cache(root: Path) -> Path:
     (partial / "classes.json").write_text(json.dumps(classes))
     meta = {"version": CACHE_VERSION, "counts": {"train": n_train, "unlabeled": counts["unlabeled_X.bin"],
                                                  "test": counts["test_X.bin"]}}
-    (partial / "meta.json").write_text(json.dumps(meta))  # written last: marks completeness
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final
+    return publish_cache(partial, final, meta)
 
 
 def _missing(data_dir: Path, why: str) -> DataMissingError:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from utils.data.archive import extract_into_place
 from utils.data.constants import TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, DatasetInfo
-from utils.data.decode import open_image, write_decoded_npy
+from utils.data.decode import open_image, publish_cache, write_decoded_npy
 from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
 
@@ -210,11 +210,7 @@ def build_cache(root: str | Path) -> Path:
     (partial / "classes.json").write_text(json.dumps(classes))
     meta = {"version": CACHE_VERSION, "image_size": IMAGE_SIZE, "num_classes": len(classes), "counts": counts,
             "class_words": _read_words(root, classes)}
-    (partial / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks completeness
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final
+    return publish_cache(partial, final, meta)
 
 
 def _missing(data_dir: Path, why: str) -> DataMissingError:
