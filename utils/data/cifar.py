@@ -19,7 +19,7 @@ import numpy as np
 
 from utils.data.archive import extract_into_place
 from utils.data.constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DatasetInfo
-from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
+from utils.data.download import fetch_archive, file_lock
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)
@@ -101,24 +101,8 @@ def ensure_cifar(
     with file_lock(data_dir / f".{src.name}.lock"):
         if not force and cifar_ready(name, data_dir):  # another process finished while we waited
             return folder
-        if force and archive.exists():
-            try:
-                verify_file(archive, md5, size)
-            except ChecksumError as exc:
-                logger.warning("%s; downloading it again", exc)
-                archive.unlink()
-        if not archive.exists():
-            if not download:
-                raise _missing(src, data_dir, "no archive and download disabled")
-            try:
-                download_file(url or src.url, archive, md5=md5, size=size)
-            except NetworkError as exc:
-                raise _missing(src, data_dir, f"download failed: {exc.reason}") from None
-        else:
-            try:
-                verify_file(archive, md5, size)
-            except ChecksumError as exc:
-                raise ChecksumError(f"{exc}; delete it or rerun with `python data.py --dataset {src.name} --force`") from None
+        fetch_archive(archive, url or src.url, md5, size, force=force, download=download,
+                      missing=lambda why: _missing(src, data_dir, why), redo=f"python data.py --dataset {src.name} --force")
         if folder.exists():  # incomplete (files missing) or --force: rebuild it from the archive
             shutil.rmtree(folder)
         logger.info("extracting %s", archive)

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -328,6 +328,32 @@ def download_file(
         raise
     os.replace(part, dest)
     return dest
+
+
+def fetch_archive(path: Path, url: str, md5: str, size: int | None, *, force: bool, download: bool,
+                  missing: Callable[[str], Exception], redo: str) -> None:
+    """Leave at `path` a file of the given md5 (and size): the one already there, or `url` downloaded.
+
+    A file there that fails its check is refused (ChecksumError, its message ending with `redo`, the command
+    that fetches it again) unless `force`, which downloads it again. With no file and `download` false, or
+    a failed download, raises `missing(why)` (a dataset's DataMissingError naming every way to get it).
+    """
+    if path.exists():
+        try:
+            verify_file(path, md5, size)
+        except ChecksumError as exc:
+            if not force:
+                raise ChecksumError(f"{exc}; delete it or rerun with `{redo}`") from None
+            logger.warning("%s; downloading it again", exc)
+            path.unlink()
+    if path.exists():
+        return
+    if not download:
+        raise missing("no archive and download disabled")
+    try:  # the progress bar names the file; an offline machine gets one line, the error
+        download_file(url, path, md5=md5, size=size)
+    except NetworkError as exc:
+        raise missing(f"download failed: {exc.reason}") from None
 
 
 def _never_connected(exc: BaseException | None) -> bool:

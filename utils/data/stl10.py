@@ -36,7 +36,7 @@ import numpy as np
 from utils.data.archive import extract_into_place
 from utils.data.constants import STL10_MEAN, STL10_STD, DatasetInfo
 from utils.data.decode import publish_cache, write_decoded_npy
-from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
+from utils.data.download import ChecksumError, fetch_archive, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)
@@ -184,22 +184,8 @@ def _fetch_and_extract(data_dir: Path, url: str, md5: str, force: bool, download
         missing = [name for name, _ in SOURCE.md5s if not (root / name).is_file()]
         raise UserError(f"{root} lacks {', '.join(missing)}; put the file(s) there, or delete the folder and run "
                         f"`python data.py --dataset stl10 --data_dir {data_dir}`")
-    if archive.exists():
-        try:
-            verify_file(archive, md5)
-        except ChecksumError as exc:
-            if not force:
-                raise ChecksumError(f"{exc}; delete it or rerun with `python data.py --dataset stl10 --force`") from None
-            logger.warning("%s; downloading it again", exc)
-            archive.unlink()
-    if not archive.exists():
-        if not download:
-            raise _missing(data_dir, "no archive and download disabled")
-        logger.info("downloading %s", url)
-        try:
-            download_file(url, archive, md5=md5)
-        except NetworkError as exc:
-            raise _missing(data_dir, f"download failed: {exc.reason}") from None
+    fetch_archive(archive, url, md5, None, force=force, download=download, missing=lambda why: _missing(data_dir, why),
+                  redo="python data.py --dataset stl10 --force")
     logger.info("extracting %s", archive)
     extract_into_place(archive, root, member_root=SOURCE.folder)
 

@@ -33,7 +33,7 @@ from PIL import Image
 from utils.data.archive import extract_into_place
 from utils.data.constants import TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, DatasetInfo
 from utils.data.decode import open_image, publish_cache, write_decoded_npy
-from utils.data.download import ChecksumError, NetworkError, download_file, file_lock, verify_file
+from utils.data.download import fetch_archive, file_lock
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)
@@ -254,22 +254,9 @@ def prepare_tiny_imagenet(
             if root.exists():
                 raise UserError(f"{root} exists but is incomplete (no wnids.txt, train/ or val/); delete it "
                                 f"or run `python data.py --dataset tiny-imagenet --data_dir {data_dir} --force`")
-            if archive.exists():
-                try:
-                    verify_file(archive, md5, size)
-                except ChecksumError as exc:
-                    if not force:
-                        raise ChecksumError(f"{exc}; delete it or rerun with --force") from None
-                    logger.warning("%s; downloading it again", exc)
-                    archive.unlink()
-            if not archive.exists():
-                if not download:
-                    raise _missing(data_dir, "no archive and download disabled")
-                logger.info("downloading %s", url)
-                try:
-                    download_file(url, archive, md5=md5, size=size)
-                except NetworkError as exc:
-                    raise _missing(data_dir, f"download failed: {exc.reason}") from None
+            fetch_archive(archive, url, md5, size, force=force, download=download,
+                          missing=lambda why: _missing(data_dir, why),
+                          redo="python data.py --dataset tiny-imagenet --force")
             logger.info("extracting %s", archive)
             extract_into_place(archive, root, member_root=TINY_IMAGENET_FOLDER)
         arrange_val_by_class(root)
