@@ -36,7 +36,11 @@ def _guarded_create_connection(address, *args, **kwargs):
 socket.socket.connect = _guarded_connect
 socket.create_connection = _guarded_create_connection
 
-# Subprocesses started by tests (scripts run end to end) inherit these.
+# Subprocesses started by tests (scripts run end to end) inherit these. Under pytest-xdist every worker
+# and its subprocesses get one thread: two workers of 2 threads each on 2 cores oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
