@@ -151,20 +151,24 @@ def _make_inputs() -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> tuple[dict, list[dict]]:
-    """Run `_worker` on 2 gloo processes once; return the inputs and each rank's results."""
-    out_dir = tmp_path_factory.mktemp("ddp")
-    inputs = _make_inputs()
-    ctx = mp.start_processes(_worker, args=(WORLD_SIZE, _free_port(), str(out_dir), inputs),
-                             nprocs=WORLD_SIZE, join=False, start_method="spawn")
+def _run_ranks(fn, args: tuple, what: str) -> None:
+    """Run fn(rank, *args) on WORLD_SIZE spawned processes; fail (killing them) if they are not done in time."""
+    ctx = mp.start_processes(fn, args=args, nprocs=WORLD_SIZE, join=False, start_method="spawn")
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     while not ctx.join(timeout=1):  # raises if a worker raised
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
-            pytest.fail(f"2-process gloo run did not finish within {SPAWN_TIMEOUT_S} s")
+            pytest.fail(f"{what} did not finish within {SPAWN_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[dict, list[dict]]:
+    """Run `_worker` on 2 gloo processes once; return the inputs and each rank's results."""
+    out_dir = tmp_path_factory.mktemp("ddp")
+    inputs = _make_inputs()
+    _run_ranks(_worker, (WORLD_SIZE, _free_port(), str(out_dir), inputs), "2-process gloo run")
     results = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
     return inputs, results
 
@@ -316,15 +320,8 @@ def test_nan_skip_is_agreed_by_every_rank(tmp_path):
     """A per-rank loss NaN on rank 1 only: both ranks skip that step (rank 0 alone used to run backward and wait
     in DDP's gradient all-reduce for a rank that had skipped it: a hang or mismatched steps). A hang fails here."""
     run_dir = tmp_path / "run"
-    ctx = mp.start_processes(_nan_skip_worker, args=(WORLD_SIZE, _free_port(), str(run_dir), str(tmp_path)),
-                             nprocs=WORLD_SIZE, join=False, start_method="spawn")
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not ctx.join(timeout=1):  # raises if a worker raised
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"--nan_policy skip under 2 processes did not finish within {SPAWN_TIMEOUT_S} s (a hang)")
+    _run_ranks(_nan_skip_worker, (WORLD_SIZE, _free_port(), str(run_dir), str(tmp_path)),
+               "--nan_policy skip under 2 processes (a hang)")
     ranks = [torch.load(tmp_path / f"nan_rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
     for res in ranks:
         assert res["calls"] == 4

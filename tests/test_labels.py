@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import test as test_script
-import utils.eval.probe as probe
-from tests.test_test_script import make_checkpoint
-from utils.data.datasets import ImageArrays, indices_sha256, load_split, stratified_split
+from tests.test_test_script import cut_synthetic, make_checkpoint
+from utils.data.datasets import indices_sha256, load_split, stratified_split
 from utils.data.labels import labelled_subset, per_class_counts
 from utils.errors import UserError
 
@@ -97,12 +95,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def small_synthetic(monkeypatch):
-    def load(dataset, split, data_dir="data", download=True, image_size=None):
-        full = load_split(dataset, split, data_dir, download, image_size)
-        n = N_TRAIN if split == "train" else N_TEST
-        return ImageArrays(full.images[:n], full.labels[:n], full.classes)
-
-    monkeypatch.setattr(probe, "load_split", load)
+    cut_synthetic(monkeypatch, N_TRAIN, N_TEST)
 
 
 def evaluate(ckpt: Path, run_dir: Path, *extra: str) -> dict:

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import test as test_script
-import utils.eval.probe as probe
-from test_test_script import make_checkpoint
+from test_test_script import cut_synthetic, make_checkpoint
 from utils.augment import BatchSimCLRAugment
-from utils.data.datasets import ImageArrays, load_split
+from utils.data.datasets import load_split
 from utils.errors import UserError
 from utils.eval.probe import Preprocess
 from utils.eval.views import score_augmented_views, view_seed
@@ -24,17 +23,7 @@ N_TRAIN, N_TEST = 30, 8  # few images: the naive reference runs the backbone onc
 
 @pytest.fixture
 def small_synthetic(monkeypatch):
-    """The synthetic dataset cut to N_TRAIN / N_TEST images (as tests/test_test_script.py does), made once."""
-    made = {}
-
-    def load(dataset, split, data_dir="data", download=True, image_size=None):
-        if split not in made:
-            full = load_split(dataset, split, data_dir, download, image_size)
-            n = N_TRAIN if split == "train" else N_TEST
-            made[split] = ImageArrays(full.images[:n], full.labels[:n], full.classes)
-        return made[split]
-
-    monkeypatch.setattr(probe, "load_split", load)
+    cut_synthetic(monkeypatch, N_TRAIN, N_TEST)
 
 
 def naive_augmented_scores(backbone, head, spec, views, seed, image_size, mean, std):

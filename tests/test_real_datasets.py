@@ -34,6 +34,19 @@ SMALL_PROBE = ["--test_num_epochs", "2", "--device", "cpu", "--workers", "0", "-
 
 # ---- digits -------------------------------------------------------------------------------------
 
+def _train_refuses_in_one_line(dataset: str, data_dir: Path, run: Path, expected: str, capsys) -> None:
+    """train.py on a bad file: one line starting `error: <expected>`, exit 2, and nothing written in data_dir
+    (no file added, none half-written) and no run folder."""
+    before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
+    with pytest.raises(SystemExit) as info:
+        run_cli(train.cli, ["--dataset", dataset, "--data_dir", str(data_dir), "--run_dir", str(run), *SMALL_RUN])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: " + expected), err
+    after = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
+    assert after == before and not run.exists()
+
+
 def _sklearn_pairs() -> list[tuple[bytes, int]]:
     """Every (image bytes in 0..16, label) of scikit-learn's digits, as an independent reference."""
     from sklearn.datasets import load_digits
@@ -293,15 +306,7 @@ def test_bad_idx_file_is_one_line_and_exit_2(idx_source, tmp_path, kind, capsys)
     if kind == "truncated gzip":  # its md5 taken as the published one, so that the gzip reader itself is tested
         published = {p.name: p.read_bytes() for p in (data_dir / "MNIST" / "raw").iterdir()}
     idx_source("mnist", published)
-    before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
-    run = tmp_path / "run"
-    with pytest.raises(SystemExit) as info:
-        run_cli(train.cli, ["--dataset", "mnist", "--data_dir", str(data_dir), "--run_dir", str(run), *SMALL_RUN])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: " + expected), err
-    after = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
-    assert after == before and not run.exists()  # nothing written, nothing half-written
+    _train_refuses_in_one_line("mnist", data_dir, tmp_path / "run", expected, capsys)
 
 
 @pytest.mark.slow
@@ -436,15 +441,7 @@ def test_bad_stl10_file_is_one_line_and_exit_2(tmp_path, monkeypatch, kind, caps
     ref = make_stl10(tmp_path / "good" / "stl10_binary")  # the same miniature, untouched: its md5s are the published
     expected = _bad_stl10(kind, root)
     use_stl10(monkeypatch, ref["md5s"])
-    before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
-    run = tmp_path / "run"
-    with pytest.raises(SystemExit) as info:
-        run_cli(train.cli, ["--dataset", "stl10", "--data_dir", str(data_dir), "--run_dir", str(run), *SMALL_RUN])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: " + expected), err
-    after = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if not p.name.endswith(".lock"))
-    assert after == before and not run.exists()  # no cache, no cache.partial, no run folder
+    _train_refuses_in_one_line("stl10", data_dir, tmp_path / "run", expected, capsys)  # no cache, no cache.partial
 
 
 @pytest.mark.slow

@@ -58,15 +58,24 @@ def ckpt_dir(tmp_path_factory):
     return d
 
 
-@pytest.fixture
-def small_synthetic(monkeypatch):
-    """The synthetic dataset cut to N_TRAIN / N_TEST images so a ResNet-18 runs in seconds on CPU."""
+def cut_synthetic(monkeypatch, n_train: int, n_test: int) -> None:
+    """The probe reads the synthetic dataset cut to its first n_train / n_test images (each split made once),
+    so that a ResNet-18 runs in seconds on CPU."""
+    made = {}
+
     def load(dataset, split, data_dir="data", download=True, image_size=None):
-        full = load_split(dataset, split, data_dir, download, image_size)
-        n = N_TRAIN if split == "train" else N_TEST
-        return ImageArrays(full.images[:n], full.labels[:n], full.classes)
+        if split not in made:
+            full = load_split(dataset, split, data_dir, download, image_size)
+            n = n_train if split == "train" else n_test
+            made[split] = ImageArrays(full.images[:n], full.labels[:n], full.classes)
+        return made[split]
 
     monkeypatch.setattr(probe, "load_split", load)
+
+
+@pytest.fixture
+def small_synthetic(monkeypatch):
+    cut_synthetic(monkeypatch, N_TRAIN, N_TEST)
 
 
 def run_main(args: list[str], capsys) -> tuple[dict, list[str]]:

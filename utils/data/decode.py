@@ -167,6 +167,17 @@ def write_decoded_npy(path: Path, files: list[Path], decode: Callable[[Path, int
         raise
 
 
+def read_cache_meta(cache: Path, version: int) -> dict | None:
+    """A cache folder's meta.json when it is there, readable and of `version` (the cache is complete); else None."""
+    import json
+
+    try:
+        meta = json.loads((cache / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("version") == version else None
+
+
 def publish_cache(partial: Path, final: Path, meta: dict) -> Path:
     """Finish a cache folder built in `partial`: write its meta.json last (its presence marks the cache complete),
     then put the folder in place of `final` (an older cache there is removed first)."""

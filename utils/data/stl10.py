@@ -35,7 +35,7 @@ import numpy as np
 
 from utils.data.archive import extract_into_place
 from utils.data.constants import STL10_MEAN, STL10_STD, DatasetInfo
-from utils.data.decode import publish_cache, write_decoded_npy
+from utils.data.decode import publish_cache, read_cache_meta, write_decoded_npy
 from utils.data.download import ChecksumError, fetch_archive, file_lock, verify_file
 from utils.errors import DataMissingError, UserError
 
@@ -72,19 +72,11 @@ def stl10_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / SOURCE.folder
 
 
-def _read_meta(cache: Path) -> dict | None:
-    try:
-        meta = json.loads((cache / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("version") == CACHE_VERSION else None
-
-
 def stl10_ready(data_dir: str | Path) -> bool:
     """True when the array cache is complete (no network, nothing read but meta.json)."""
     cache = stl10_root(data_dir) / "cache"
     names = ["classes.json"] + [f"{s}_{k}.npy" for s in ("train_unlabeled", "test") for k in ("images", "labels")]
-    return _read_meta(cache) is not None and all((cache / n).is_file() for n in names)
+    return read_cache_meta(cache, CACHE_VERSION) is not None and all((cache / n).is_file() for n in names)
 
 
 def _bins_present(root: Path) -> bool:
@@ -230,7 +222,7 @@ def load_stl10(data_dir: str | Path, split: str, download: bool = True) -> tuple
     if not stl10_ready(data_dir):
         prepare_stl10(data_dir, download=download)
     cache = stl10_root(data_dir) / "cache"
-    counts = (_read_meta(cache) or {}).get("counts", {})
+    counts = (read_cache_meta(cache, CACHE_VERSION) or {}).get("counts", {})
     stem = "test" if split == "test" else "train_unlabeled"
     images = np.load(cache / f"{stem}_images.npy", mmap_mode="r")
     labels = np.load(cache / f"{stem}_labels.npy")

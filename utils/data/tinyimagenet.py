@@ -32,7 +32,7 @@ from PIL import Image
 
 from utils.data.archive import extract_into_place
 from utils.data.constants import TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, DatasetInfo
-from utils.data.decode import open_image, publish_cache, write_decoded_npy
+from utils.data.decode import open_image, publish_cache, read_cache_meta, write_decoded_npy
 from utils.data.download import fetch_archive, file_lock
 from utils.errors import DataMissingError, UserError
 
@@ -60,18 +60,10 @@ def tiny_imagenet_cache_dir(data_dir: str | Path) -> Path:
     return tiny_imagenet_root(data_dir) / "cache"
 
 
-def _read_meta(cache: Path) -> dict | None:
-    try:
-        meta = json.loads((cache / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("version") == CACHE_VERSION else None
-
-
 def tiny_imagenet_ready(data_dir: str | Path) -> bool:
     """True when the array cache is complete (no network, no decoding)."""
     cache = tiny_imagenet_cache_dir(data_dir)
-    if _read_meta(cache) is None:
+    if read_cache_meta(cache, CACHE_VERSION) is None:
         return False
     needed = ["classes.json"] + [f"{s}_{kind}.npy" for s in SPLITS for kind in ("images", "labels")]
     return all((cache / name).is_file() for name in needed)
@@ -281,7 +273,7 @@ def load_tiny_imagenet(
     if not tiny_imagenet_ready(data_dir):
         prepare_tiny_imagenet(data_dir, download=download)
     cache = tiny_imagenet_cache_dir(data_dir)
-    meta = _read_meta(cache) or {}
+    meta = read_cache_meta(cache, CACHE_VERSION) or {}
     images = np.load(cache / f"{split}_images.npy", mmap_mode="r")
     labels = np.load(cache / f"{split}_labels.npy")
     classes = json.loads((cache / "classes.json").read_text())
