@@ -51,3 +51,8 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `longest` go first (the others keep their order)."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)

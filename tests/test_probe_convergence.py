@@ -27,6 +27,7 @@ KINDS = {
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_default_probe_matches_converged_lbfgs(tmp_path, capsys):
     rows = []
     for seed in SEEDS:
