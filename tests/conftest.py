@@ -1,6 +1,7 @@
 """Test-suite guards: offline (only loopback sockets), seeded, small thread pools."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import socket
@@ -43,6 +44,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _no_system_datasets(monkeypatch):
+    """Tests see only the data they make: the folders operating-system packages install datasets in (Debian's
+    dataset-fashion-mnist: /usr/share/datasets/fashion-mnist) are hidden; a test that wants one names its own."""
+    from utils.data import mnist
+
+    for name, src in list(mnist.IDX_SOURCES.items()):
+        monkeypatch.setitem(mnist.IDX_SOURCES, name, dataclasses.replace(src, system_dirs=()))
+    yield
 
 
 @pytest.fixture(autouse=True)

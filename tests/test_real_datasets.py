@@ -199,13 +199,40 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
 
 @pytest.fixture
 def idx_source(monkeypatch):
-    """Point a dataset's mirrors and md5s at miniature files: idx_source(name, files, mirrors)."""
-    def use(name: str, files: dict[str, bytes], mirrors: tuple[str, ...] | None = None) -> None:
+    """Point a dataset's mirrors and md5s (of the .gz files and of their content) at miniature files:
+    idx_source(name, files, mirrors, system_dirs)."""
+    def use(name: str, files: dict[str, bytes], mirrors: tuple[str, ...] | None = None,
+            system_dirs: tuple[str, ...] = ()) -> None:
         src = mnist.IDX_SOURCES[name]
         md5s = {n: hashlib.md5(d).hexdigest() for n, d in files.items() if n.endswith(".gz")}
+        content = {n.removesuffix(".gz"): _content_md5(n, d) for n, d in files.items()}
         mirrors = mirrors or (f"http://127.0.0.1:{closed_port()}/",)  # offline: refused at once
-        monkeypatch.setitem(mnist.IDX_SOURCES, name, dataclasses.replace(src, md5s=md5s or src.md5s, mirrors=mirrors))
+        monkeypatch.setitem(mnist.IDX_SOURCES, name, dataclasses.replace(
+            src, md5s=md5s or src.md5s, content_md5s=content, mirrors=mirrors, system_dirs=system_dirs))
     return use
+
+
+def _content_md5(name: str, data: bytes) -> str:
+    """md5 of a file's idx bytes (its own bytes where they do not decompress: the truncated-gzip case)."""
+    try:
+        return hashlib.md5(gzip.decompress(data) if name.endswith(".gz") else data).hexdigest()
+    except EOFError:
+        return hashlib.md5(data).hexdigest()
+
+
+def recompressed(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The same content gzip-compressed again at another level and time, as Debian's package ships it:
+    every .gz md5 differs from the published one."""
+    return {n: gzip.compress(gzip.decompress(d), compresslevel=6, mtime=1_591_315_200) for n, d in files.items()}
+
+
+def flip_pixel(files: dict[str, bytes], name: str) -> dict[str, bytes]:
+    """`files` with one image byte of `name` changed (well past the header): it still parses."""
+    out = dict(files)
+    data = bytearray(gzip.decompress(out[name]) if name.endswith(".gz") else out[name])
+    data[100] ^= 0xFF
+    out[name] = gzip.compress(bytes(data), mtime=0) if name.endswith(".gz") else bytes(data)
+    return out
 
 
 def _assert_split(arrays, x: np.ndarray, y: np.ndarray) -> None:
@@ -288,18 +315,19 @@ def _bad_idx(kind: str, tmp: Path) -> tuple[Path, str]:
         gz["train-labels-idx1-ubyte.gz"] = gz["train-labels-idx1-ubyte.gz"][:-12]
         write_files(raw, gz)
         return tmp, f"{raw / 'train-labels-idx1-ubyte.gz'} is not a complete gzip file"
-    if kind == "md5 mismatch":
-        gz = idx_files(ref)
-        write_files(raw, gz)
-        (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(files["train-images-idx3-ubyte"], mtime=1))
+    if kind == "md5 mismatch":  # one pixel changed, compressed again: neither md5 is the published one
+        write_files(raw, flip_pixel(idx_files(ref), "train-images-idx3-ubyte.gz"))
         return tmp, f"md5 mismatch for {raw / 'train-images-idx3-ubyte.gz'}: got "
+    if kind == "plain file md5 mismatch":  # plain files are verified by their content too
+        write_files(raw, flip_pixel(files, "train-images-idx3-ubyte"))
+        return tmp, f"md5 mismatch for {raw / 'train-images-idx3-ubyte'}: got "
     assert kind == "missing file"
     del files["t10k-labels-idx1-ubyte"]
     return write_files(raw, files).parents[1], "MNIST file t10k-labels-idx1-ubyte[.gz] not found in "
 
 
 @pytest.mark.parametrize("kind", ["wrong magic", "counts disagree", "truncated", "truncated gzip", "md5 mismatch",
-                                  "missing file"])
+                                  "plain file md5 mismatch", "missing file"])
 def test_bad_idx_file_is_one_line_and_exit_2(idx_source, tmp_path, kind, capsys):
     data_dir, expected = _bad_idx(kind, tmp_path / "d")
     published = idx_files(make_idx())  # the md5s of the good miniature; the mirrors refuse connections
@@ -307,6 +335,59 @@ def test_bad_idx_file_is_one_line_and_exit_2(idx_source, tmp_path, kind, capsys)
         published = {p.name: p.read_bytes() for p in (data_dir / "MNIST" / "raw").iterdir()}
     idx_source("mnist", published)
     _train_refuses_in_one_line("mnist", data_dir, tmp_path / "run", expected, capsys)
+
+
+def test_a_recompressed_copy_in_the_system_folder_is_found_verified_and_prepared_offline(idx_source, tmp_path,
+                                                                                           capsys):
+    """Debian's dataset-fashion-mnist: the published content, compressed again (no .gz md5 matches), in a folder
+    of its own. data.py finds it after --data_dir, verifies the content and exits 0 with no network; train.py's
+    loader reads it; a --data_dir copy comes first."""
+    import data
+
+    ref = make_idx(seed=2)
+    published = idx_files(ref)
+    system = write_files(tmp_path / "usr-share" / "fashion-mnist", recompressed(published))
+    assert all(hashlib.md5((system / n).read_bytes()).hexdigest() != hashlib.md5(published[n]).hexdigest()
+               for n in published)
+    idx_source("fashion_mnist", published, system_dirs=(str(system),))  # mirrors: a closed port
+    empty = tmp_path / "data"
+    assert data.main(["--dataset", "fashion_mnist", "--data_dir", str(empty)]) == {"fashion_mnist": system}
+    assert "already prepared in " + str(system) in capsys.readouterr().out and not empty.exists()
+    _assert_split(load_split("fashion_mnist", "train", empty), ref["train_x"], ref["train_y"])
+    _assert_split(load_split("fashion_mnist", "test", empty, download=False), ref["test_x"], ref["test_y"])
+    own = make_idx(seed=3)  # a --data_dir holding other files is read first (its md5s are made the published)
+    write_files(tmp_path / "mine", idx_files(own))
+    idx_source("fashion_mnist", idx_files(own), system_dirs=(str(system),))
+    _assert_split(load_split("fashion_mnist", "train", tmp_path / "mine"), own["train_x"], own["train_y"])
+
+
+def test_a_tampered_file_in_the_system_folder_is_refused_in_one_line(idx_source, tmp_path, capsys):
+    import data
+
+    published = idx_files(make_idx(seed=2))
+    system = write_files(tmp_path / "sys", flip_pixel(recompressed(published), "train-images-idx3-ubyte.gz"))
+    idx_source("fashion_mnist", published, system_dirs=(str(system),))
+    with pytest.raises(SystemExit) as info:
+        run_cli(data.main, ["--dataset", "fashion_mnist", "--data_dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: md5 mismatch for {system / 'train-images-idx3-ubyte.gz'}: got ")
+    assert "reinstall the package" in err and not (tmp_path / "data").exists()
+    _train_refuses_in_one_line("fashion_mnist", tmp_path / "data", tmp_path / "run",
+                               f"md5 mismatch for {system / 'train-images-idx3-ubyte.gz'}", capsys)
+
+
+SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not SYSTEM_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_the_installed_debian_fashion_mnist_is_the_published_content():
+    """The recorded content md5s against the real files, where the package is installed (about 1 s)."""
+    src = mnist.IDX_SOURCES["fashion_mnist"]
+    for stem in mnist.ALL_FILES:
+        path = SYSTEM_FASHION / f"{stem}.gz"
+        assert hashlib.md5(gzip.decompress(path.read_bytes())).hexdigest() == src.content_md5s[stem]
+        assert hashlib.md5(path.read_bytes()).hexdigest() != src.md5s[path.name]  # re-compressed: the old dead end
 
 
 @pytest.mark.slow

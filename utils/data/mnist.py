@@ -3,10 +3,15 @@
 Each dataset is four files under torchvision's names (train-images-idx3-ubyte, train-labels-idx1-ubyte,
 t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte), gzip-compressed (`.gz`, as published) or plain.
 They are looked for in torchvision's layout `data_dir/<Folder>/raw/` (MNIST/raw, FashionMNIST/raw)
-first, then directly in `data_dir`; a missing `.gz` is downloaded (resumed, md5-checked, atomic)
-into `<Folder>/raw/` from the mirrors torchvision 0.29 lists, in order. A `.gz` file is checked
-against the published md5 before it is read (a plain file has no published md5: it is parsed
-strictly but not checksummed).
+first, then directly in `data_dir`, then in the folder an operating-system package installs them in
+(Debian's / Ubuntu's `dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist); a file found in none
+is downloaded (resumed, md5-checked, atomic) into `<Folder>/raw/` from the mirrors torchvision 0.29
+lists, in order.
+
+Every file is verified by its content: the md5 of the decompressed idx bytes must be the published
+file's. A `.gz` whose own md5 is the published `.gz` md5 passes too. So a re-compressed copy of the
+published files (Debian's package re-compresses them: every `.gz` md5 differs, the content is the
+same) and the plain files both pass, and a file whose content differs is refused in one line.
 
 The idx parser is strict: a big-endian magic number (0x00000803 for images, 0x00000801 for labels),
 then the dimensions, then exactly prod(dims) bytes. A wrong magic number, images that are not
@@ -21,17 +26,20 @@ channel replicated to RGB.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import struct
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from utils.data.constants import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD, DatasetInfo)
-from utils.data.download import ChecksumError, DownloadError, NetworkError, download_file, file_lock, verify_file
+from utils.data.download import ChecksumError, DownloadError, NetworkError, download_file, file_lock, md5sum
 from utils.errors import DataMissingError, UserError
 
 logger = logging.getLogger(__name__)
@@ -52,9 +60,11 @@ class IdxSource:
     title: str
     folder: str
     mirrors: tuple[str, ...]
-    md5s: dict  # {"train-images-idx3-ubyte.gz": md5, ...}
+    md5s: dict  # {"train-images-idx3-ubyte.gz": md5, ...}: the published compressed files
+    content_md5s: dict  # {"train-images-idx3-ubyte": md5, ...}: the same files decompressed
     classes: tuple[str, ...]
     sizes: tuple[int, int]
+    system_dirs: tuple[str, ...] = ()  # where an operating-system package installs the .gz files
 
 
 IDX_SOURCES: dict[str, IdxSource] = {
@@ -65,6 +75,12 @@ IDX_SOURCES: dict[str, IdxSource] = {
          "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
          "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
          "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+        # Decompressed: the md5s public dataset-preparation scripts check the unpacked files against (not seen
+        # here: no MNIST file on this machine; a .gz with the published md5 above passes whatever these say).
+        {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+         "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+         "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
         tuple(str(d) for d in range(10)), (60_000, 10_000),
     ),
     "fashion_mnist": IdxSource(
@@ -74,8 +90,16 @@ IDX_SOURCES: dict[str, IdxSource] = {
          "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
          "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
          "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+        # Decompressed: the md5s that torchvision-style FashionMNIST loaders keep beside the .gz ones (`raw_data`)
+        # and dataset guides print after `gunzip`; Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1
+        # decompresses to exactly these (checked here 2026-12-03), though none of its four .gz md5s is published.
+        {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+         "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+         "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         (60_000, 10_000),
+        ("/usr/share/datasets/fashion-mnist",),  # `apt-get install dataset-fashion-mnist` (Debian 10+, Ubuntu)
     ),
 }
 ALL_FILES = tuple(f for split in ("train", "test") for f in SPLIT_FILES[split])
@@ -86,9 +110,14 @@ def raw_dir(src: IdxSource, data_dir: str | Path) -> Path:
     return Path(data_dir) / src.folder / "raw"
 
 
+def search_dirs(src: IdxSource, data_dir: str | Path) -> tuple[Path, ...]:
+    """Where the files are looked for, in order: <data_dir>/<Folder>/raw, <data_dir>, the system folders."""
+    return (raw_dir(src, data_dir), Path(data_dir)) + tuple(Path(d) for d in src.system_dirs)
+
+
 def find_idx_file(src: IdxSource, data_dir: str | Path, stem: str) -> Path | None:
-    """The first of <Folder>/raw/<stem>.gz, <Folder>/raw/<stem>, <stem>.gz, <stem> under data_dir that exists."""
-    for folder in (raw_dir(src, data_dir), Path(data_dir)):
+    """The first <stem>.gz or <stem> in search_dirs(src, data_dir) that exists."""
+    for folder in search_dirs(src, data_dir):
         for name in (f"{stem}.gz", stem):
             if (folder / name).is_file():
                 return folder / name
@@ -138,35 +167,57 @@ def parse_idx(data: bytes, magic: int, label: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 28, 28), labels int64 (N,)) of one split's two files, checked against each other."""
-    images = parse_idx(_read_bytes(images_path), IDX_IMAGES_MAGIC, str(images_path))
+def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int,
+                  check: Callable[[Path, bytes], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of one split's two files, checked against each other.
+
+    `check(path, idx_bytes)` runs on each file's decompressed bytes once both pass the structural checks.
+    """
+    raw_images = _read_bytes(images_path)
+    images = parse_idx(raw_images, IDX_IMAGES_MAGIC, str(images_path))
     if images.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
         raise UserError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, expected "
                         f"{MNIST_SIZE}x{MNIST_SIZE}")
-    labels = parse_idx(_read_bytes(labels_path), IDX_LABELS_MAGIC, str(labels_path))
+    raw_labels = _read_bytes(labels_path)
+    labels = parse_idx(raw_labels, IDX_LABELS_MAGIC, str(labels_path))
     if len(images) != len(labels):
         raise UserError(f"{images_path} has {len(images):,} images but {labels_path} has {len(labels):,} labels")
     if len(labels) and labels.max() >= num_classes:
         raise UserError(f"{labels_path} has label {int(labels.max())}, outside 0..{num_classes - 1}")
+    if check is not None:  # after the structural checks, whose messages say more than a checksum's
+        check(images_path, raw_images)
+        check(labels_path, raw_labels)
     return images, labels.astype(np.int64)
 
 
 def _missing(src: IdxSource, data_dir: Path, stem: str, why: str) -> DataMissingError:
+    where = ", ".join(str(d) for d in search_dirs(src, data_dir))
+    package = ", install Debian's / Ubuntu's dataset-fashion-mnist package" if src.system_dirs else ""
     return DataMissingError(
-        f"{src.title} file {stem}[.gz] not found in {raw_dir(src, data_dir)} or {data_dir} ({why}); run "
-        f"`python data.py --dataset {src.name} --data_dir {data_dir}` with network access, or put the four idx files "
-        f"({', '.join(ALL_FILES)}, .gz or plain) there")
+        f"{src.title} file {stem}[.gz] not found in {where} ({why}); run `python data.py --dataset {src.name} "
+        f"--data_dir {data_dir}` with network access{package}, or put the four idx files "
+        f"({', '.join(ALL_FILES)}, .gz or plain) in {data_dir}")
 
 
-def _verify_gz(src: IdxSource, path: Path) -> None:
-    """md5 of a published .gz file; ChecksumError naming it (a plain file has no published md5)."""
-    if path.suffix == ".gz":
-        try:
-            verify_file(path, src.md5s[path.name])
-        except ChecksumError as exc:
-            raise ChecksumError(f"{exc} (the published {src.title} file); delete it or rerun "
-                                f"`python data.py --dataset {src.name} --force`") from None
+def check_content(src: IdxSource, path: Path, idx: bytes) -> None:
+    """ChecksumError (one line, saying how to go on) unless `path`, whose decompressed bytes are `idx`, is the
+    published file: its content md5 is the published content's, or it is the published .gz itself."""
+    stem = path.name.removesuffix(".gz")
+    got, expected = hashlib.md5(idx).hexdigest(), src.content_md5s[stem]
+    if got == expected or (path.suffix == ".gz" and md5sum(path) == src.md5s[path.name]):
+        return
+    system = any(path.parent == Path(d) for d in src.system_dirs)
+    how = (f"reinstall the package that put it there or point --data_dir at the published files" if system else
+           f"delete it and run `python data.py --dataset {src.name} --force` with network access, or point "
+           f"--data_dir at the published files")
+    package = " (Debian/Ubuntu: apt-get install dataset-fashion-mnist)" if src.system_dirs else ""
+    raise ChecksumError(f"md5 mismatch for {path}: got {got} for its {'decompressed ' if path.suffix == '.gz' else ''}"
+                        f"content, expected {expected} (the published {src.title} {stem}); {how}{package}")
+
+
+def verify_idx_file(src: IdxSource, path: Path) -> None:
+    """check_content of one file on disk (reads and decompresses it)."""
+    check_content(src, path, _read_bytes(path))
 
 
 def _download(src: IdxSource, data_dir: Path, stem: str, mirrors: tuple[str, ...]) -> Path:
@@ -200,12 +251,16 @@ def prepare_idx(name: str, data_dir: str | Path, url: str | None = None, md5: st
                         "folder holding them)")
     data_dir = Path(data_dir)
     mirrors = (url,) if url else src.mirrors
-    with file_lock(data_dir / f".{src.name}.lock"):
-        for stem in ALL_FILES:
+    if not force and idx_ready(name, data_dir):  # all found (in --data_dir or a system folder): nothing to write
+        stems = ()
+    else:
+        stems = ALL_FILES
+    with file_lock(data_dir / f".{src.name}.lock") if stems else nullcontext():
+        for stem in stems:
             path = find_idx_file(src, data_dir, stem)
             if path is not None and force and path.parent == raw_dir(src, data_dir) and path.suffix == ".gz":
                 try:
-                    _verify_gz(src, path)
+                    verify_idx_file(src, path)
                 except ChecksumError as exc:
                     logger.warning("%s; downloading it again", exc)
                     path.unlink()
@@ -237,9 +292,8 @@ def load_idx_dataset(name: str, data_dir: str | Path, split: str, download: bool
         path = find_idx_file(src, data_dir, stem)
         if path is None:
             raise _missing(src, data_dir, stem, "download disabled" if not download else "not found after download")
-        _verify_gz(src, path)
         paths.append(path)
-    images, labels = read_idx_pair(paths[0], paths[1], len(src.classes))
+    images, labels = read_idx_pair(paths[0], paths[1], len(src.classes), check=partial(check_content, src))
     return np.repeat(images[..., None], 3, axis=-1), labels, list(src.classes)
 
 
