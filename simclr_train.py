@@ -67,6 +67,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import test
@@ -300,19 +301,56 @@ def check_study(out_dir: Path, settings: dict, write: bool) -> None:
 
 # --- the cells and their command lines ---------------------------------------------------------------
 
-def subset_sizes(args: argparse.Namespace):
-    """data_scale -> images in the seeded subset (exact: from the sizes of a class-balanced set, else counted)."""
-    sizes = sweep.dataset_sizes(args.dataset)
-    if sizes is not None and DATASETS[args.dataset].balanced:
-        return lambda scale: sweep.subset_size(sizes[0], DATASETS[args.dataset].num_classes, scale)
-    from utils.data.datasets import load_split, stratified_subset
-    from utils.data.folder import list_folder
+def excludes_probe_val(args: argparse.Namespace, kind: str) -> bool:
+    """Supervised pretraining on the probe's own train split never sees the probe's validation images (their
+    labels would make val_accuracy a training figure): train.py --label_val_split leaves them out."""
+    return kind == "supervised" and args.eval_dataset == args.dataset and args.val_split > 0
 
-    if args.dataset == "folder":
-        labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
-    else:  # an unbalanced built-in set (digits, mnist): its labels, read once
-        labels = load_split(args.dataset, "train", args.data_dir).labels
-    return lambda scale: len(stratified_subset(labels, scale, 0))
+
+def pretraining_split(args: argparse.Namespace, kind: str) -> str:
+    """The split a cell of `kind` trains on (train.py's training_split: SimCLR on STL-10 reads train+unlabeled)."""
+    extra = args.supervised_args_list if kind == "supervised" else []
+    parsed = _parse_for(train.parse_args, ["--train_type", kind, "--dataset", args.dataset, *common_passthrough(args),
+                                           *args.train_args_list, *extra],
+                        "--supervised_args" if extra else "--train_args")
+    return train.training_split(parsed)
+
+
+def subset_sizes(args: argparse.Namespace, kind: str = "simclr"):
+    """data_scale -> images a cell of `kind` trains on: the seeded subset of the split it reads (exact: counted
+    on labels with the split's class counts for a class-balanced set, else on its labels), less the probe's
+    validation images where train.py leaves them out (excludes_probe_val)."""
+    from utils.splits import balanced_labels, training_subset
+
+    split, info = pretraining_split(args, kind), DATASETS[args.dataset]
+    labels = balanced_labels(args.dataset, split, info.num_classes) if info.balanced else None
+    if labels is None:
+        from utils.data.datasets import load_split
+        from utils.data.folder import list_folder
+
+        if args.dataset == "folder":
+            labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
+        else:  # an unbalanced built-in set (digits, mnist): its labels, read once
+            labels = load_split(args.dataset, split, args.data_dir).labels
+    val = args.val_split if excludes_probe_val(args, kind) else 0.0
+    counted: dict[float, int] = {}
+
+    def size(scale: float) -> int:
+        if scale not in counted:  # the count does not depend on the seed (per-class counts are fixed)
+            counted[scale] = len(training_subset(labels, scale, 0, 1.0, val))
+        return counted[scale]
+    return size
+
+
+def kind_sizes(args: argparse.Namespace):
+    """(data_scale, kind) -> images a cell of that kind trains on (subset_sizes, built once per kind)."""
+    by_kind: dict = {}
+
+    def sizes(scale: float, kind: str) -> int:
+        if kind not in by_kind:
+            by_kind[kind] = subset_sizes(args, kind)
+        return by_kind[kind](scale)
+    return sizes
 
 
 def imagenet_weights_missing() -> Path | None:
@@ -345,7 +383,7 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
             print(f"imagenet baseline skipped: no ImageNet weights at {missing} (offline); place "
                   f"{missing.name} there to include it", flush=True)
     needs_sizes = "steps" in args.budget or sweep.dataset_sizes(args.dataset) is not None
-    sizes = subset_sizes(args) if needs_sizes else None
+    sizes = kind_sizes(args) if needs_sizes else None
     sup_batch = None
     if "supervised" in baselines:
         probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
@@ -359,7 +397,7 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
         for cell in cells:
             if cell.data_scale is None:
                 continue
-            n = sizes(cell.data_scale)
+            n = sizes(cell.data_scale, cell.kind)
             if cell.batch_size > n:
                 what = "--supervised_args --batch_size" if cell.kind == "supervised" else "--batch_sizes"
                 raise UserError(f"batch size {cell.batch_size} is larger than the {n} images of {args.dataset} at "
@@ -385,7 +423,8 @@ def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device
                   - {cell.checkpoint_epoch(cell.epochs)})
     data = ["--data_scale", repr(cell.data_scale), *length] + (["--save_at", *map(str, keep)] if keep else [])
     if cell.kind == "supervised":  # batch and lr from the supervised recipe and --supervised_args
-        return ["--train_type", "supervised", *data, *common, *args.train_args_list, *args.supervised_args_list]
+        val = ["--label_val_split", repr(args.val_split)] if excludes_probe_val(args, cell.kind) else []
+        return ["--train_type", "supervised", *data, *val, *common, *args.train_args_list, *args.supervised_args_list]
     lr = [] if cell.learning_rate is None else ["--learning_rate", repr(cell.learning_rate)]
     return ["--train_type", "simclr", "--batch_size", str(cell.batch_size), *lr, *data, *common, *args.train_args_list]
 
@@ -470,6 +509,7 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
                         steps=None, label_fraction=cell.label_fraction, label_val_split=args.val_split)
         else:
             want.update(train_type=kind, data_scale=cell.data_scale, batch_size=cell.batch_size,
+                        label_fraction=1.0, label_val_split=args.val_split if excludes_probe_val(args, kind) else 0.0,
                         save_at=sorted({cell.checkpoint_epoch(e) for e in cell.eval_epochs if e < cell.epochs}
                                        - {cell.checkpoint_epoch(cell.epochs)}),
                         epochs=cell.epochs if budget == "epochs" else None,
@@ -755,6 +795,26 @@ def run_local_jobs(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: P
     return failed
 
 
+def run_here(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
+    """--jobs 1: the cells one after another in this process; returns the cells that failed. A cell's error
+    (e.g. a probe whose loss became non-finite) is recorded as with --jobs N, its traceback in
+    OUT/logs/<cell>.log, and the remaining cells run; an interruption (Ctrl-C, SIGTERM) stops the study."""
+    failed = []
+    for i, cell in enumerate(cells, 1):
+        try:
+            run_cell(args, cell, out_dir, f"[{i}/{len(cells)}]")
+        except (train.Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001  (the cell's own error: reported, the others go on)
+            failed.append(cell.name)
+            log = out_dir / LOGS / f"{cell.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as f:
+                traceback.print_exc(file=f)
+            print(f"{cell.name}: failed: {type(exc).__name__}: {exc} (traceback in {log})", flush=True)
+    return failed
+
+
 def run_submitit(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
     """One submitit job per unfinished cell (SLURM, or this machine's local executor); waits for them and
     returns the cells whose job failed. A rerun submits only what is still unfinished."""
@@ -839,7 +899,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
         print(f"{wanted} is not on this machine: the step time is measured on {device}", flush=True)
     image_size = DATASETS[args.dataset].default_image_size or 64
     pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
-    sizes = subset_sizes(args) if pre is not None or "steps" in args.budget else None
+    sizes = kind_sizes(args) if pre is not None or "steps" in args.budget else None
     trained = [c for c in cells if c.kind in ("simclr", "supervised")]
     cap = sweep.MEASURE_CAP.get(device.type, max([c.batch_size for c in trained] or [1]))
     with run_settings(args.threads_per_cell, args.deterministic):  # measured as a cell runs
@@ -860,7 +920,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
         run_dir = out_dir / sweep.RUNS / cell.name
         todo = [e for e, f in evaluations(args, cell) if not (eval_dir(run_dir, args, e, f) / sweep.RECORD).exists()]
         history = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
-        n = sizes(cell.data_scale) if sizes is not None and cell.data_scale is not None else None
+        n = sizes(cell.data_scale, cell.kind) if sizes is not None and cell.data_scale is not None else None
         if cell.kind == "scratch" and post is not None:  # the labelled subset of the probe's train split
             n = max(1, round(cell.label_fraction * post[0] * (1 - args.val_split)))
         total_steps = (cell.steps if cell.budget == "steps" else cell.epochs * (n // cell.batch_size)) \
@@ -955,8 +1015,7 @@ def main(argv: list[str] | None = None) -> dict:
             resolve_device(place["device"] if place["device"] != "cuda" else place["where"].split("+")[0])
         failed = run_local_jobs(args, cells, out_dir)
     else:
-        for i, cell in enumerate(cells, 1):
-            run_cell(args, cell, out_dir, f"[{i}/{len(cells)}]")
+        failed = run_here(args, cells, out_dir)
     found = collect_rows(out_dir)
     added = len(found) - before
     rows = publish(out_dir, plots=bool(added))

@@ -100,8 +100,9 @@ def test_steps_budget_gives_every_scale_the_steps_of_scale_one(tmp_path, fakes, 
         assert got[("simclr", "steps", scale, "2")] == (80, 80 // spe[scale])
         assert got[("simclr", "steps", scale, "1")] == (40, 40 // spe[scale])  # half the steps: eval at epoch 1
         assert got[("simclr", "epochs", scale, "2")] == (2 * spe[scale], 2)
-        # supervised: the same subsets, its own batch (25): 2 epochs of scale 1.0 = 160 steps
-        assert got[("supervised", "steps", scale, "2")][0] == 160
+        # supervised: its own batch (25), never the probe's validation split (10 % of each class: 200 images):
+        # 2 epochs of the 1,800 images left at scale 1.0 = 2 x 72 = 144 steps
+        assert got[("supervised", "steps", scale, "2")][0] == 144
     # At scale 1.0 both budgets are one run, run once as the epochs cell.
     assert got[("simclr", "epochs", "1.0", "2")] == (80, 2) and ("simclr", "steps", "1.0", "2") not in got
     assert got[("random", "epochs", "", "0")] == (0, 0)
@@ -110,6 +111,7 @@ def test_steps_budget_gives_every_scale_the_steps_of_scale_one(tmp_path, fakes, 
     simclr = [a for a in fakes.trained if a.train_type == "simclr" and a.epochs != 0]
     supervised = [a for a in fakes.trained if a.train_type == "supervised"]
     assert {(a.data_scale, a.seed) for a in supervised} == {(a.data_scale, a.seed) for a in simclr}
+    assert all(a.label_val_split == 0.1 for a in supervised) and all(a.label_val_split == 0 for a in simclr)
     assert all(a.batch_size == 25 for a in supervised) and all(a.batch_size == 50 for a in simclr)
     assert sorted(a.steps for a in simclr if a.steps) == [80, 80] and all(a.save_at for a in simclr if a.steps)
     randoms = [a for a in fakes.trained if a.epochs == 0]

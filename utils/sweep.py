@@ -166,22 +166,22 @@ def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: S
                 label_fractions: Sequence[float] = (1.0,)) -> list[Cell]:
     """The SimCLR grid under each budget, then the baselines (seeds outermost within each).
 
-    `sizes(data_scale) -> images in the seeded subset` (needed by the steps budget, else unused).
-    Under both budgets a steps cell at data scale 1.0 would repeat its epochs cell step for step; it is
+    `sizes(data_scale, kind) -> images the cell of that kind trains on at that scale` (the split it reads, less
+    any images it leaves out; needed by the steps budget, else unused): every cell of a kind and batch size
+    gets the steps of its epochs at data scale 1.0 of its own training split. Under both budgets a steps cell at data scale 1.0 would repeat its epochs cell step for step; it is
     run once, as the epochs cell, and the report uses it for both. Supervised cells follow the grid's
     data scales and epochs with `supervised_batch` (train.py's supervised recipe decides the rest).
     """
     cells: list[Cell] = []
-    full = sizes(1.0) if "steps" in budgets else None
 
     def budgeted(cell: Cell, budget: str) -> Cell | None:
         if budget == "epochs":
             return cell
         if cell.data_scale == 1.0 and "epochs" in budgets:
             return None
-        steps = steps_budget(cell.epochs, full, cell.batch_size)
+        steps = steps_budget(cell.epochs, sizes(1.0, cell.kind), cell.batch_size)
         return replace(cell, budget="steps", steps=steps,
-                       steps_per_epoch=sizes(cell.data_scale) // cell.batch_size)
+                       steps_per_epoch=sizes(cell.data_scale, cell.kind) // cell.batch_size)
 
     simclr = expand_grid(grid, eval_at)
     for budget in budgets:
