@@ -218,7 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--quiet", action="store_true", help="pass --quiet to train.py and test.py")
     x = p.add_argument_group("parallel and cluster")
     x.add_argument("--jobs", type=positive_int, default=1,
-                   help="cells run at once, each in its own process (1: one after another in this process)")
+                   help="cells run at once, each in its own process (1: one after another in this process); either "
+                        "way a failing cell is reported, the others run and the study exits 1")
     x.add_argument("--devices", nargs="+", default=None,
                    help="devices handed out to the cells, one each [every visible GPU; else cpu]%(default).0s")
     x.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit_local"],
@@ -666,11 +667,11 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
         edir = eval_dir(run_dir, args, epoch, label_fraction)
         argv = test_argv(args, cell, ckpt, edir, device, label_fraction)
         evaluation = test.main(argv)
-        simclr_or_sup = cell.kind in ("simclr", "supervised")
+        trained = cell.kind in ("simclr", "supervised", "scratch")  # the lr and batch the run used
         row = sweep.make_row(cell, epoch, history, evaluation, study_settings(args), trained_on,
                              ckpt.relative_to(out_dir).as_posix(),
-                             learning_rate=used.get("learning_rate") if simclr_or_sup else None,
-                             batch_size=used.get("batch_size") if simclr_or_sup else None,
+                             learning_rate=used.get("learning_rate") if trained else None,
+                             batch_size=used.get("batch_size") if trained else None,
                              label_fraction=label_fraction,
                              threads=ran.get("threads", evaluation.get("runtime", {}).get("threads")),
                              deterministic=used.get("deterministic", args.deterministic))

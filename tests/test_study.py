@@ -524,3 +524,45 @@ def test_a_cell_gives_the_same_numbers_with_jobs_1_and_jobs_2(tmp_path, monkeypa
         assert reports[0]["history"]["train_loss"] == reports[1]["history"]["train_loss"]
         weights = [load_checkpoint(run / "final.pth")["backbone"] for run in runs]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+# --- issue 26: rows that say what they are; one failing cell does not stop the study ---------------------------
+
+def test_scratch_rows_record_the_data_lr_and_steps_they_trained_with(tmp_path, fakes):
+    out = tmp_path / "study"
+    res = simclr_train.main([*BASE, "--eval_dataset", "digits", "--out_dir", str(out), "--data_scales", "0.05",
+                             "--batch_sizes", "50", "--learning_rates", "0.3", "--epochs", "2", "--baselines", "scratch",
+                             "--label_fractions", "0.5", "1.0", "--supervised_args", "--batch_size 25"])
+    scratch = [r for r in res["rows"] if r["kind"] == "scratch"]
+    assert scratch and all(r["dataset"] == "digits" for r in scratch)  # trained on the probe's data
+    runs = [a for a in fakes.trained if a.train_type == "supervised"]
+    assert {r["learning_rate"] for r in scratch} == {a.learning_rate for a in runs} and None not in {
+        r["learning_rate"] for r in scratch}
+    assert all(r["batch_size"] == 25 and r["steps"] > 0 for r in scratch)
+    assert all(r["dataset"] == "synthetic" for r in res["rows"] if r["kind"] == "simclr")
+
+
+def test_a_cell_that_fails_with_jobs_1_is_recorded_and_the_study_goes_on(tmp_path, fakes, monkeypatch, capsys):
+    """With --jobs 1 a cell's error (here its probe's loss becomes non-finite) is a failed cell, as with --jobs 2:
+    the other cells still run, the study names it and exits 1."""
+    from utils.errors import NonFiniteLossError
+
+    real = test_script.main
+
+    def probe(argv):
+        if Path(argv[argv.index("--model_path") + 1]).parent.name == "ds0.05_bs50_lr0.3_ep1_seed0":  # the first cell
+            raise NonFiniteLossError("probe training loss became nan in epoch 1")
+        return real(argv)
+    monkeypatch.setattr(test_script, "main", probe)
+    out = tmp_path / "study"
+    argv = [*BASE, "--out_dir", str(out), "--data_scales", "0.05", "--batch_sizes", "50", "--learning_rates", "0.3",
+            "--epochs", "1", "--seeds", "0", "--baselines", "random", "supervised", "--jobs", "1",
+            "--supervised_args", "--batch_size 25"]
+    res = simclr_train.main(argv)
+    assert res["failed"] == ["ds0.05_bs50_lr0.3_ep1_seed0"]
+    assert {r["kind"] for r in res["rows"]} == {"supervised", "random"}  # the cells after it ran
+    assert "ds0.05_bs50_lr0.3_ep1_seed0: failed: NonFiniteLossError" in capsys.readouterr().out
+    assert "NonFiniteLossError" in (out / simclr_train.LOGS / "ds0.05_bs50_lr0.3_ep1_seed0.log").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        simclr_train.cli(argv)
+    assert exit_info.value.code == 1

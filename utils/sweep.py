@@ -228,7 +228,8 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
              device: str, checkpoint: str, learning_rate: float | None = None, batch_size: int | None = None,
              label_fraction: float = 1.0, threads: int | None = None, deterministic: bool | None = None) -> dict:
     """One results.csv row. `history`: train.py metrics.csv rows (epoch, step, loss, images_per_s, seconds);
-    `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py; `threads` /
+    `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py; `dataset`: what the
+    cell trained on (the probe's data for scratch, else the study's pretraining data); `threads` /
     `deterministic`: what it ran with."""
     ckpt_epoch = cell.checkpoint_epoch(eval_epoch)
     done = [h for h in history if int(h["epoch"]) <= ckpt_epoch]
@@ -237,8 +238,8 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
     images = sum(float(h["images_per_s"]) * s for h, s in zip(done, seconds))
     total = sum(seconds)
     val_acc, val_loss = evaluation.get("val_accuracy"), evaluation.get("val_loss")
-    return {
-        "dataset": study["dataset"], "data_scale": cell.data_scale,
+    return {  # a scratch cell trains on the probe's labelled subset: its dataset is the probe's
+        "dataset": study["eval_dataset"] if cell.kind == "scratch" else study["dataset"], "data_scale": cell.data_scale,
         "batch_size": cell.batch_size if batch_size is None else batch_size,
         "learning_rate": cell.learning_rate if learning_rate is None else learning_rate, "epochs": cell.epochs, "eval_epoch": eval_epoch, "seed": cell.seed,
         "eval_dataset": study["eval_dataset"], "val_split": study["val_split"],
