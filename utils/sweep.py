@@ -571,10 +571,13 @@ def has_label_axis(rows: Sequence[Mapping]) -> bool:
 
 
 def label_axis_points(entries: Sequence[Mapping]) -> dict[tuple, dict[tuple, list[Mapping]]]:
-    """{data scale (None: no pretraining subset): {(kind, budget): [entry per label fraction]}}: per arm and
-    fraction the configuration with the best validation accuracy (the only one without a split). Arms
+    """{data scale (None: no pretraining subset): {(kind, budget): [entry per label fraction]}}: one configuration
+    per arm and data scale, chosen on the all-labels validation accuracy (the only one without a split), and
+    every label fraction of that same configuration, so a row never mixes configurations. `scratch` trains on
+    each fraction's labels, so each fraction is its own configuration (the best by validation accuracy). Arms
     without a data scale (random, imagenet, scratch) appear under every data scale."""
     scales = sorted({e["data_scale"] for e in entries if e["data_scale"] is not None}) or [None]
+    same = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch")
     out: dict = {}
     for scale in scales:
         arms: dict = {}
@@ -582,11 +585,25 @@ def label_axis_points(entries: Sequence[Mapping]) -> dict[tuple, dict[tuple, lis
             if e["data_scale"] not in (scale, None):
                 continue
             arms.setdefault((kind_of(e), budget_of(e)), {}).setdefault(fraction_of(e), []).append(e)
-        out[scale] = {arm: [b for b in (choose(at, arm[0]) or (at[0] if len(at) == 1 else None)
-                                        for _, at in sorted(by_f.items())) if b is not None]
-                      for arm, by_f in sorted(arms.items(), key=lambda kv: (KINDS.index(kv[0][0]),
-                                                                             BUDGETS.index(kv[0][1])))}
+        chosen_arms = {}
+        for arm, by_f in sorted(arms.items(), key=lambda kv: (KINDS.index(kv[0][0]), BUDGETS.index(kv[0][1]))):
+            pick = lambda at: choose(at, arm[0]) or (at[0] if len(at) == 1 else None)  # noqa: E731
+            if arm[0] == "scratch" or 1.0 not in by_f:
+                chosen_arms[arm] = [b for b in (pick(at) for _, at in sorted(by_f.items())) if b is not None]
+                continue
+            config = pick(by_f[1.0])
+            chosen_arms[arm] = [] if config is None else [
+                e for f, at in sorted(by_f.items()) for e in at if all(e.get(k) == config.get(k) for k in same)]
+        out[scale] = chosen_arms
     return out
+
+
+def config_label(e: Mapping) -> str:
+    """'bs 64, lr 0.125, ep 2@2, 44 steps' (the configuration of a row); '–' for references without training."""
+    if e.get("batch_size") is None and not e.get("epochs"):
+        return "–"
+    return (f"bs {_g(e.get('batch_size'))}, lr {_g(e.get('learning_rate'))}, ep {e['epochs']}@{e['eval_epoch']}, "
+            f"{_g(e.get('steps'), 'd')} steps")
 
 
 def _arm_label(arm: tuple, budgets: set) -> str:
@@ -632,15 +649,20 @@ def label_axis_markdown(rows: Sequence[Mapping]) -> list[str]:
            "Every backbone probed on a class-balanced, seeded subset of the probe's train labels (test.py "
            "--label_fraction; the validation split is drawn first and never labelled); `scratch` is supervised "
            "training from scratch on that labelled subset only (train.py --label_fraction), then probed on it. "
-           "Best configuration per arm and fraction by validation accuracy; mean ± std over seeds.", "",
-           "| data scale | arm | " + " | ".join(f"{f:g}" for f in fractions) + " |",
-           "|---|---|" + "---|" * len(fractions)]
+           "One configuration per arm and data scale, chosen on the all-labels validation accuracy, with every "
+           "label fraction of that same configuration (scratch: one configuration per fraction, each named); "
+           "mean ± std over seeds.", "",
+           "| data scale | arm | configuration | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+           "|---|---|---|" + "---|" * len(fractions)]
     for scale, arms in label_axis_points(entries).items():
         for arm, pts in arms.items():
             by_f = {fraction_of(e): e for e in pts}
             cells = [_pm(by_f[f]["test_accuracy_mean"], by_f[f]["test_accuracy_std"], ".2f") if f in by_f else "–"
                      for f in fractions]
-            out.append(f"| {_g(scale)} | {_arm_label(arm, budgets)} | " + " | ".join(cells) + " |")
+            configs = sorted({config_label(e) for e in pts})
+            conf = configs[0] if len(configs) == 1 else "; ".join(
+                f"{fraction_of(e):g}: {config_label(e)}" for e in pts)
+            out.append(f"| {_g(scale)} | {_arm_label(arm, budgets)} | {conf} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
