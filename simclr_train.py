@@ -128,7 +128,50 @@ LOGS = "logs"  # OUT/logs/<cell>.log: a worker's output (--jobs > 1, submitit)
 RESULTS_LOCK = ".results.lock"  # held while results.csv / results.md are rebuilt
 PARENT_ENV = "SIMCLR_SWEEP_PARENT"  # a worker's parent pid: the worker stops when that process dies
 LOCK_WAIT_S = 600  # a worker waits this long for a run folder still held by a dying predecessor
-LATER_SETTINGS = ("threads_per_cell", "deterministic")  # study settings older sweep.json files do not hold
+LATER_SETTINGS = ("threads_per_cell", "deterministic", "eval_views")  # study settings older sweep.json files do not hold
+
+
+def study_view_spec(args: argparse.Namespace) -> dict | None:
+    """The one view specification of the augmented test views (test.py --eval_views) for every cell of the study,
+    whatever its kind: each field from --test_args' --eval_* flags when given, else the SimCLR arm's own views
+    (its train.py settings: what SimCLR learns to be invariant to), else the recipe's; None without --eval_views.
+    Passed to every cell as explicit flags (eval_view_flags), so a supervised, random-init or scratch
+    checkpoint is scored on the same views as a SimCLR one (test.py alone would take a SimCLR checkpoint's views
+    from its config and the others' from the recipe)."""
+    if getattr(args, "_view_spec", False) is not False:
+        return args._view_spec
+    from utils.eval.measures import view_overrides
+    from utils.eval.views import SPEC_FIELDS, resolve_view_spec
+
+    spec = None
+    probe = _parse_for(test.parse_args, ["--model_path", "x.pth", *args.test_args_list], "--test_args")
+    if probe.eval_views > 0:
+        simclr = _parse_for(train.parse_args, ["--train_type", "simclr", "--dataset", args.dataset,
+                                               *common_passthrough(args), *args.train_args_list], "--train_args")
+        own = {"train_type": "simclr", **{name: getattr(simclr, name) for name in SPEC_FIELDS}}
+        try:
+            resolved = resolve_view_spec(own, recipe(args.recipe, "simclr"), view_overrides(probe))[0]
+        except ValueError as exc:
+            raise UserError(f"--test_args --eval_views: {exc}") from None
+        spec = {"views_per_image": probe.eval_views, "seed": probe.eval_view_seed,
+                **{name: list(v) if isinstance(v := getattr(resolved, name), tuple) else v for name in SPEC_FIELDS}}
+    args._view_spec = spec
+    return spec
+
+
+def eval_view_flags(args: argparse.Namespace) -> list[str]:
+    """study_view_spec as test.py's --eval_* flags (every field given, so no cell resolves its own)."""
+    spec = study_view_spec(args)
+    if spec is None:
+        return []
+    jitter = spec["jitter"]
+    strength = round(jitter[0] / 0.8, 10)  # test.py's --eval_jitter_strength s: (0.8 s, 0.8 s, 0.8 s, 0.2 s)
+    if any(abs(j - k * strength) > 1e-9 for j, k in zip(jitter, (0.8, 0.8, 0.8, 0.2))):
+        raise UserError(f"the SimCLR views' colour jitter {jitter} is not of the form (0.8 s, 0.8 s, 0.8 s, 0.2 s) "
+                        "that test.py --eval_jitter_strength takes; give --jitter_strength in --train_args")
+    return ["--eval_crop_min_scale", repr(spec["crop_min_scale"]), "--eval_hflip_prob", repr(spec["hflip_prob"]),
+            "--eval_jitter_strength", repr(strength), "--eval_jitter_prob", repr(spec["jitter_prob"]),
+            "--eval_gray_prob", repr(spec["gray_prob"]), "--eval_blur_prob", repr(spec["blur_prob"])]
 
 
 def common_passthrough(args: argparse.Namespace) -> list[str]:
@@ -281,6 +324,7 @@ def study_settings(args: argparse.Namespace) -> dict:
                 "val_split": args.val_split, "train_args": args.train_args_list, "test_args": args.test_args_list}
     if args.supervised_args_list:
         settings["supervised_args"] = args.supervised_args_list
+    settings["eval_views"] = study_view_spec(args)  # the augmented test views of every cell (None: not measured)
     return settings
 
 
@@ -439,7 +483,8 @@ def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: 
              "--val_split", repr(args.val_split), "--run_dir", str(eval_dir), "--seed", str(cell.seed),
              "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
              *common_passthrough(args), *labels] + (["--quiet"] if args.quiet else [])
-            + (args.test_args_list if label_fraction == 1 else without_measures(args.test_args_list)))
+            + (args.test_args_list + eval_view_flags(args) if label_fraction == 1
+               else without_measures(args.test_args_list)))
 
 
 MEASURE_FLAGS = ("--eval_views", "--eval_view_seed", "--eval_crop_min_scale", "--eval_hflip_prob", "--eval_jitter_strength",

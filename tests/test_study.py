@@ -10,6 +10,7 @@ scripts in separate processes on a 40-image folder dataset at 16 px.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -566,3 +567,35 @@ def test_a_cell_that_fails_with_jobs_1_is_recorded_and_the_study_goes_on(tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         simclr_train.cli(argv)
     assert exit_info.value.code == 1
+
+
+def test_every_cell_is_scored_on_the_same_augmented_views(tmp_path, fakes, monkeypatch):
+    """Issue 26 item 2: the study resolves one view specification (--test_args' --eval_* flags, else the SimCLR
+    arm's own views, else the recipe's) and gives it to every cell, whatever its kind; results.md names it."""
+    from utils.eval.measures import view_overrides
+    from utils.eval.views import resolve_view_spec
+    from utils.recipes import recipe
+
+    real, seen = test_script.main, []
+
+    def probe(argv):  # the fake probe, plus what test.py's --eval_views resolves for a non-SimCLR checkpoint
+        result, args = real(argv), test_script.parse_args(argv)
+        if args.eval_views:
+            spec, _ = resolve_view_spec(None, recipe("tuned", "simclr"), view_overrides(args))
+            seen.append(spec)
+            result.update(augmented_test_accuracy=50.0, augmented_test_loss=1.0, augmented_test={
+                "views_per_image": args.eval_views, "seed": args.eval_view_seed, "spec": dataclasses.asdict(spec)})
+        return result
+    monkeypatch.setattr(test_script, "main", probe)
+    out = tmp_path / "study"
+    simclr_train.main([*BASE, "--out_dir", str(out), "--data_scales", "0.05", "--batch_sizes", "50", "--learning_rates",
+                       "0.3", "--epochs", "1", "--baselines", "supervised", "random", "--supervised_args",
+                       "--batch_size 25", "--train_args", "--crop_min_scale 0.3 --hflip_prob 0 --jitter_strength 0.25",
+                       "--test_args", "--eval_views 2 --eval_gray_prob 0.5"])
+    assert len(seen) == 3  # SimCLR, supervised, random init
+    assert all(spec == seen[0] for spec in seen)
+    assert (seen[0].crop_min_scale, seen[0].hflip_prob, seen[0].gray_prob) == (0.3, 0.0, 0.5)  # SimCLR's, the flag's
+    assert seen[0].jitter == pytest.approx((0.2, 0.2, 0.2, 0.05))
+    assert json.loads((out / "sweep.json").read_text())["eval_views"]["crop_min_scale"] == 0.3
+    md = (out / sweep.RESULTS_MD).read_text()
+    assert "Augmented test views, the same for every cell: 2 per image (seed 0): crop (0.3, 1), flip 0" in md

@@ -473,8 +473,10 @@ def test_features_are_measured_once_per_checkpoint_with_every_label(tmp_path):
     cell = simclr_train.build_cells(args, announce=False)[0]
     full = simclr_train.test_argv(args, cell, tmp_path / "c.pth", tmp_path / "e", label_fraction=1.0)
     few = simclr_train.test_argv(args, cell, tmp_path / "c.pth", tmp_path / "e", label_fraction=0.1)
-    assert full[-8:] == ["--eval_views", "2", "--knn", "--eval_crop_min_scale=0.3", "--eval_hflip_prob", "0",
-                         "--test_learning_rate", "0.01"]
+    given = ["--eval_views", "2", "--knn", "--eval_crop_min_scale=0.3", "--eval_hflip_prob", "0",
+             "--test_learning_rate", "0.01"]
+    # then the study's one view specification, every field explicit (simclr_train.eval_view_flags)
+    assert full[-8 - 12:-12] == given and full[-12:] == simclr_train.eval_view_flags(args)
     assert few[-2:] == ["--test_learning_rate", "0.01"] and not any(t.startswith(("--eval_", "--knn")) for t in few)
     assert test_script.parse_args(few).eval_views == 0 and test_script.parse_args(full).eval_views == 2
 

@@ -48,17 +48,18 @@ RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 # CPU threads the cell's pretraining ran with (its config.json; else its evaluation's); deterministic: 1 when the
 # cell ran with --deterministic (both empty in older files; docs/reproducibility.md). aug_test_acc / aug_test_loss:
 # the probe scored on augmented test views (test.py --eval_views); knn10_acc / knn200_acc: test.py --knn;
-# contrastive_acc: the pretraining's last epoch (train.py metrics.csv); each empty where not measured.
+# contrastive_acc: the pretraining's last epoch (train.py metrics.csv); aug_views: the augmented test views'
+# specification (views_text); each empty where not measured.
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
     "pretrain_loss", "pretrain_seconds", "images_per_s", "eval_seconds", "device", "checkpoint",
     "kind", "budget", "steps", "train_epochs", "recipe", "label_fraction", "threads", "deterministic",
-    "aug_test_acc", "aug_test_loss", "knn10_acc", "knn200_acc", "contrastive_acc",
+    "aug_test_acc", "aug_test_loss", "knn10_acc", "knn200_acc", "contrastive_acc", "aug_views",
 ]
 INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs", "threads",
               "deterministic"}
-STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe"}
+STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe", "aug_views"}
 REQUIRED_FIELDS = ("dataset", "eval_epoch", "seed", "eval_dataset", "test_accuracy", "test_loss")
 CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "label_fraction")
 STUDY_KEYS = ("dataset", "eval_dataset", "val_split", "probe_epochs", "recipe")
@@ -261,7 +262,19 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
         "knn10_acc": _rounded(evaluation.get("knn10_accuracy"), 4),
         "knn200_acc": _rounded(evaluation.get("knn200_accuracy"), 4),
         "contrastive_acc": _rounded(done[-1].get("contrastive_acc") if done else None, 4),
+        "aug_views": views_text(evaluation.get("augmented_test")),
     }
+
+
+def views_text(augmented: Mapping | None) -> str | None:
+    """'2 per image (seed 0): crop (0.3, 1), flip 0, jitter 0.4/0.4/0.4/0.1 p 0.8, gray 0.2, blur 0' from eval.json's
+    augmented_test (its views and their spec); None when the views were not measured."""
+    if not augmented:
+        return None
+    s = augmented["spec"]
+    return (f"{augmented['views_per_image']} per image (seed {augmented['seed']}): crop ({s['crop_min_scale']:g}, 1), "
+            f"flip {s['hflip_prob']:g}, jitter {'/'.join(f'{j:g}' for j in s['jitter'])} p {s['jitter_prob']:g}, "
+            f"gray {s['gray_prob']:g}, blur {s['blur_prob']:g}")
 
 
 def _rounded(value, digits: int) -> float | None:
@@ -554,7 +567,7 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
                        f"| {_pm(e['test_loss_mean'], e['test_loss_std'], '.3f')} | {budget_of(e)} "
                        f"| {_g(e.get('steps'), 'd')} |")
         out.append("")
-    out += measures_markdown(everything)
+    out += measures_markdown(everything, rows)
     out += label_axis_markdown(all_rows)
     out += [f"Plots: [{PLOT_SCALE}]({PLOT_SCALE}), [{PLOT_HEATMAP}]({PLOT_HEATMAP})"
             + (f", [{PLOT_LABELS}]({PLOT_LABELS})" if has_label_axis(all_rows) else "") + ". "
@@ -615,9 +628,16 @@ MEASURES = (("test_accuracy", "test acc (%)"), ("aug_test_acc", "augmented test 
             ("knn10_acc", "kNN k=10 (%)"), ("contrastive_acc", "contrastive acc (%)"))
 
 
-def measures_markdown(entries: Sequence[Mapping]) -> list[str]:
+def measures_markdown(entries: Sequence[Mapping], rows: Sequence[Mapping] = ()) -> list[str]:
     """The results.md section that sets every configuration's measures side by side (only when the study
-    measured more than test accuracy: test.py --eval_views / --knn, or SimCLR's contrastive accuracy)."""
+    measured more than test accuracy: test.py --eval_views / --knn, or SimCLR's contrastive accuracy); it
+    names the augmented test views of `rows` (the same for every cell, or each one where they differ)."""
+    specs = sorted({r["aug_views"] for r in rows if r.get("aug_views")})
+    views = "" if not specs else (
+        f" Augmented test views, the same for every cell: {specs[0]}." if len(specs) == 1 else
+        " The cells were scored on different augmented test views, so their augmented figures do not compare: "
+        + "; ".join(f"{', '.join(sorted({KIND_LABELS[kind_of(r)] for r in rows if r.get('aug_views') == s}))}: {s}"
+                    for s in specs) + ".")
     shown = [(key, title) for key, title in MEASURES if any(e.get(f"{key}_mean") is not None for e in entries)]
     if len(shown) < 2:
         return []
@@ -625,7 +645,7 @@ def measures_markdown(entries: Sequence[Mapping]) -> list[str]:
            "test acc: the probe on clean test images; augmented test acc: the same probe on seeded SimCLR views "
            "of every test image (test.py --eval_views); kNN k=10: cosine, majority vote, probe train split as "
            "memory; contrastive acc: the share of the last pretraining epoch's views whose positive ranked first "
-           "(chance 1/(2N-1)). See docs/measures.md.", "",
+           "(chance 1/(2N-1)). See docs/measures.md." + views, "",
            "| kind | data scale | batch | lr | epochs | seeds | " + " | ".join(t for _, t in shown) + " |",
            "|---|---|---|---|---|---|" + "---|" * len(shown)]
     for e in sorted(entries, key=lambda e: (KINDS.index(kind_of(e)), budget_of(e), e["data_scale"] or 0,
