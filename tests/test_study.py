@@ -27,6 +27,7 @@ import test as test_script
 import train
 from utils import sweep
 from utils.errors import UserError, run_cli
+from utils.splits import training_subset
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -599,3 +600,21 @@ def test_every_cell_is_scored_on_the_same_augmented_views(tmp_path, fakes, monke
     assert json.loads((out / "sweep.json").read_text())["eval_views"]["crop_min_scale"] == 0.3
     md = (out / sweep.RESULTS_MD).read_text()
     assert "Augmented test views, the same for every cell: 2 per image (seed 0): crop (0.3, 1), flip 0" in md
+
+
+def test_the_digits_preset_gives_every_scale_the_same_steps_and_scratch_its_own_epochs(no_imagenet_weights):
+    """Issue 25 item 4: --budget steps, so data scales 0.1 and 1 train as many steps as each other (not 4 and 44),
+    and the scratch baseline trains --scratch_epochs epochs on its labels (not the study's 2)."""
+    from utils.data.datasets import load_split
+
+    args = simclr_train.parse_args(["--preset", "digits"])
+    cells = simclr_train.build_cells(args, announce=False)
+    labels = load_split("digits", "train").labels
+    for kind, val in (("simclr", 0.0), ("supervised", args.val_split)):  # supervised leaves the probe's val out
+        steps = {c.data_scale: c.steps for c in cells if c.kind == kind}
+        full = len(training_subset(labels, 1.0, 0, 1.0, val))
+        assert sorted(steps) == [0.1, 1.0] and set(steps.values()) == {args.epochs[0] * (full // 64)}
+    scratch = [c for c in cells if c.kind == "scratch"]
+    assert len(scratch) == 2 and all(c.label_fraction == 0.1 for c in scratch)
+    assert {train.parse_args(simclr_train.train_argv(args, c, "R")).epochs for c in scratch} == {
+        simclr_train.DIGITS_SCRATCH_EPOCHS} != {args.epochs[0]}

@@ -164,14 +164,15 @@ def steps_budget(epochs: int, full_size: int, batch_size: int) -> int:
 
 def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: Sequence[str],
                 baselines: Sequence[str], sizes, supervised_batch: int | None = None,
-                label_fractions: Sequence[float] = (1.0,)) -> list[Cell]:
+                label_fractions: Sequence[float] = (1.0,), scratch_epochs: int | None = None) -> list[Cell]:
     """The SimCLR grid under each budget, then the baselines (seeds outermost within each).
 
     `sizes(data_scale, kind) -> images the cell of that kind trains on at that scale` (the split it reads, less
     any images it leaves out; needed by the steps budget, else unused): every cell of a kind and batch size
     gets the steps of its epochs at data scale 1.0 of its own training split. Under both budgets a steps cell at data scale 1.0 would repeat its epochs cell step for step; it is
     run once, as the epochs cell, and the report uses it for both. Supervised cells follow the grid's
-    data scales and epochs with `supervised_batch` (train.py's supervised recipe decides the rest).
+    data scales and epochs with `supervised_batch` (train.py's supervised recipe decides the rest); scratch cells
+    train `scratch_epochs` epochs over their labelled subset (None: the grid's epochs).
     """
     cells: list[Cell] = []
 
@@ -199,7 +200,7 @@ def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: S
         cells += [Cell(None, supervised_batch, None, int(epochs), int(seed), (int(epochs),), kind="scratch",
                        label_fraction=float(f))
                   for seed in _unique(grid["seeds"]) for f in _unique(label_fractions) for epochs in
-                  _unique(grid["epochs"])]
+                  ([scratch_epochs] if scratch_epochs else _unique(grid["epochs"]))]
     return cells
 
 
