@@ -41,7 +41,12 @@ seeds; the test split is reported, never used to choose.
 Label fractions (docs/label-efficiency.md): --label_fractions 0.01 0.1 1.0 probes every backbone cell at
 each share of the probe's train labels (test.py --label_fraction on the same checkpoint, features cached
 once per checkpoint) and adds the `scratch` baseline: supervised training from scratch on that labelled
-subset only (train.py --label_fraction, the supervised recipe, the same fraction and seed), probed on it.
+subset only (train.py --label_fraction, the supervised recipe, the same fraction and seed; --scratch_epochs
+long, so that it can converge on its few labels), probed on it. The label-efficiency table takes one
+configuration per arm and data scale, chosen on the all-labels validation accuracy, at every fraction.
+
+Augmented test views (--test_args "--eval_views K"): one view specification for every cell, whatever its
+kind (study_view_spec), kept in sweep.json and stated in results.md.
 
 Outputs in OUT: results.csv (one row per cell, eval epoch and label fraction; kind, budget and step count on each),
 results.md (SimCLR against the baselines per data scale and budget; every configuration by validation
@@ -99,8 +104,8 @@ GRID = {
 # scales the same steps (--budget steps: 2 epochs of batch 64 at data scale 1.0; SimCLR 44, supervised 40 on the
 # images the probe's validation split leaves), random init, and the scratch baseline on 10 % of the labels
 # trained DIGITS_SCRATCH_EPOCHS epochs, until its training loss has flattened (docs/digits_scratch_curve.png):
-# what 10 minutes on 2 cores hold (a third scale, 0.3, would not fit beside the scratch baseline's 200 steps
-# a seed; docs/study.md). Every backbone probed with 10 % and all
+# planned for 10 minutes on 2 cores (a third scale, 0.3, would not fit beside the scratch baseline's 200 steps
+# a seed), measured at about 14 idle-equivalent minutes (docs/study.md). Every backbone probed with 10 % and all
 # of the labels and scored on clean test images, on 2 augmented views of each (the SimCLR views, the same for
 # every backbone) and by kNN. Views: the issue-18 digits settings (crop (0.3, 1), jitter strength 0.5,
 # grayscale 0.2, no flips: a digit flipped is another symbol), head 512-512-BN-128; both arms without flips.
@@ -111,7 +116,7 @@ GRID = {
 # short-run rule at 250 epochs, 0.06 x B/256 (utils/recipes.py, short_run).
 DIGITS_VIEWS = "--crop_min_scale 0.3 --jitter_strength 0.5 --gray_prob 0.2 --hflip_prob 0"
 DIGITS_LR = 0.06  # the best validation accuracy of {0.03, 0.06, 0.125, 0.25, 0.5} at 44 steps (docs/study.md)
-# 200 steps on its 129 labels (2 a epoch): at the recipe's lr 0.05 its loss is 0.08 after 31 epochs (measured,
+# 200 steps on its 130 labels (2 a epoch): at the recipe's lr 0.05 its loss is 0.08 after 31 epochs (measured,
 # docs/study.md), so the first lr decay (30 % of the run) comes once it has nearly fitted them, and the rest flattens
 DIGITS_SCRATCH_EPOCHS = 100
 PRESETS = {
