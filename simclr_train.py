@@ -382,7 +382,7 @@ def subset_sizes(args: argparse.Namespace, kind: str = "simclr"):
     """data_scale -> images a cell of `kind` trains on: the seeded subset of the split it reads (exact: counted
     on labels with the split's class counts for a class-balanced set, else on its labels), less the probe's
     validation images where train.py leaves them out (excludes_probe_val)."""
-    from utils.splits import balanced_labels, training_subset
+    from utils.splits import balanced_labels
 
     split, info = pretraining_split(args, kind), DATASETS[args.dataset]
     labels = balanced_labels(args.dataset, split, info.num_classes) if info.balanced else None
@@ -399,7 +399,7 @@ def subset_sizes(args: argparse.Namespace, kind: str = "simclr"):
 
     def size(scale: float) -> int:
         if scale not in counted:  # the count does not depend on the seed (per-class counts are fixed)
-            counted[scale] = len(training_subset(labels, scale, 0, 1.0, val))
+            counted[scale] = len(train.training_subset(labels, scale, 0, 1.0, val))
         return counted[scale]
     return size
 

@@ -32,6 +32,7 @@ from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -45,7 +46,8 @@ from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_floa
                        jitter_strength, degrees, reproducibility_parser, str2bool)
 from utils.data.constants import IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
-from utils.data.datasets import data_sha256, indices_sha256, load_split
+from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_split, stratified_subset
+from utils.data.labels import probe_labelled_subset
 from utils.data.loaders import DeviceBatches, LoaderBatches
 from utils.data.weights import load_imagenet_state_dict
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
@@ -65,7 +67,7 @@ from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, run
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
 from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
-from utils.splits import split_size, training_subset
+from utils.splits import UNLABELLED, split_size
 
 # Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
 # A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
@@ -672,6 +674,45 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
                         f"({len(run.indices)} images at --data_scale {args.data_scale})")
     if args.knn_every:
         run.arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
+
+
+# The seed word of the unlabelled images' draw in a data-scale subset: a class id no dataset has (numpy's seed
+# words must be >= 0, so the label -1 cannot seed the draw, and stratified_subset refuses it).
+UNLABELLED_STREAM = 2**32 - 1
+
+
+def training_subset(labels: np.ndarray, data_scale: float = 1.0, seed: int = 0, label_fraction: float = 1.0,
+                    val_split: float = 0.0, classes: list[str] | None = None) -> np.ndarray:
+    """Sorted int64 indices into `labels` (N,) of the images a run trains on.
+
+    - every label, val_split 0: the seeded, class-stratified `data_scale` subset (nested across scales;
+      SimCLR, and supervised pretraining on other data than the probe's);
+    - the probe's validation split (test.py --val_split V --seed S; none when V is 0) is drawn first and never
+      trained on; then the `label_fraction` labelled subset of the rest (the scratch baseline), or the
+      `data_scale` subset of the rest (supervised pretraining on the probe's own data).
+    """
+    labels = np.asarray(labels)
+    if label_fraction >= 1 and val_split <= 0:
+        return data_scale_subset(labels, data_scale, seed)
+    if label_fraction < 1 or data_scale >= 1:
+        names = classes if classes is not None else [str(c) for c in range(int(labels.max()) + 1)]
+        return np.asarray(probe_labelled_subset(labels, names, seed, label_fraction, val_split), dtype=np.int64)
+    keep = stratified_split(labels, val_split, seed, classes=classes)[0]
+    return np.sort(keep[stratified_subset(labels[keep], data_scale, seed)]).astype(np.int64)
+
+
+def data_scale_subset(labels: np.ndarray, data_scale: float, seed: int) -> np.ndarray:
+    """stratified_subset, with the unlabelled images (label -1: STL-10's train+unlabeled) as one more group
+    drawn in its own seeded order: sorted int64 indices, nested across scales for one seed."""
+    labels = np.asarray(labels)
+    unlabelled = np.flatnonzero(labels == UNLABELLED)
+    if data_scale >= 1 or len(unlabelled) == 0:
+        return stratified_subset(labels, data_scale, seed).astype(np.int64)
+    labelled = np.flatnonzero(labels != UNLABELLED)
+    keep = [labelled[stratified_subset(labels[labelled], data_scale, seed)]] if len(labelled) else []
+    order = np.random.default_rng([seed, UNLABELLED_STREAM]).permutation(unlabelled)
+    keep.append(order[: max(1, int(round(data_scale * len(unlabelled))))])
+    return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
 def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: Path) -> None:

@@ -27,7 +27,7 @@ import test as test_script
 import train
 from utils import sweep
 from utils.errors import UserError, run_cli
-from utils.splits import training_subset
+from train import training_subset
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
