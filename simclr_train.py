@@ -41,7 +41,12 @@ seeds; the test split is reported, never used to choose.
 Label fractions (docs/label-efficiency.md): --label_fractions 0.01 0.1 1.0 probes every backbone cell at
 each share of the probe's train labels (test.py --label_fraction on the same checkpoint, features cached
 once per checkpoint) and adds the `scratch` baseline: supervised training from scratch on that labelled
-subset only (train.py --label_fraction, the supervised recipe, the same fraction and seed), probed on it.
+subset only (train.py --label_fraction, the supervised recipe, the same fraction and seed; --scratch_epochs
+long, so that it can converge on its few labels), probed on it. The label-efficiency table takes one
+configuration per arm and data scale, chosen on the all-labels validation accuracy, at every fraction.
+
+Augmented test views (--test_args "--eval_views K"): one view specification for every cell, whatever its
+kind (study_view_spec), kept in sweep.json and stated in results.md.
 
 Outputs in OUT: results.csv (one row per cell, eval epoch and label fraction; kind, budget and step count on each),
 results.md (SimCLR against the baselines per data scale and budget; every configuration by validation
@@ -67,6 +72,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import test
@@ -94,24 +100,33 @@ GRID = {
 }
 
 # --preset digits: the README's quick start, real images on a CPU (docs/study.md, "The digits preset"):
-# scikit-learn's digits at 16 px, 3 data scales x 2 lrs x 2 seeds of SimCLR, the supervised, random-init
-# and scratch baselines, every backbone probed with 10 % and all of the labels and scored on clean and
-# augmented test views. Views: the issue-18 digits settings (crop (0.3, 1), jitter strength 0.5, grayscale
-# 0.2, no flips: a digit flipped is another symbol), head 512-512-BN-128; both arms without flips. Batch
-# 64 and lrs 0.125 / 0.5 come from a measured sweep at 3 epochs (no source covers runs of a few epochs;
-# docs/study.md); 2 epochs and 2 augmented views per test image keep it within 10 minutes on 2 cores.
+# scikit-learn's digits at 16 px, data scales 0.1 and 1 x 2 seeds of SimCLR and of supervised pretraining, both
+# scales the same steps (--budget steps: 2 epochs of batch 64 at data scale 1.0; SimCLR 44, supervised 40 on the
+# images the probe's validation split leaves), random init, and the scratch baseline on 10 % of the labels
+# trained DIGITS_SCRATCH_EPOCHS epochs, until its training loss has flattened (docs/digits_scratch_curve.png):
+# planned for 10 minutes on 2 cores (a third scale, 0.3, would not fit beside the scratch baseline's 200 steps
+# a seed), measured at about 14 idle-equivalent minutes (docs/study.md). Every backbone probed with 10 % and all
+# of the labels and scored on clean test images, on 2 augmented views of each (the SimCLR views, the same for
+# every backbone) and by kNN. Views: the issue-18 digits settings (crop (0.3, 1), jitter strength 0.5,
+# grayscale 0.2, no flips: a digit flipped is another symbol), head 512-512-BN-128; both arms without flips.
+# Batch 64 from a sweep scored on the test split (2026-12-01, docs/study.md: kept, not re-chosen); the lr from
+# a sweep scored on the probe's validation accuracy at these 44 steps (2026-12-03, docs/study.md).
 # --preset demo: 2 scales x 2 lrs of `synthetic` (100 / 200 images), 2 epochs: the tests' small study.
 # --preset original: the original's grid, both budgets, every baseline; lr "auto" is the tuned recipe's
 # short-run rule at 250 epochs, 0.06 x B/256 (utils/recipes.py, short_run).
 DIGITS_VIEWS = "--crop_min_scale 0.3 --jitter_strength 0.5 --gray_prob 0.2 --hflip_prob 0"
-DIGITS_EVAL_VIEWS = "--eval_crop_min_scale 0.3 --eval_jitter_strength 0.5 --eval_gray_prob 0.2 --eval_hflip_prob 0"
+DIGITS_LR = 0.06  # the best validation accuracy of {0.03, 0.06, 0.125, 0.25, 0.5} at 44 steps (docs/study.md)
+# 200 steps on its 130 labels (2 a epoch): at the recipe's lr 0.05 its loss is 0.08 after 31 epochs (measured,
+# docs/study.md), so the first lr decay (30 % of the run) comes once it has nearly fitted them, and the rest flattens
+DIGITS_SCRATCH_EPOCHS = 100
 PRESETS = {
-    "digits": {"dataset": "digits", "eval_dataset": "digits", "data_scales": [0.1, 0.3, 1.0], "batch_sizes": [64],
-               "learning_rates": [0.125, 0.5], "epochs": [2], "seeds": [0, 1],
+    "digits": {"dataset": "digits", "eval_dataset": "digits", "data_scales": [0.1, 1.0], "batch_sizes": [64],
+               "learning_rates": [DIGITS_LR], "epochs": [2], "budget": ["steps"], "seeds": [0, 1],
                "baselines": ["supervised", "random", "scratch"], "label_fractions": [0.1, 1.0],
+               "scratch_epochs": DIGITS_SCRATCH_EPOCHS,
                "train_args": f"{DIGITS_VIEWS} --proj_hidden_dim 512 --proj_bn true",
                "supervised_args": "--batch_size 64 --hflip_prob 0",
-               "test_args": f"--eval_views 2 --knn {DIGITS_EVAL_VIEWS}", "jobs": 2, "out_dir": "sweeps/digits"},
+               "test_args": "--eval_views 2 --knn", "jobs": 2, "out_dir": "sweeps/digits"},
     "demo": {"dataset": "synthetic", "eval_dataset": "synthetic", "data_scales": [0.05, 0.1], "batch_sizes": [50],
              "learning_rates": [0.3, 0.6], "epochs": [2], "seeds": [0],
              "supervised_args": "--batch_size 50", "out_dir": "sweeps/demo"},
@@ -127,7 +142,50 @@ LOGS = "logs"  # OUT/logs/<cell>.log: a worker's output (--jobs > 1, submitit)
 RESULTS_LOCK = ".results.lock"  # held while results.csv / results.md are rebuilt
 PARENT_ENV = "SIMCLR_SWEEP_PARENT"  # a worker's parent pid: the worker stops when that process dies
 LOCK_WAIT_S = 600  # a worker waits this long for a run folder still held by a dying predecessor
-LATER_SETTINGS = ("threads_per_cell", "deterministic")  # study settings older sweep.json files do not hold
+LATER_SETTINGS = ("threads_per_cell", "deterministic", "eval_views")  # study settings older sweep.json files do not hold
+
+
+def study_view_spec(args: argparse.Namespace) -> dict | None:
+    """The one view specification of the augmented test views (test.py --eval_views) for every cell of the study,
+    whatever its kind: each field from --test_args' --eval_* flags when given, else the SimCLR arm's own views
+    (its train.py settings: what SimCLR learns to be invariant to), else the recipe's; None without --eval_views.
+    Passed to every cell as explicit flags (eval_view_flags), so a supervised, random-init or scratch
+    checkpoint is scored on the same views as a SimCLR one (test.py alone would take a SimCLR checkpoint's views
+    from its config and the others' from the recipe)."""
+    if getattr(args, "_view_spec", False) is not False:
+        return args._view_spec
+    from utils.eval.measures import view_overrides
+    from utils.eval.views import SPEC_FIELDS, resolve_view_spec
+
+    spec = None
+    probe = _parse_for(test.parse_args, ["--model_path", "x.pth", *args.test_args_list], "--test_args")
+    if probe.eval_views > 0:
+        simclr = _parse_for(train.parse_args, ["--train_type", "simclr", "--dataset", args.dataset,
+                                               *common_passthrough(args), *args.train_args_list], "--train_args")
+        own = {"train_type": "simclr", **{name: getattr(simclr, name) for name in SPEC_FIELDS}}
+        try:
+            resolved = resolve_view_spec(own, recipe(args.recipe, "simclr"), view_overrides(probe))[0]
+        except ValueError as exc:
+            raise UserError(f"--test_args --eval_views: {exc}") from None
+        spec = {"views_per_image": probe.eval_views, "seed": probe.eval_view_seed,
+                **{name: list(v) if isinstance(v := getattr(resolved, name), tuple) else v for name in SPEC_FIELDS}}
+    args._view_spec = spec
+    return spec
+
+
+def eval_view_flags(args: argparse.Namespace) -> list[str]:
+    """study_view_spec as test.py's --eval_* flags (every field given, so no cell resolves its own)."""
+    spec = study_view_spec(args)
+    if spec is None:
+        return []
+    jitter = spec["jitter"]
+    strength = round(jitter[0] / 0.8, 10)  # test.py's --eval_jitter_strength s: (0.8 s, 0.8 s, 0.8 s, 0.2 s)
+    if any(abs(j - k * strength) > 1e-9 for j, k in zip(jitter, (0.8, 0.8, 0.8, 0.2))):
+        raise UserError(f"the SimCLR views' colour jitter {jitter} is not of the form (0.8 s, 0.8 s, 0.8 s, 0.2 s) "
+                        "that test.py --eval_jitter_strength takes; give --jitter_strength in --train_args")
+    return ["--eval_crop_min_scale", repr(spec["crop_min_scale"]), "--eval_hflip_prob", repr(spec["hflip_prob"]),
+            "--eval_jitter_strength", repr(strength), "--eval_jitter_prob", repr(spec["jitter_prob"]),
+            "--eval_gray_prob", repr(spec["gray_prob"]), "--eval_blur_prob", repr(spec["blur_prob"])]
 
 
 def common_passthrough(args: argparse.Namespace) -> list[str]:
@@ -194,6 +252,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--label_fractions", type=fraction, nargs="+", default=[1.0],
                    help="shares of the probe's train labels: every backbone is probed at each (test.py "
                         "--label_fraction, features cached per checkpoint), and scratch trains on each")
+    s.add_argument("--scratch_epochs", type=positive_int, default=None,
+                   help="epochs of the scratch baseline over its labelled subset, e.g. enough for its training loss "
+                        "to converge on those few labels [the grid's --epochs]%(default).0s")
     s.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
                    help="the recipe of every train.py and test.py call (SimCLR, supervised baseline, probe); "
                         "the SimCLR lr follows its batch rule unless --learning_rates gives one")
@@ -217,7 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--quiet", action="store_true", help="pass --quiet to train.py and test.py")
     x = p.add_argument_group("parallel and cluster")
     x.add_argument("--jobs", type=positive_int, default=1,
-                   help="cells run at once, each in its own process (1: one after another in this process)")
+                   help="cells run at once, each in its own process (1: one after another in this process); either "
+                        "way a failing cell is reported, the others run and the study exits 1")
     x.add_argument("--devices", nargs="+", default=None,
                    help="devices handed out to the cells, one each [every visible GPU; else cpu]%(default).0s")
     x.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit_local"],
@@ -279,6 +341,7 @@ def study_settings(args: argparse.Namespace) -> dict:
                 "val_split": args.val_split, "train_args": args.train_args_list, "test_args": args.test_args_list}
     if args.supervised_args_list:
         settings["supervised_args"] = args.supervised_args_list
+    settings["eval_views"] = study_view_spec(args)  # the augmented test views of every cell (None: not measured)
     return settings
 
 
@@ -300,19 +363,56 @@ def check_study(out_dir: Path, settings: dict, write: bool) -> None:
 
 # --- the cells and their command lines ---------------------------------------------------------------
 
-def subset_sizes(args: argparse.Namespace):
-    """data_scale -> images in the seeded subset (exact: from the sizes of a class-balanced set, else counted)."""
-    sizes = sweep.dataset_sizes(args.dataset)
-    if sizes is not None and DATASETS[args.dataset].balanced:
-        return lambda scale: sweep.subset_size(sizes[0], DATASETS[args.dataset].num_classes, scale)
-    from utils.data.datasets import load_split, stratified_subset
-    from utils.data.folder import list_folder
+def excludes_probe_val(args: argparse.Namespace, kind: str) -> bool:
+    """Supervised pretraining on the probe's own train split never sees the probe's validation images (their
+    labels would make val_accuracy a training figure): train.py --label_val_split leaves them out."""
+    return kind == "supervised" and args.eval_dataset == args.dataset and args.val_split > 0
 
-    if args.dataset == "folder":
-        labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
-    else:  # an unbalanced built-in set (digits, mnist): its labels, read once
-        labels = load_split(args.dataset, "train", args.data_dir).labels
-    return lambda scale: len(stratified_subset(labels, scale, 0))
+
+def pretraining_split(args: argparse.Namespace, kind: str) -> str:
+    """The split a cell of `kind` trains on (train.py's training_split: SimCLR on STL-10 reads train+unlabeled)."""
+    extra = args.supervised_args_list if kind == "supervised" else []
+    parsed = _parse_for(train.parse_args, ["--train_type", kind, "--dataset", args.dataset, *common_passthrough(args),
+                                           *args.train_args_list, *extra],
+                        "--supervised_args" if extra else "--train_args")
+    return train.training_split(parsed)
+
+
+def subset_sizes(args: argparse.Namespace, kind: str = "simclr"):
+    """data_scale -> images a cell of `kind` trains on: the seeded subset of the split it reads (exact: counted
+    on labels with the split's class counts for a class-balanced set, else on its labels), less the probe's
+    validation images where train.py leaves them out (excludes_probe_val)."""
+    from utils.splits import balanced_labels
+
+    split, info = pretraining_split(args, kind), DATASETS[args.dataset]
+    labels = balanced_labels(args.dataset, split, info.num_classes) if info.balanced else None
+    if labels is None:
+        from utils.data.datasets import load_split
+        from utils.data.folder import list_folder
+
+        if args.dataset == "folder":
+            labels = list_folder(args.data_dir, "train")[1]  # file names only: nothing is decoded
+        else:  # an unbalanced built-in set (digits, mnist): its labels, read once
+            labels = load_split(args.dataset, split, args.data_dir).labels
+    val = args.val_split if excludes_probe_val(args, kind) else 0.0
+    counted: dict[float, int] = {}
+
+    def size(scale: float) -> int:
+        if scale not in counted:  # the count does not depend on the seed (per-class counts are fixed)
+            counted[scale] = len(train.training_subset(labels, scale, 0, 1.0, val))
+        return counted[scale]
+    return size
+
+
+def kind_sizes(args: argparse.Namespace):
+    """(data_scale, kind) -> images a cell of that kind trains on (subset_sizes, built once per kind)."""
+    by_kind: dict = {}
+
+    def sizes(scale: float, kind: str) -> int:
+        if kind not in by_kind:
+            by_kind[kind] = subset_sizes(args, kind)
+        return by_kind[kind](scale)
+    return sizes
 
 
 def imagenet_weights_missing() -> Path | None:
@@ -324,15 +424,16 @@ def imagenet_weights_missing() -> Path | None:
 
 def scratch_fractions(args: argparse.Namespace, baselines: list[str], announce: bool) -> list[float]:
     """The label fractions the scratch baseline trains at. With every label of the pretraining data itself
-    (--eval_dataset = --dataset) it would repeat the supervised baseline at data scale 1 (the same recipe and
-    images, less the probe's validation split), so that one is not run twice."""
+    (--eval_dataset = --dataset) it would train on the images of the supervised baseline at data scale 1 (the
+    same recipe, the train split less the probe's validation split), so that one stands for it and it is not
+    run (at the study's budget, not --scratch_epochs)."""
     fractions = list(args.label_fractions)
     if (canonical_dataset(args.eval_dataset) == canonical_dataset(args.dataset) and "supervised" in baselines
-            and 1.0 in args.data_scales and 1.0 in fractions and "steps" not in args.budget):
+            and 1.0 in args.data_scales and 1.0 in fractions):
         fractions.remove(1.0)
         if announce and "scratch" in baselines:
-            print("scratch baseline at every label: the supervised baseline at data scale 1 is that run (same data)",
-                  flush=True)
+            print("scratch baseline at every label: the supervised baseline at data scale 1 trains on those labels "
+                  "(same images, the study's budget), so it is not run twice", flush=True)
     return fractions
 
 
@@ -345,7 +446,7 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
             print(f"imagenet baseline skipped: no ImageNet weights at {missing} (offline); place "
                   f"{missing.name} there to include it", flush=True)
     needs_sizes = "steps" in args.budget or sweep.dataset_sizes(args.dataset) is not None
-    sizes = subset_sizes(args) if needs_sizes else None
+    sizes = kind_sizes(args) if needs_sizes else None
     sup_batch = None
     if "supervised" in baselines:
         probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
@@ -354,12 +455,12 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
         probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
         sup_batch = _parse_for(train.parse_args, probe, "--supervised_args").batch_size
     cells = sweep.study_cells({k: getattr(args, k) for k in sweep.GRID_KEYS}, args.eval_at, args.budget, baselines,
-                              sizes, sup_batch, scratch_fractions(args, baselines, announce))
+                              sizes, sup_batch, scratch_fractions(args, baselines, announce), args.scratch_epochs)
     if sizes is not None:
         for cell in cells:
             if cell.data_scale is None:
                 continue
-            n = sizes(cell.data_scale)
+            n = sizes(cell.data_scale, cell.kind)
             if cell.batch_size > n:
                 what = "--supervised_args --batch_size" if cell.kind == "supervised" else "--batch_sizes"
                 raise UserError(f"batch size {cell.batch_size} is larger than the {n} images of {args.dataset} at "
@@ -385,7 +486,8 @@ def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device
                   - {cell.checkpoint_epoch(cell.epochs)})
     data = ["--data_scale", repr(cell.data_scale), *length] + (["--save_at", *map(str, keep)] if keep else [])
     if cell.kind == "supervised":  # batch and lr from the supervised recipe and --supervised_args
-        return ["--train_type", "supervised", *data, *common, *args.train_args_list, *args.supervised_args_list]
+        val = ["--label_val_split", repr(args.val_split)] if excludes_probe_val(args, cell.kind) else []
+        return ["--train_type", "supervised", *data, *val, *common, *args.train_args_list, *args.supervised_args_list]
     lr = [] if cell.learning_rate is None else ["--learning_rate", repr(cell.learning_rate)]
     return ["--train_type", "simclr", "--batch_size", str(cell.batch_size), *lr, *data, *common, *args.train_args_list]
 
@@ -399,7 +501,8 @@ def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: 
              "--val_split", repr(args.val_split), "--run_dir", str(eval_dir), "--seed", str(cell.seed),
              "--device", device or args.device, "--data_dir", args.data_dir, "--workers", str(args.workers),
              *common_passthrough(args), *labels] + (["--quiet"] if args.quiet else [])
-            + (args.test_args_list if label_fraction == 1 else without_measures(args.test_args_list)))
+            + (args.test_args_list + eval_view_flags(args) if label_fraction == 1
+               else without_measures(args.test_args_list)))
 
 
 MEASURE_FLAGS = ("--eval_views", "--eval_view_seed", "--eval_crop_min_scale", "--eval_hflip_prob", "--eval_jitter_strength",
@@ -470,6 +573,7 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
                         steps=None, label_fraction=cell.label_fraction, label_val_split=args.val_split)
         else:
             want.update(train_type=kind, data_scale=cell.data_scale, batch_size=cell.batch_size,
+                        label_fraction=1.0, label_val_split=args.val_split if excludes_probe_val(args, kind) else 0.0,
                         save_at=sorted({cell.checkpoint_epoch(e) for e in cell.eval_epochs if e < cell.epochs}
                                        - {cell.checkpoint_epoch(cell.epochs)}),
                         epochs=cell.epochs if budget == "epochs" else None,
@@ -626,11 +730,11 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
         edir = eval_dir(run_dir, args, epoch, label_fraction)
         argv = test_argv(args, cell, ckpt, edir, device, label_fraction)
         evaluation = test.main(argv)
-        simclr_or_sup = cell.kind in ("simclr", "supervised")
+        trained = cell.kind in ("simclr", "supervised", "scratch")  # the lr and batch the run used
         row = sweep.make_row(cell, epoch, history, evaluation, study_settings(args), trained_on,
                              ckpt.relative_to(out_dir).as_posix(),
-                             learning_rate=used.get("learning_rate") if simclr_or_sup else None,
-                             batch_size=used.get("batch_size") if simclr_or_sup else None,
+                             learning_rate=used.get("learning_rate") if trained else None,
+                             batch_size=used.get("batch_size") if trained else None,
                              label_fraction=label_fraction,
                              threads=ran.get("threads", evaluation.get("runtime", {}).get("threads")),
                              deterministic=used.get("deterministic", args.deterministic))
@@ -755,6 +859,26 @@ def run_local_jobs(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: P
     return failed
 
 
+def run_here(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
+    """--jobs 1: the cells one after another in this process; returns the cells that failed. A cell's error
+    (e.g. a probe whose loss became non-finite) is recorded as with --jobs N, its traceback in
+    OUT/logs/<cell>.log, and the remaining cells run; an interruption (Ctrl-C, SIGTERM) stops the study."""
+    failed = []
+    for i, cell in enumerate(cells, 1):
+        try:
+            run_cell(args, cell, out_dir, f"[{i}/{len(cells)}]")
+        except (train.Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001  (the cell's own error: reported, the others go on)
+            failed.append(cell.name)
+            log = out_dir / LOGS / f"{cell.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as f:
+                traceback.print_exc(file=f)
+            print(f"{cell.name}: failed: {type(exc).__name__}: {exc} (traceback in {log})", flush=True)
+    return failed
+
+
 def run_submitit(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
     """One submitit job per unfinished cell (SLURM, or this machine's local executor); waits for them and
     returns the cells whose job failed. A rerun submits only what is still unfinished."""
@@ -839,7 +963,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
         print(f"{wanted} is not on this machine: the step time is measured on {device}", flush=True)
     image_size = DATASETS[args.dataset].default_image_size or 64
     pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
-    sizes = subset_sizes(args) if pre is not None or "steps" in args.budget else None
+    sizes = kind_sizes(args) if pre is not None or "steps" in args.budget else None
     trained = [c for c in cells if c.kind in ("simclr", "supervised")]
     cap = sweep.MEASURE_CAP.get(device.type, max([c.batch_size for c in trained] or [1]))
     with run_settings(args.threads_per_cell, args.deterministic):  # measured as a cell runs
@@ -860,7 +984,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
         run_dir = out_dir / sweep.RUNS / cell.name
         todo = [e for e, f in evaluations(args, cell) if not (eval_dir(run_dir, args, e, f) / sweep.RECORD).exists()]
         history = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
-        n = sizes(cell.data_scale) if sizes is not None and cell.data_scale is not None else None
+        n = sizes(cell.data_scale, cell.kind) if sizes is not None and cell.data_scale is not None else None
         if cell.kind == "scratch" and post is not None:  # the labelled subset of the probe's train split
             n = max(1, round(cell.label_fraction * post[0] * (1 - args.val_split)))
         total_steps = (cell.steps if cell.budget == "steps" else cell.epochs * (n // cell.batch_size)) \
@@ -955,8 +1079,7 @@ def main(argv: list[str] | None = None) -> dict:
             resolve_device(place["device"] if place["device"] != "cuda" else place["where"].split("+")[0])
         failed = run_local_jobs(args, cells, out_dir)
     else:
-        for i, cell in enumerate(cells, 1):
-            run_cell(args, cell, out_dir, f"[{i}/{len(cells)}]")
+        failed = run_here(args, cells, out_dir)
     found = collect_rows(out_dir)
     added = len(found) - before
     rows = publish(out_dir, plots=bool(added))

@@ -32,6 +32,7 @@ from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -45,7 +46,7 @@ from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_floa
                        jitter_strength, degrees, reproducibility_parser, str2bool)
 from utils.data.constants import IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
-from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_subset
+from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_split, stratified_subset
 from utils.data.labels import probe_labelled_subset
 from utils.data.loaders import DeviceBatches, LoaderBatches
 from utils.data.weights import load_imagenet_state_dict
@@ -66,6 +67,7 @@ from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, run
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
 from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
+from utils.splits import UNLABELLED, split_size
 
 # Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
 # A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
@@ -130,7 +132,8 @@ def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
                    help="train on the labelled subset that test.py --label_fraction F --val_split V --seed S uses "
                         "(utils/data/labels.py; V = --label_val_split): the study's `scratch` baseline")
     g.add_argument("--label_val_split", type=finite_float, default=0.0,
-                   help="the probe's --val_split whose images the labelled subset leaves out (0: none)")
+                   help="the probe's --val_split (test.py --val_split V --seed S) whose images are never trained on: "
+                        "drawn first, then the --label_fraction or --data_scale subset of the rest (0: none)")
     g.add_argument("--image_size", type=image_size, default=None,
                    help="training resolution [the dataset's default: its native size, 16 for digits (docs/datasets.md); "
                         "224 with --pretrained true]" + by_type)
@@ -295,12 +298,13 @@ def apply_recipe(args: argparse.Namespace) -> None:
 
 
 def run_epochs(args: argparse.Namespace) -> float | None:
-    """How many epochs of the full training set the run amounts to (what the recipe's lr rule reads):
-    --epochs, or --steps x batch / the dataset's train size (None when that size is unknown: folders)."""
+    """How many epochs of the full training split the run amounts to (what the recipe's lr rule reads):
+    --epochs, or --steps x batch / the size of the split it trains on (training_split: STL-10 SimCLR reads
+    train+unlabeled, 105,000 images, not the 5,000 of train); None when that size is unknown (folders)."""
     if args.steps is None:
         return args.epochs
-    sizes = DATASETS[args.dataset].sizes
-    return args.steps * args.batch_size / sizes[0] if sizes and args.batch_size else None
+    size = split_size(args.dataset, training_split(args))
+    return args.steps * args.batch_size / size if size and args.batch_size else None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -313,9 +317,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--data_scale must be in (0, 1], got {args.data_scale}")
     if not 0 <= args.label_val_split < 1:
         raise UserError(f"--label_val_split must be in [0, 1), got {args.label_val_split}")
-    if args.data_scale < 1 and (args.label_fraction < 1 or args.label_val_split > 0):
-        raise UserError("--data_scale and --label_fraction / --label_val_split pick the training images two ways; "
-                        "give one")
+    if args.data_scale < 1 and args.label_fraction < 1:
+        raise UserError("--data_scale and --label_fraction pick the training images two ways; give one")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
     if args.train_type == "simclr" and args.batch_size < 2 and (args.steps is not None or args.epochs > 0):
@@ -657,10 +660,8 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
     if not env.is_main:
         run.arrays = load_split(args.dataset, training_split(args), args.data_dir, download=False,
                                 image_size=args.image_size)
-    run.indices = (stratified_subset(run.arrays.labels, args.data_scale, args.seed)
-                   if args.label_fraction == 1 and args.label_val_split == 0 else
-                   probe_labelled_subset(run.arrays.labels, run.arrays.classes, args.seed, args.label_fraction,
-                                         args.label_val_split))
+    run.indices = training_subset(run.arrays.labels, args.data_scale, args.seed, args.label_fraction,
+                                  args.label_val_split, run.arrays.classes)
     run.subset = {"sha256": indices_sha256(run.indices), "num_train": int(len(run.indices)),
                   "data_sha256": data_sha256(run.arrays.images, run.arrays.labels)}
     data["classes"] = run.arrays.classes
@@ -673,6 +674,45 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
                         f"({len(run.indices)} images at --data_scale {args.data_scale})")
     if args.knn_every:
         run.arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
+
+
+# The seed word of the unlabelled images' draw in a data-scale subset: a class id no dataset has (numpy's seed
+# words must be >= 0, so the label -1 cannot seed the draw, and stratified_subset refuses it).
+UNLABELLED_STREAM = 2**32 - 1
+
+
+def training_subset(labels: np.ndarray, data_scale: float = 1.0, seed: int = 0, label_fraction: float = 1.0,
+                    val_split: float = 0.0, classes: list[str] | None = None) -> np.ndarray:
+    """Sorted int64 indices into `labels` (N,) of the images a run trains on.
+
+    - every label, val_split 0: the seeded, class-stratified `data_scale` subset (nested across scales;
+      SimCLR, and supervised pretraining on other data than the probe's);
+    - the probe's validation split (test.py --val_split V --seed S; none when V is 0) is drawn first and never
+      trained on; then the `label_fraction` labelled subset of the rest (the scratch baseline), or the
+      `data_scale` subset of the rest (supervised pretraining on the probe's own data).
+    """
+    labels = np.asarray(labels)
+    if label_fraction >= 1 and val_split <= 0:
+        return data_scale_subset(labels, data_scale, seed)
+    if label_fraction < 1 or data_scale >= 1:
+        names = classes if classes is not None else [str(c) for c in range(int(labels.max()) + 1)]
+        return np.asarray(probe_labelled_subset(labels, names, seed, label_fraction, val_split), dtype=np.int64)
+    keep = stratified_split(labels, val_split, seed, classes=classes)[0]
+    return np.sort(keep[stratified_subset(labels[keep], data_scale, seed)]).astype(np.int64)
+
+
+def data_scale_subset(labels: np.ndarray, data_scale: float, seed: int) -> np.ndarray:
+    """stratified_subset, with the unlabelled images (label -1: STL-10's train+unlabeled) as one more group
+    drawn in its own seeded order: sorted int64 indices, nested across scales for one seed."""
+    labels = np.asarray(labels)
+    unlabelled = np.flatnonzero(labels == UNLABELLED)
+    if data_scale >= 1 or len(unlabelled) == 0:
+        return stratified_subset(labels, data_scale, seed).astype(np.int64)
+    labelled = np.flatnonzero(labels != UNLABELLED)
+    keep = [labelled[stratified_subset(labels[labelled], data_scale, seed)]] if len(labelled) else []
+    order = np.random.default_rng([seed, UNLABELLED_STREAM]).permutation(unlabelled)
+    keep.append(order[: max(1, int(round(data_scale * len(unlabelled))))])
+    return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
 def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: Path) -> None:

@@ -6,16 +6,24 @@ then prints the wall time, the CPU time of the study and its workers, the machin
 and the rows of results.csv. Run it on an idle machine:
 
     python benchmarks/digits_preset.py                      # the preset as shipped
-    python benchmarks/digits_preset.py --keep runs/digits   # keep the study's folder (results.md, plots)
+    python benchmarks/digits_preset.py --keep runs/digits --scratch_curve docs/digits_scratch_curve.png
 
-The lr sweeps that chose the preset's batch, epochs and learning rates (docs/study.md, "The digits preset"):
+--scratch_curve draws the training loss of the study's scratch cells (each seed's metrics.csv) against the
+step: the evidence that DIGITS_SCRATCH_EPOCHS trains the scratch baseline until its loss has flattened.
 
-    python simclr_train.py --dataset digits --eval_dataset digits --data_scales 1.0 --batch_sizes 128 \\
-        --learning_rates 0.125 0.25 0.5 1.0 --epochs 5 --seeds 0 --baselines random --jobs 2 \\
+The sweep that chose the preset's lr, scored on the probe's validation accuracy (docs/study.md, "The digits
+preset"; 2026-12-03, 2 cores shared with two other processes, 18 min for the first four lrs):
+
+    python simclr_train.py --dataset digits --eval_dataset digits --data_scales 1.0 --batch_sizes 64 \\
+        --learning_rates 0.03 0.06 0.125 0.25 0.5 --epochs 2 --seeds 0 1 --baselines random \\
+        --label_fractions 0.1 1.0 --jobs 2 \\
         --train_args "--crop_min_scale 0.3 --jitter_strength 0.5 --gray_prob 0.2 --hflip_prob 0 --proj_hidden_dim 512 --proj_bn true" \\
-        --test_args "--eval_views 5 --knn --eval_crop_min_scale 0.3 --eval_hflip_prob 0 --eval_jitter_strength 0.5 --eval_gray_prob 0.2" \\
-        --out_dir sweeps/digits-lr-5ep
-    # the same with --batch_sizes 64 128 --learning_rates 0.03 0.125 0.5 --epochs 3 --label_fractions 0.1 1.0
+        --test_args "--eval_views 2 --knn --eval_crop_min_scale 0.3 --eval_hflip_prob 0 --eval_jitter_strength 0.5 --eval_gray_prob 0.2" \\
+        --out_dir sweeps/digits-lr-val
+
+The earlier sweeps that chose batch 64 (2026-12-01) were scored on the test split (docs/study.md says so):
+the same with --batch_sizes 128 --learning_rates 0.125 0.25 0.5 1.0 --epochs 5 --eval_views 5, and with
+--batch_sizes 64 128 --learning_rates 0.03 0.125 0.5 --epochs 3.
 """
 from __future__ import annotations
 
@@ -32,9 +40,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def draw_scratch_curve(out: Path, path: Path) -> Path:
+    """The training loss (and train accuracy) of every scratch cell of the study in `out`, per step, from the
+    cells' metrics.csv (one line per seed)."""
+    sys.path.insert(0, str(ROOT))
+    from utils.io import read_csv
+    from utils.plotting import plot_panels
+
+    runs = sorted((out / "runs").glob("scratch_*"))
+    if not runs:
+        raise SystemExit(f"digits_preset.py: no scratch cell in {out / 'runs'}")
+    histories = {run.name: read_csv(run / "metrics.csv") for run in runs}
+    steps = sorted({int(h["step"]) for rows in histories.values() for h in rows})
+    series = {key: {name: [next((float(h[key]) for h in rows if int(h["step"]) == s), None) for s in steps]
+                    for name, rows in histories.items()} for key in ("loss", "train_acc")}
+    return plot_panels(path, steps, [("training loss (cross-entropy on its labels)", series["loss"]),
+                                     ("training accuracy (%)", series["train_acc"])], xlabel="step",
+                       title="The digits preset's scratch baseline: 10 % of the labels, from scratch")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keep", default=None, help="run the study into this folder and keep it (must not exist)")
+    p.add_argument("--scratch_curve", default=None,
+                   help="also draw the scratch cells' training loss against the step into this PNG")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more simclr_train.py flags")
     args = p.parse_args()
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="digits-preset-")) / "study"
@@ -50,6 +79,8 @@ def main() -> None:
     print(f"simclr_train.py --preset digits: exit {proc.returncode}, wall {int(wall // 60)} min {wall % 60:.1f} s, "
           f"CPU {cpu.ru_utime + cpu.ru_stime:.0f} s, {os.cpu_count()} cores, load before {load_before[0]:.2f} / "
           f"after {os.getloadavg()[0]:.2f}, {rows} results.csv rows, out_dir {out}")
+    if args.scratch_curve:
+        print(f"wrote {draw_scratch_curve(out, Path(args.scratch_curve))}")
     if not args.keep:
         shutil.rmtree(out.parent, ignore_errors=True)
     sys.exit(proc.returncode)

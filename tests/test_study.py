@@ -10,6 +10,7 @@ scripts in separate processes on a 40-image folder dataset at 16 px.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -26,6 +27,7 @@ import test as test_script
 import train
 from utils import sweep
 from utils.errors import UserError, run_cli
+from train import training_subset
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +102,9 @@ def test_steps_budget_gives_every_scale_the_steps_of_scale_one(tmp_path, fakes, 
         assert got[("simclr", "steps", scale, "2")] == (80, 80 // spe[scale])
         assert got[("simclr", "steps", scale, "1")] == (40, 40 // spe[scale])  # half the steps: eval at epoch 1
         assert got[("simclr", "epochs", scale, "2")] == (2 * spe[scale], 2)
-        # supervised: the same subsets, its own batch (25): 2 epochs of scale 1.0 = 160 steps
-        assert got[("supervised", "steps", scale, "2")][0] == 160
+        # supervised: its own batch (25), never the probe's validation split (10 % of each class: 200 images):
+        # 2 epochs of the 1,800 images left at scale 1.0 = 2 x 72 = 144 steps
+        assert got[("supervised", "steps", scale, "2")][0] == 144
     # At scale 1.0 both budgets are one run, run once as the epochs cell.
     assert got[("simclr", "epochs", "1.0", "2")] == (80, 2) and ("simclr", "steps", "1.0", "2") not in got
     assert got[("random", "epochs", "", "0")] == (0, 0)
@@ -110,6 +113,7 @@ def test_steps_budget_gives_every_scale_the_steps_of_scale_one(tmp_path, fakes, 
     simclr = [a for a in fakes.trained if a.train_type == "simclr" and a.epochs != 0]
     supervised = [a for a in fakes.trained if a.train_type == "supervised"]
     assert {(a.data_scale, a.seed) for a in supervised} == {(a.data_scale, a.seed) for a in simclr}
+    assert all(a.label_val_split == 0.1 for a in supervised) and all(a.label_val_split == 0 for a in simclr)
     assert all(a.batch_size == 25 for a in supervised) and all(a.batch_size == 50 for a in simclr)
     assert sorted(a.steps for a in simclr if a.steps) == [80, 80] and all(a.save_at for a in simclr if a.steps)
     randoms = [a for a in fakes.trained if a.epochs == 0]
@@ -522,3 +526,95 @@ def test_a_cell_gives_the_same_numbers_with_jobs_1_and_jobs_2(tmp_path, monkeypa
         assert reports[0]["history"]["train_loss"] == reports[1]["history"]["train_loss"]
         weights = [load_checkpoint(run / "final.pth")["backbone"] for run in runs]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+# --- issue 26: rows that say what they are; one failing cell does not stop the study ---------------------------
+
+def test_scratch_rows_record_the_data_lr_and_steps_they_trained_with(tmp_path, fakes):
+    out = tmp_path / "study"
+    res = simclr_train.main([*BASE, "--eval_dataset", "digits", "--out_dir", str(out), "--data_scales", "0.05",
+                             "--batch_sizes", "50", "--learning_rates", "0.3", "--epochs", "2", "--baselines", "scratch",
+                             "--label_fractions", "0.5", "1.0", "--supervised_args", "--batch_size 25"])
+    scratch = [r for r in res["rows"] if r["kind"] == "scratch"]
+    assert scratch and all(r["dataset"] == "digits" for r in scratch)  # trained on the probe's data
+    runs = [a for a in fakes.trained if a.train_type == "supervised"]
+    assert {r["learning_rate"] for r in scratch} == {a.learning_rate for a in runs} and None not in {
+        r["learning_rate"] for r in scratch}
+    assert all(r["batch_size"] == 25 and r["steps"] > 0 for r in scratch)
+    assert all(r["dataset"] == "synthetic" for r in res["rows"] if r["kind"] == "simclr")
+
+
+def test_a_cell_that_fails_with_jobs_1_is_recorded_and_the_study_goes_on(tmp_path, fakes, monkeypatch, capsys):
+    """With --jobs 1 a cell's error (here its probe's loss becomes non-finite) is a failed cell, as with --jobs 2:
+    the other cells still run, the study names it and exits 1."""
+    from utils.errors import NonFiniteLossError
+
+    real = test_script.main
+
+    def probe(argv):
+        if Path(argv[argv.index("--model_path") + 1]).parent.name == "ds0.05_bs50_lr0.3_ep1_seed0":  # the first cell
+            raise NonFiniteLossError("probe training loss became nan in epoch 1")
+        return real(argv)
+    monkeypatch.setattr(test_script, "main", probe)
+    out = tmp_path / "study"
+    argv = [*BASE, "--out_dir", str(out), "--data_scales", "0.05", "--batch_sizes", "50", "--learning_rates", "0.3",
+            "--epochs", "1", "--seeds", "0", "--baselines", "random", "supervised", "--jobs", "1",
+            "--supervised_args", "--batch_size 25"]
+    res = simclr_train.main(argv)
+    assert res["failed"] == ["ds0.05_bs50_lr0.3_ep1_seed0"]
+    assert {r["kind"] for r in res["rows"]} == {"supervised", "random"}  # the cells after it ran
+    assert "ds0.05_bs50_lr0.3_ep1_seed0: failed: NonFiniteLossError" in capsys.readouterr().out
+    assert "NonFiniteLossError" in (out / simclr_train.LOGS / "ds0.05_bs50_lr0.3_ep1_seed0.log").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        simclr_train.cli(argv)
+    assert exit_info.value.code == 1
+
+
+def test_every_cell_is_scored_on_the_same_augmented_views(tmp_path, fakes, monkeypatch):
+    """Issue 26 item 2: the study resolves one view specification (--test_args' --eval_* flags, else the SimCLR
+    arm's own views, else the recipe's) and gives it to every cell, whatever its kind; results.md names it."""
+    from utils.eval.measures import view_overrides
+    from utils.eval.views import resolve_view_spec
+    from utils.recipes import recipe
+
+    real, seen = test_script.main, []
+
+    def probe(argv):  # the fake probe, plus what test.py's --eval_views resolves for a non-SimCLR checkpoint
+        result, args = real(argv), test_script.parse_args(argv)
+        if args.eval_views:
+            spec, _ = resolve_view_spec(None, recipe("tuned", "simclr"), view_overrides(args))
+            seen.append(spec)
+            result.update(augmented_test_accuracy=50.0, augmented_test_loss=1.0, augmented_test={
+                "views_per_image": args.eval_views, "seed": args.eval_view_seed, "spec": dataclasses.asdict(spec)})
+        return result
+    monkeypatch.setattr(test_script, "main", probe)
+    out = tmp_path / "study"
+    simclr_train.main([*BASE, "--out_dir", str(out), "--data_scales", "0.05", "--batch_sizes", "50", "--learning_rates",
+                       "0.3", "--epochs", "1", "--baselines", "supervised", "random", "--supervised_args",
+                       "--batch_size 25", "--train_args", "--crop_min_scale 0.3 --hflip_prob 0 --jitter_strength 0.25",
+                       "--test_args", "--eval_views 2 --eval_gray_prob 0.5"])
+    assert len(seen) == 3  # SimCLR, supervised, random init
+    assert all(spec == seen[0] for spec in seen)
+    assert (seen[0].crop_min_scale, seen[0].hflip_prob, seen[0].gray_prob) == (0.3, 0.0, 0.5)  # SimCLR's, the flag's
+    assert seen[0].jitter == pytest.approx((0.2, 0.2, 0.2, 0.05))
+    assert json.loads((out / "sweep.json").read_text())["eval_views"]["crop_min_scale"] == 0.3
+    md = (out / sweep.RESULTS_MD).read_text()
+    assert "Augmented test views, the same for every cell: 2 per image (seed 0): crop (0.3, 1), flip 0" in md
+
+
+def test_the_digits_preset_gives_every_scale_the_same_steps_and_scratch_its_own_epochs(no_imagenet_weights):
+    """Issue 25 item 4: --budget steps, so data scales 0.1 and 1 train as many steps as each other (not 4 and 44),
+    and the scratch baseline trains --scratch_epochs epochs on its labels (not the study's 2)."""
+    from utils.data.datasets import load_split
+
+    args = simclr_train.parse_args(["--preset", "digits"])
+    cells = simclr_train.build_cells(args, announce=False)
+    labels = load_split("digits", "train").labels
+    for kind, val in (("simclr", 0.0), ("supervised", args.val_split)):  # supervised leaves the probe's val out
+        steps = {c.data_scale: c.steps for c in cells if c.kind == kind}
+        full = len(training_subset(labels, 1.0, 0, 1.0, val))
+        assert sorted(steps) == [0.1, 1.0] and set(steps.values()) == {args.epochs[0] * (full // 64)}
+    scratch = [c for c in cells if c.kind == "scratch"]
+    assert len(scratch) == 2 and all(c.label_fraction == 0.1 for c in scratch)
+    assert {train.parse_args(simclr_train.train_argv(args, c, "R")).epochs for c in scratch} == {
+        simclr_train.DIGITS_SCRATCH_EPOCHS} != {args.epochs[0]}

@@ -473,7 +473,26 @@ def test_features_are_measured_once_per_checkpoint_with_every_label(tmp_path):
     cell = simclr_train.build_cells(args, announce=False)[0]
     full = simclr_train.test_argv(args, cell, tmp_path / "c.pth", tmp_path / "e", label_fraction=1.0)
     few = simclr_train.test_argv(args, cell, tmp_path / "c.pth", tmp_path / "e", label_fraction=0.1)
-    assert full[-8:] == ["--eval_views", "2", "--knn", "--eval_crop_min_scale=0.3", "--eval_hflip_prob", "0",
-                         "--test_learning_rate", "0.01"]
+    given = ["--eval_views", "2", "--knn", "--eval_crop_min_scale=0.3", "--eval_hflip_prob", "0",
+             "--test_learning_rate", "0.01"]
+    # then the study's one view specification, every field explicit (simclr_train.eval_view_flags)
+    assert full[-8 - 12:-12] == given and full[-12:] == simclr_train.eval_view_flags(args)
     assert few[-2:] == ["--test_learning_rate", "0.01"] and not any(t.startswith(("--eval_", "--knn")) for t in few)
     assert test_script.parse_args(few).eval_views == 0 and test_script.parse_args(full).eval_views == 2
+
+
+def test_one_configuration_per_row_of_the_label_axis():
+    """Issue 26 item 3: the configuration is chosen once per (kind, data scale) on the all-labels validation
+    accuracy, and every label fraction is reported for that configuration, even where another configuration
+    has the better validation accuracy at a smaller fraction."""
+    rows = []
+    # (lr, label fraction) -> (val, test) for two seeds: lr 0.125 wins with every label, lr 0.5 with 10 %
+    for (lr, fraction), (val, test) in {(0.125, 1.0): (90.0, 88.0), (0.5, 1.0): (80.0, 79.0),
+                                        (0.125, 0.1): (60.0, 61.0), (0.5, 0.1): (70.0, 72.0)}.items():
+        for row in make_rows({(1.0, 64, lr): [(val, test), (val, test)]}):
+            rows.append({**row, "label_fraction": fraction})
+    points = sweep.label_axis_points(sweep.aggregate(rows))
+    chosen = points[1.0][("simclr", "epochs")]
+    assert [(e["label_fraction"], e["learning_rate"]) for e in chosen] == [(0.1, 0.125), (1.0, 0.125)]
+    line = next(line for line in sweep.label_axis_markdown(rows) if line.startswith("| 1 | SimCLR"))
+    assert "lr 0.125" in line and "61.00" in line and "72.00" not in line

@@ -48,17 +48,18 @@ RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 # CPU threads the cell's pretraining ran with (its config.json; else its evaluation's); deterministic: 1 when the
 # cell ran with --deterministic (both empty in older files; docs/reproducibility.md). aug_test_acc / aug_test_loss:
 # the probe scored on augmented test views (test.py --eval_views); knn10_acc / knn200_acc: test.py --knn;
-# contrastive_acc: the pretraining's last epoch (train.py metrics.csv); each empty where not measured.
+# contrastive_acc: the pretraining's last epoch (train.py metrics.csv); aug_views: the augmented test views'
+# specification (views_text); each empty where not measured.
 RESULT_FIELDS = [
     "dataset", "data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "seed",
     "eval_dataset", "val_split", "probe_epochs", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
     "pretrain_loss", "pretrain_seconds", "images_per_s", "eval_seconds", "device", "checkpoint",
     "kind", "budget", "steps", "train_epochs", "recipe", "label_fraction", "threads", "deterministic",
-    "aug_test_acc", "aug_test_loss", "knn10_acc", "knn200_acc", "contrastive_acc",
+    "aug_test_acc", "aug_test_loss", "knn10_acc", "knn200_acc", "contrastive_acc", "aug_views",
 ]
 INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs", "threads",
               "deterministic"}
-STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe"}
+STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe", "aug_views"}
 REQUIRED_FIELDS = ("dataset", "eval_epoch", "seed", "eval_dataset", "test_accuracy", "test_loss")
 CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "label_fraction")
 STUDY_KEYS = ("dataset", "eval_dataset", "val_split", "probe_epochs", "recipe")
@@ -163,25 +164,26 @@ def steps_budget(epochs: int, full_size: int, batch_size: int) -> int:
 
 def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: Sequence[str],
                 baselines: Sequence[str], sizes, supervised_batch: int | None = None,
-                label_fractions: Sequence[float] = (1.0,)) -> list[Cell]:
+                label_fractions: Sequence[float] = (1.0,), scratch_epochs: int | None = None) -> list[Cell]:
     """The SimCLR grid under each budget, then the baselines (seeds outermost within each).
 
-    `sizes(data_scale) -> images in the seeded subset` (needed by the steps budget, else unused).
-    Under both budgets a steps cell at data scale 1.0 would repeat its epochs cell step for step; it is
+    `sizes(data_scale, kind) -> images the cell of that kind trains on at that scale` (the split it reads, less
+    any images it leaves out; needed by the steps budget, else unused): every cell of a kind and batch size
+    gets the steps of its epochs at data scale 1.0 of its own training split. Under both budgets a steps cell at data scale 1.0 would repeat its epochs cell step for step; it is
     run once, as the epochs cell, and the report uses it for both. Supervised cells follow the grid's
-    data scales and epochs with `supervised_batch` (train.py's supervised recipe decides the rest).
+    data scales and epochs with `supervised_batch` (train.py's supervised recipe decides the rest); scratch cells
+    train `scratch_epochs` epochs over their labelled subset (None: the grid's epochs).
     """
     cells: list[Cell] = []
-    full = sizes(1.0) if "steps" in budgets else None
 
     def budgeted(cell: Cell, budget: str) -> Cell | None:
         if budget == "epochs":
             return cell
         if cell.data_scale == 1.0 and "epochs" in budgets:
             return None
-        steps = steps_budget(cell.epochs, full, cell.batch_size)
+        steps = steps_budget(cell.epochs, sizes(1.0, cell.kind), cell.batch_size)
         return replace(cell, budget="steps", steps=steps,
-                       steps_per_epoch=sizes(cell.data_scale) // cell.batch_size)
+                       steps_per_epoch=sizes(cell.data_scale, cell.kind) // cell.batch_size)
 
     simclr = expand_grid(grid, eval_at)
     for budget in budgets:
@@ -198,7 +200,7 @@ def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: S
         cells += [Cell(None, supervised_batch, None, int(epochs), int(seed), (int(epochs),), kind="scratch",
                        label_fraction=float(f))
                   for seed in _unique(grid["seeds"]) for f in _unique(label_fractions) for epochs in
-                  _unique(grid["epochs"])]
+                  ([scratch_epochs] if scratch_epochs else _unique(grid["epochs"]))]
     return cells
 
 
@@ -228,7 +230,8 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
              device: str, checkpoint: str, learning_rate: float | None = None, batch_size: int | None = None,
              label_fraction: float = 1.0, threads: int | None = None, deterministic: bool | None = None) -> dict:
     """One results.csv row. `history`: train.py metrics.csv rows (epoch, step, loss, images_per_s, seconds);
-    `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py; `threads` /
+    `learning_rate` / `batch_size`: what the run used, when the cell left them to train.py; `dataset`: what the
+    cell trained on (the probe's data for scratch, else the study's pretraining data); `threads` /
     `deterministic`: what it ran with."""
     ckpt_epoch = cell.checkpoint_epoch(eval_epoch)
     done = [h for h in history if int(h["epoch"]) <= ckpt_epoch]
@@ -237,8 +240,8 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
     images = sum(float(h["images_per_s"]) * s for h, s in zip(done, seconds))
     total = sum(seconds)
     val_acc, val_loss = evaluation.get("val_accuracy"), evaluation.get("val_loss")
-    return {
-        "dataset": study["dataset"], "data_scale": cell.data_scale,
+    return {  # a scratch cell trains on the probe's labelled subset: its dataset is the probe's
+        "dataset": study["eval_dataset"] if cell.kind == "scratch" else study["dataset"], "data_scale": cell.data_scale,
         "batch_size": cell.batch_size if batch_size is None else batch_size,
         "learning_rate": cell.learning_rate if learning_rate is None else learning_rate, "epochs": cell.epochs, "eval_epoch": eval_epoch, "seed": cell.seed,
         "eval_dataset": study["eval_dataset"], "val_split": study["val_split"],
@@ -260,7 +263,19 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
         "knn10_acc": _rounded(evaluation.get("knn10_accuracy"), 4),
         "knn200_acc": _rounded(evaluation.get("knn200_accuracy"), 4),
         "contrastive_acc": _rounded(done[-1].get("contrastive_acc") if done else None, 4),
+        "aug_views": views_text(evaluation.get("augmented_test")),
     }
+
+
+def views_text(augmented: Mapping | None) -> str | None:
+    """'2 per image (seed 0): crop (0.3, 1), flip 0, jitter 0.4/0.4/0.4/0.1 p 0.8, gray 0.2, blur 0' from eval.json's
+    augmented_test (its views and their spec); None when the views were not measured."""
+    if not augmented:
+        return None
+    s = augmented["spec"]
+    return (f"{augmented['views_per_image']} per image (seed {augmented['seed']}): crop ({s['crop_min_scale']:g}, 1), "
+            f"flip {s['hflip_prob']:g}, jitter {'/'.join(f'{j:g}' for j in s['jitter'])} p {s['jitter_prob']:g}, "
+            f"gray {s['gray_prob']:g}, blur {s['blur_prob']:g}")
 
 
 def _rounded(value, digits: int) -> float | None:
@@ -553,7 +568,7 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
                        f"| {_pm(e['test_loss_mean'], e['test_loss_std'], '.3f')} | {budget_of(e)} "
                        f"| {_g(e.get('steps'), 'd')} |")
         out.append("")
-    out += measures_markdown(everything)
+    out += measures_markdown(everything, rows)
     out += label_axis_markdown(all_rows)
     out += [f"Plots: [{PLOT_SCALE}]({PLOT_SCALE}), [{PLOT_HEATMAP}]({PLOT_HEATMAP})"
             + (f", [{PLOT_LABELS}]({PLOT_LABELS})" if has_label_axis(all_rows) else "") + ". "
@@ -570,10 +585,13 @@ def has_label_axis(rows: Sequence[Mapping]) -> bool:
 
 
 def label_axis_points(entries: Sequence[Mapping]) -> dict[tuple, dict[tuple, list[Mapping]]]:
-    """{data scale (None: no pretraining subset): {(kind, budget): [entry per label fraction]}}: per arm and
-    fraction the configuration with the best validation accuracy (the only one without a split). Arms
+    """{data scale (None: no pretraining subset): {(kind, budget): [entry per label fraction]}}: one configuration
+    per arm and data scale, chosen on the all-labels validation accuracy (the only one without a split), and
+    every label fraction of that same configuration, so a row never mixes configurations. `scratch` trains on
+    each fraction's labels, so each fraction is its own configuration (the best by validation accuracy). Arms
     without a data scale (random, imagenet, scratch) appear under every data scale."""
     scales = sorted({e["data_scale"] for e in entries if e["data_scale"] is not None}) or [None]
+    same = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch")
     out: dict = {}
     for scale in scales:
         arms: dict = {}
@@ -581,11 +599,25 @@ def label_axis_points(entries: Sequence[Mapping]) -> dict[tuple, dict[tuple, lis
             if e["data_scale"] not in (scale, None):
                 continue
             arms.setdefault((kind_of(e), budget_of(e)), {}).setdefault(fraction_of(e), []).append(e)
-        out[scale] = {arm: [b for b in (choose(at, arm[0]) or (at[0] if len(at) == 1 else None)
-                                        for _, at in sorted(by_f.items())) if b is not None]
-                      for arm, by_f in sorted(arms.items(), key=lambda kv: (KINDS.index(kv[0][0]),
-                                                                             BUDGETS.index(kv[0][1])))}
+        chosen_arms = {}
+        for arm, by_f in sorted(arms.items(), key=lambda kv: (KINDS.index(kv[0][0]), BUDGETS.index(kv[0][1]))):
+            pick = lambda at: choose(at, arm[0]) or (at[0] if len(at) == 1 else None)  # noqa: E731
+            if arm[0] == "scratch" or 1.0 not in by_f:
+                chosen_arms[arm] = [b for b in (pick(at) for _, at in sorted(by_f.items())) if b is not None]
+                continue
+            config = pick(by_f[1.0])
+            chosen_arms[arm] = [] if config is None else [
+                e for f, at in sorted(by_f.items()) for e in at if all(e.get(k) == config.get(k) for k in same)]
+        out[scale] = chosen_arms
     return out
+
+
+def config_label(e: Mapping) -> str:
+    """'bs 64, lr 0.125, ep 2@2, 44 steps' (the configuration of a row); '–' for references without training."""
+    if e.get("batch_size") is None and not e.get("epochs"):
+        return "–"
+    return (f"bs {_g(e.get('batch_size'))}, lr {_g(e.get('learning_rate'))}, ep {e['epochs']}@{e['eval_epoch']}, "
+            f"{_g(e.get('steps'), 'd')} steps")
 
 
 def _arm_label(arm: tuple, budgets: set) -> str:
@@ -597,9 +629,16 @@ MEASURES = (("test_accuracy", "test acc (%)"), ("aug_test_acc", "augmented test 
             ("knn10_acc", "kNN k=10 (%)"), ("contrastive_acc", "contrastive acc (%)"))
 
 
-def measures_markdown(entries: Sequence[Mapping]) -> list[str]:
+def measures_markdown(entries: Sequence[Mapping], rows: Sequence[Mapping] = ()) -> list[str]:
     """The results.md section that sets every configuration's measures side by side (only when the study
-    measured more than test accuracy: test.py --eval_views / --knn, or SimCLR's contrastive accuracy)."""
+    measured more than test accuracy: test.py --eval_views / --knn, or SimCLR's contrastive accuracy); it
+    names the augmented test views of `rows` (the same for every cell, or each one where they differ)."""
+    specs = sorted({r["aug_views"] for r in rows if r.get("aug_views")})
+    views = "" if not specs else (
+        f" Augmented test views, the same for every cell: {specs[0]}." if len(specs) == 1 else
+        " The cells were scored on different augmented test views, so their augmented figures do not compare: "
+        + "; ".join(f"{', '.join(sorted({KIND_LABELS[kind_of(r)] for r in rows if r.get('aug_views') == s}))}: {s}"
+                    for s in specs) + ".")
     shown = [(key, title) for key, title in MEASURES if any(e.get(f"{key}_mean") is not None for e in entries)]
     if len(shown) < 2:
         return []
@@ -607,7 +646,7 @@ def measures_markdown(entries: Sequence[Mapping]) -> list[str]:
            "test acc: the probe on clean test images; augmented test acc: the same probe on seeded SimCLR views "
            "of every test image (test.py --eval_views); kNN k=10: cosine, majority vote, probe train split as "
            "memory; contrastive acc: the share of the last pretraining epoch's views whose positive ranked first "
-           "(chance 1/(2N-1)). See docs/measures.md.", "",
+           "(chance 1/(2N-1)). See docs/measures.md." + views, "",
            "| kind | data scale | batch | lr | epochs | seeds | " + " | ".join(t for _, t in shown) + " |",
            "|---|---|---|---|---|---|" + "---|" * len(shown)]
     for e in sorted(entries, key=lambda e: (KINDS.index(kind_of(e)), budget_of(e), e["data_scale"] or 0,
@@ -631,15 +670,20 @@ def label_axis_markdown(rows: Sequence[Mapping]) -> list[str]:
            "Every backbone probed on a class-balanced, seeded subset of the probe's train labels (test.py "
            "--label_fraction; the validation split is drawn first and never labelled); `scratch` is supervised "
            "training from scratch on that labelled subset only (train.py --label_fraction), then probed on it. "
-           "Best configuration per arm and fraction by validation accuracy; mean ± std over seeds.", "",
-           "| data scale | arm | " + " | ".join(f"{f:g}" for f in fractions) + " |",
-           "|---|---|" + "---|" * len(fractions)]
+           "One configuration per arm and data scale, chosen on the all-labels validation accuracy, with every "
+           "label fraction of that same configuration (scratch: one configuration per fraction, each named); "
+           "mean ± std over seeds.", "",
+           "| data scale | arm | configuration | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+           "|---|---|---|" + "---|" * len(fractions)]
     for scale, arms in label_axis_points(entries).items():
         for arm, pts in arms.items():
             by_f = {fraction_of(e): e for e in pts}
             cells = [_pm(by_f[f]["test_accuracy_mean"], by_f[f]["test_accuracy_std"], ".2f") if f in by_f else "–"
                      for f in fractions]
-            out.append(f"| {_g(scale)} | {_arm_label(arm, budgets)} | " + " | ".join(cells) + " |")
+            configs = sorted({config_label(e) for e in pts})
+            conf = configs[0] if len(configs) == 1 else "; ".join(
+                f"{fraction_of(e):g}: {config_label(e)}" for e in pts)
+            out.append(f"| {_g(scale)} | {_arm_label(arm, budgets)} | {conf} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
