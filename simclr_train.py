@@ -262,6 +262,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="linear-probe epochs [the recipe's probe: 500]%(default).0s")
     s.add_argument("--val_split", type=float, default=0.1,
                    help="fraction of the probe's train split held out for selection (0: nothing is chosen)")
+    s.add_argument("--few_label_probe", choices=["lbfgs", "sgd"], default="lbfgs",
+                   help="the probe below every label: lbfgs (test.py --solver lbfgs: converged logistic regression, "
+                        "l2 chosen on --val_split) or sgd (the recipe's Adam probe, whose 500 epochs are few steps "
+                        "on few labels: 500 at 1 %% of Fashion-MNIST, 7 points under a converged fit; "
+                        "docs/evaluation.md)")
     s.add_argument("--eval_at", type=positive_int, nargs="*", default=[],
                    help="also evaluate the checkpoints of these epochs (each cell's last epoch always is)")
     s.add_argument("--train_args", default="", help="extra train.py flags for every cell, one quoted string")
@@ -495,6 +500,8 @@ def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device
 def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: Path, device: str | None = None,
               label_fraction: float = 1.0) -> list[str]:
     labels = [] if label_fraction == 1 else ["--label_fraction", repr(label_fraction)]
+    if label_fraction < 1 and args.few_label_probe == "lbfgs":
+        labels += ["--solver", "lbfgs"]
     if len(cell_fractions(args, cell)) > 1:  # one pass through the backbone serves every fraction
         labels += ["--feature_cache", str(eval_dir.parent / FEATURE_CACHE)]
     return (["--model_path", str(ckpt), "--dataset", args.eval_dataset, "--test_num_epochs", str(args.test_num_epochs),

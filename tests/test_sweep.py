@@ -481,6 +481,22 @@ def test_features_are_measured_once_per_checkpoint_with_every_label(tmp_path):
     assert test_script.parse_args(few).eval_views == 0 and test_script.parse_args(full).eval_views == 2
 
 
+def test_probes_below_every_label_are_the_converged_lbfgs_fit_unless_asked(tmp_path):
+    """The recipe's Adam probe runs 500 epochs: with 1 % of the labels that is 500 steps, short of converging
+    (docs/evaluation.md); the study's probes below every label are L-BFGS fits, l2 chosen on the val split."""
+    def argv(*extra):
+        args = simclr_train.parse_args(["--dataset", "synthetic", "--eval_dataset", "synthetic", "--label_fractions",
+                                        "0.1", "1.0", "--data_scales", "1.0", "--batch_sizes", "64", "--out_dir",
+                                        str(tmp_path), *extra])
+        cell = simclr_train.build_cells(args, announce=False)[0]
+        return [test_script.parse_args(simclr_train.test_argv(args, cell, tmp_path / "c.pth", tmp_path / "e",
+                                                              label_fraction=f)) for f in (0.1, 1.0)]
+    few, full = argv()
+    assert few.solver == "lbfgs" and few.val_split == 0.1 and full.solver == "sgd"
+    few, full = argv("--few_label_probe", "sgd")
+    assert few.solver == "sgd" and full.solver == "sgd"
+
+
 def test_one_configuration_per_row_of_the_label_axis():
     """Issue 26 item 3: the configuration is chosen once per (kind, data scale) on the all-labels validation
     accuracy, and every label fraction is reported for that configuration, even where another configuration
