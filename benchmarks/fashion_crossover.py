@@ -219,15 +219,19 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fracs = [f for f in FRACTIONS if any(r["label_fraction"] == f for r in rows)]
     panels = [(f, "test_accuracy", solvers_at(f)) for f in fracs] + [(1.0, "knn10_accuracy", ("adam",))]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.9), squeeze=False)
-    for ax, (f, key, solvers) in zip(axes[0], panels):
+    cols = 2 if len(panels) > 2 else len(panels)
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 3.9 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (f, key, solvers) in zip(axes.flat, panels):
         for solver, ls in zip(solvers, ("-", ":")):
             sel = [r for r in rows if r["label_fraction"] == f and r["solver"] == solver and r[key] is not None]
             tag = "" if len(solvers) == 1 else f" ({solver})"
             rand = [r[key] for r in sel if r["arm"] == "random"]
             if rand and ls == "-":
                 se = 100 * math.sqrt(max(rand[0] / 100 * (1 - rand[0] / 100), 1e-9) / 10_000)  # 10,000 test images
-                ax.axhspan(min(rand) - 2 * se, max(rand) + 2 * se, color="0.8", label=f"random init{tag}")
+                ax.axhspan(min(rand) - 2 * se, max(rand) + 2 * se, color="0.8", label=f"random init{tag}, ±2 s.e.")
             elif rand:
                 ax.axhline(sum(rand) / len(rand), color="0.5", ls=ls, label=f"random init{tag}")
             for arm, marker, color in (("simclr", "o", "C0"), ("supervised", "s", "C1")):
