@@ -1,0 +1,73 @@
+"""benchmarks/fashion_crossover.py without training anything: the argv it gives train.py / test.py, the order of
+its networks, and the report it draws from finished runs (eval.json and metrics.csv written here)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import test as test_script
+import train
+
+SPEC = importlib.util.spec_from_file_location("fashion_crossover",
+                                              Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_crossover.py")
+fc = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(fc)
+
+
+def test_every_arm_gets_the_same_batch_and_schedule_shape_and_the_probes_their_solver(tmp_path):
+    args = fc.parse_args(["--steps", "100", "300"])
+    sim = train.parse_args(fc.train_argv(args, "simclr", 300, 0))
+    sup = train.parse_args(fc.train_argv(args, "supervised", 300, 0))
+    scratch = train.parse_args(fc.train_argv(args, "scratch", None, 0, 0.01))
+    assert sim.steps == sup.steps == 300 and sim.batch_size == sup.batch_size == scratch.batch_size == 64
+    assert sup.schedule == scratch.schedule == "cosine" and sup.warmup_epochs == 0
+    assert scratch.label_fraction == 0.01 and scratch.label_val_split == fc.VAL_SPLIT and scratch.epochs == 100
+    assert train.parse_args(fc.train_argv(args, "random", 0, 0)).epochs == 0
+    few = test_script.parse_args(fc.test_argv(args, tmp_path / "c.pth", tmp_path / "f", tmp_path / "e", 0, 0.01, "lbfgs"))
+    full = test_script.parse_args(fc.test_argv(args, tmp_path / "c.pth", tmp_path / "f", tmp_path / "e", 0, 1.0, "adam"))
+    assert few.solver == "lbfgs" and few.label_fraction == 0.01 and few.val_split == fc.VAL_SPLIT and few.knn
+    assert full.solver == "sgd" and full.label_fraction is None and full.feature_cache == str(tmp_path / "f")
+    assert fc.solvers_at(0.1) == ("lbfgs", "adam") and fc.solvers_at(1.0) == ("adam",)
+    names = [fc.name_of(*net) for net in fc.backbones(args)]
+    assert names[:2] == ["simclr-s300-seed0", "supervised-s300-seed0"] and names[-1] == "random-s0-seed0"
+    assert [fc.name_of(*n) for n in fc.backbones(fc.parse_args(["--arms", "random"]))] == ["random-s0-seed0"]
+
+
+def _finished(out: Path, name: str, evals: dict, loss: float | None) -> None:
+    """A run folder and its evals as train.py / test.py leave them (only the fields the report reads)."""
+    run = out / "runs" / name
+    run.mkdir(parents=True)
+    if loss is not None:
+        with open(run / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "step", "loss", "seconds"])
+            w.writeheader()
+            w.writerow({"epoch": 1, "step": 300, "loss": loss, "seconds": 12.5})
+    for (solver, frac), acc in evals.items():
+        d = out / "evals" / name / f"{solver}-f{frac:g}"
+        d.mkdir(parents=True)
+        lbfgs = ({"l2": 1e-3, "selection": [{"val_acc": acc - 1}], "final_fit": {
+            "train_cross_entropy": 0.4, "max_abs_gradient": 2e-5}} if solver == "lbfgs" else None)
+        (d / "eval.json").write_text(json.dumps({
+            "test_accuracy": acc, "test_loss": 0.5, "num_labelled": 540, "knn10_accuracy": acc - 5,
+            "history": {"train_loss": [0.9, 0.5]}, "hyperparameters": {"lbfgs": lbfgs} if lbfgs else {},
+            "seconds": {"total": 3.0}}))
+
+
+def test_the_report_reads_finished_runs_and_draws_them(tmp_path):
+    _finished(tmp_path, "random-s0-seed0", {("lbfgs", 0.01): 82.35, ("adam", 0.01): 77.03, ("adam", 1.0): 86.09}, None)
+    _finished(tmp_path, "simclr-s300-seed0", {("lbfgs", 0.01): 76.53, ("adam", 1.0): 83.47}, 3.858)
+    args = fc.parse_args(["--out", str(tmp_path), "--steps", "100", "300", "--report"])
+    rows = fc.collect(args, tmp_path)
+    got = {(r["arm"], r["steps"], r["solver"], r["label_fraction"]): r["test_accuracy"] for r in rows}
+    assert got == {("simclr", 300, "lbfgs", 0.01): 76.53, ("simclr", 300, "adam", 1.0): 83.47,
+                   ("random", 0, "lbfgs", 0.01): 82.35, ("random", 0, "adam", 0.01): 77.03,
+                   ("random", 0, "adam", 1.0): 86.09}  # simclr-s100 is not finished: no row
+    lb = next(r for r in rows if r["arm"] == "simclr" and r["solver"] == "lbfgs")
+    assert lb["val_accuracy"] == 75.53 and lb["probe_max_grad"] == 2e-5 and lb["pretrain_loss_last"] == 3.858
+    assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 5
+    fc.write_report(rows, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| simclr | 300 | 0 | 76.53 |  |  |  | 3.858 |" in md and "| random | 0 | 0 | 77.03 |  | 86.09 | 81.09 |" in md
+    assert (tmp_path / "crossover.png").stat().st_size > 10_000
