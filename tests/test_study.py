@@ -618,3 +618,27 @@ def test_the_digits_preset_gives_every_scale_the_same_steps_and_scratch_its_own_
     assert len(scratch) == len(args.seeds) and all(c.label_fraction == 0.1 for c in scratch)
     assert {train.parse_args(simclr_train.train_argv(args, c, "R")).epochs for c in scratch} == {
         simclr_train.DIGITS_SCRATCH_EPOCHS} != {args.epochs[0]}
+
+
+def test_the_fashion_preset_trains_every_arm_as_the_crossover_benchmark_does(no_imagenet_weights):
+    """Issue 25 item 4: --preset fashion_mnist gives both data scales the same steps (one epoch of batch 64 at
+    scale 1, past the crossover benchmark's 300-1,000-step crossover), the scratch baseline its own epochs, and each
+    arm the settings of benchmarks/fashion_crossover.py, so that the two agree where they meet."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fashion_crossover
+
+    args = simclr_train.parse_args(["--preset", "fashion_mnist"])
+    cells = simclr_train.build_cells(args, announce=False)
+    steps = {(c.kind, c.data_scale): c.steps for c in cells if c.kind in ("simclr", "supervised")}
+    assert steps == {("simclr", 0.1): 60_000 // 64, ("simclr", 1.0): 60_000 // 64,
+                     ("supervised", 0.1): 54_000 // 64, ("supervised", 1.0): 54_000 // 64}
+    assert min(steps.values()) > 300  # past where the crossover benchmark saw SimCLR reach random init
+    bench = fashion_crossover.parse_args([])
+    keys = ("batch_size", "learning_rate", "image_size", "schedule", "warmup_epochs", "dataset", "recipe")
+    for cell in cells:
+        mine = train.parse_args(simclr_train.train_argv(args, cell, "R"))
+        theirs = train.parse_args(fashion_crossover.train_argv(bench, cell.kind, 100, 0, 0.1) + ["--run_dir", "R"])
+        same = keys if cell.kind != "random" else ("image_size", "dataset", "recipe", "train_type", "epochs")
+        assert {k: getattr(mine, k) for k in same} == {k: getattr(theirs, k) for k in same}, cell.kind
+        if cell.kind == "scratch":
+            assert (mine.epochs, mine.label_fraction) == (simclr_train.FASHION_SCRATCH_EPOCHS, 0.1)
