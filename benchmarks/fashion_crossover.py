@@ -28,6 +28,8 @@ import csv
 import json
 import math
 import os
+import re
+import statistics
 import subprocess
 import sys
 import time
@@ -173,9 +175,21 @@ def _round(x):
     return None if x is None else round(float(x), 4)
 
 
+def finished_networks(out: Path) -> list[tuple]:
+    """(arm, steps, seed, scratch fraction) of every network trained under out/runs, whatever the flags now."""
+    nets = []
+    for d in sorted((out / "runs").glob("*")):
+        if m := re.fullmatch(r"(simclr|supervised|random)-s(\d+)-seed(\d+)", d.name):
+            nets.append((m[1], int(m[2]), int(m[3]), None))
+        elif m := re.fullmatch(r"scratch-f([0-9.e-]+)-seed(\d+)", d.name):
+            nets.append(("scratch", None, int(m[2]), float(m[1])))
+    return nets
+
+
 def collect(args, out: Path) -> list[dict]:
+    """Every finished probe of every network in out/runs (all seeds and step counts, not only today's flags)."""
     rows = []
-    for net in backbones(argparse.Namespace(**{**vars(args), "arms": list(ARMS)})):  # every finished network
+    for net in finished_networks(out):
         fractions = [net[3]] if net[0] == "scratch" else args.fractions
         rows += [r for f in fractions for s in solvers_at(f) if (r := eval_row(out, net, f, s)) is not None]
     with open(out / "results.csv", "w", newline="") as fh:
@@ -206,8 +220,35 @@ def write_report(rows: list[dict], out: Path) -> None:
             lines.append(f"| {arm} | {steps} | {seed} | {accs} | {'' if knn is None else knn} | "
                          f"{'' if loss is None else loss} |")
         lines.append("")
+        if len({r["seed"] for r in sel}) > 1:
+            lines += [f"Mean over seeds ({solver} probe; ± half the range between seeds):", "",
+                      "| arm | steps | seeds | " + " | ".join(f"{f:g} of labels" for f in FRACTIONS)
+                      + " | kNN k=10 (all labels) |", "|---" * 7 + "|"]
+            for (arm, steps), group in seed_groups(sel, "test_accuracy").items():
+                seeds = sorted({r["seed"] for r in sel if (r["arm"], r["steps"]) == (arm, steps)})
+                accs = " | ".join(mean_cell(group.get(f, [])) for f in FRACTIONS)
+                knn = seed_groups(sel, "knn10_accuracy").get((arm, steps), {}).get(1.0, [])
+                lines.append(f"| {arm} | {steps} | {', '.join(map(str, seeds))} | {accs} | {mean_cell(knn)} |")
+            lines.append("")
     (out / "results.md").write_text("\n".join(lines))
     plot(rows, out / "crossover.png")
+
+
+def seed_groups(rows: list[dict], key: str) -> dict:
+    """{(arm, steps): {label fraction: [value of each seed]}} of the rows that have `key`, in ARMS order."""
+    out: dict = {}
+    for r in sorted(rows, key=lambda r: (ARMS.index(r["arm"]), r["steps"] or 0, r["seed"])):
+        if r[key] is not None:
+            out.setdefault((r["arm"], r["steps"]), {}).setdefault(r["label_fraction"], []).append(r[key])
+    return out
+
+
+def mean_cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {(max(values) - min(values)) / 2:.2f} (n={len(values)})"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -229,16 +270,22 @@ def plot(rows: list[dict], path: Path) -> None:
             sel = [r for r in rows if r["label_fraction"] == f and r["solver"] == solver and r[key] is not None]
             tag = "" if len(solvers) == 1 else f" ({solver})"
             rand = [r[key] for r in sel if r["arm"] == "random"]
-            if rand and ls == "-":
-                se = 100 * math.sqrt(max(rand[0] / 100 * (1 - rand[0] / 100), 1e-9) / 10_000)  # 10,000 test images
-                ax.axhspan(min(rand) - 2 * se, max(rand) + 2 * se, color="0.8", label=f"random init{tag}, ±2 s.e.")
+            if rand and ls == "-":  # every seed's value, widened by 2 binomial s.e. of 10,000 test images
+                se = 100 * math.sqrt(max(rand[0] / 100 * (1 - rand[0] / 100), 1e-9) / 10_000)
+                ax.axhspan(min(rand) - 2 * se, max(rand) + 2 * se, color="0.8",
+                           label=f"random init{tag} ({len(rand)} seed{'s' * (len(rand) > 1)}), ±2 s.e.")
             elif rand:
                 ax.axhline(sum(rand) / len(rand), color="0.5", ls=ls, label=f"random init{tag}")
+            groups = seed_groups(sel, key)
             for arm, marker, color in (("simclr", "o", "C0"), ("supervised", "s", "C1")):
-                pts = sorted((r["steps"], r[key]) for r in sel if r["arm"] == arm)
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls, color=color,
-                            label=f"{arm}{tag}")
+                pts = sorted((steps, g[f]) for (a, steps), g in groups.items() if a == arm and f in g)
+                if pts:  # the mean over seeds as the line, each seed as a small dot
+                    ax.plot([p[0] for p in pts], [statistics.mean(p[1]) for p in pts], marker=marker, ls=ls,
+                            color=color, label=f"{arm}{tag} (mean of {max(len(p[1]) for p in pts)} seeds)"
+                            if max(len(p[1]) for p in pts) > 1 else f"{arm}{tag}")
+                    seeds = [(p[0], v) for p in pts for v in p[1]] if max(len(p[1]) for p in pts) > 1 else []
+                    if seeds:
+                        ax.plot([x for x, _ in seeds], [v for _, v in seeds], ".", color=color, alpha=0.6, ms=4)
             for r in sel:
                 if r["arm"] == "scratch":
                     ax.axhline(r[key], ls="--" if ls == "-" else ":", color="C2",

@@ -71,3 +71,23 @@ def test_the_report_reads_finished_runs_and_draws_them(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| simclr | 300 | 0 | 76.53 |  |  |  | 3.858 |" in md and "| random | 0 | 0 | 77.03 |  | 86.09 | 81.09 |" in md
     assert (tmp_path / "crossover.png").stat().st_size > 10_000
+
+
+def test_the_report_finds_every_seed_on_disk_and_averages_them(tmp_path):
+    """A second seed, trained by another invocation (--seeds 1), joins the report without being named again:
+    per-seed rows, a mean-over-seeds table (± half the range), and both seeds in the picture."""
+    _finished(tmp_path, "random-s0-seed0", {("lbfgs", 0.1): 82.64, ("adam", 1.0): 86.09}, None)
+    _finished(tmp_path, "random-s0-seed1", {("lbfgs", 0.1): 82.00, ("adam", 1.0): 86.51}, None)
+    _finished(tmp_path, "simclr-s1000-seed0", {("lbfgs", 0.1): 84.47}, 3.48)
+    _finished(tmp_path, "simclr-s1000-seed1", {("lbfgs", 0.1): 83.53}, 3.50)
+    (tmp_path / "runs" / "simclr-s3000-seed0").mkdir()  # still training: no row
+    rows = fc.collect(fc.parse_args(["--out", str(tmp_path), "--report"]), tmp_path)
+    assert sorted((r["arm"], r["seed"], r["solver"]) for r in rows) == [
+        ("random", 0, "adam"), ("random", 0, "lbfgs"), ("random", 1, "adam"), ("random", 1, "lbfgs"),
+        ("simclr", 0, "lbfgs"), ("simclr", 1, "lbfgs")]
+    fc.write_report(rows, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| simclr | 1000 | 0, 1 |  | 84.00 ± 0.47 (n=2) |  |  |" in md
+    assert "| random | 0 | 0, 1 |  | 82.32 ± 0.32 (n=2) |  |  |" in md
+    assert "| random | 0 | 0, 1 |  |  | 86.30 ± 0.21 (n=2) | 81.30 ± 0.21 (n=2) |" in md  # the Adam table, kNN
+    assert (tmp_path / "crossover.png").stat().st_size > 10_000
