@@ -33,7 +33,6 @@ from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -45,8 +44,7 @@ from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_floa
                        jitter_strength, degrees, reproducibility_parser, str2bool)
 from utils.data.constants import IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
-from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_split, stratified_subset
-from utils.data.labels import probe_labelled_subset
+from utils.data.datasets import data_sha256, indices_sha256, load_split
 from utils.data.loaders import DeviceBatches, LoaderBatches
 from utils.data.weights import load_imagenet_state_dict
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
@@ -62,12 +60,14 @@ from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugme
 from utils.train.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
                                 finite_on_every_rank, last_good, test_signal_hook)
 from utils.lars import LARS, LARS_DEFAULTS
-from utils.methods import METHODS, SELF_SUPERVISED, build_method, method_parser, method_spec
+from utils.methods import (METHOD_FLAGS, METHODS, SELF_SUPERVISED, build_method, collapse_measure, collapse_panel,
+                           method_parser, method_spec)
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, run_lr
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
 from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
-from utils.splits import UNLABELLED, split_size
+from utils.splits import split_size
+from utils.data.subsets import training_subset  # noqa: F401 (train.training_subset: the study counts with it)
 
 # Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
 # A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
@@ -79,24 +79,17 @@ RECIPE_FLAGS = {
     "crop_min_scale": "crop_min_scale", "hflip_prob": "hflip_prob", "jitter": "jitter", "jitter_prob": "jitter_prob",
     "gray_prob": "gray_prob", "blur_prob": "blur_prob", "normalize": "normalize",
     "crop_padding": "crop_padding", "pad_mode": "pad_mode", "rotation": "rotation",
-    "pred_hidden_dim": "pred_hidden_dim", "tau_base": "tau_base", "tau_final": "tau_final", "queue_size": "queue_size",
-    "barlow_lambda": "barlow_lambda", "scale_loss": "scale_loss", "vicreg_weights": "vicreg_weights",
-    "lars_eta": "lars_eta", "lars_clip_lr": "lars_clip_lr",
+    **{flag: flag for flag in METHOD_FLAGS},  # utils/methods/__init__.py's flags, named as their recipe keys
 }
 # step: the cumulative training steps at the end of the epoch row (the lr schedule's position; skipped_steps
 # of them were skipped by --nan_policy skip), so runs given the same --steps can be checked to end level.
 # contrastive_acc (SimCLR): % of the epoch's 2N-view anchors whose positive ranked first (docs/measures.md);
 # knn10_acc / knn200_acc: --knn_every's two kNN settings (utils/eval/knn.py; knn200_acc was knn_acc).
-# z_std (self-supervised methods): the collapse measure, the epoch's mean over steps of the per-dimension std of
-# the l2-normalised embeddings z (utils.methods.base.embedding_std); z_std_ref = 1/sqrt(d), its value for
-# embeddings spread evenly over the sphere. Below COLLAPSE_FRACTION x z_std_ref the run logs that it collapsed.
+# z_std / z_std_ref (self-supervised methods): the collapse measure and 1/sqrt(d) (utils.methods.collapse_measure).
 # lr_first / lr_last: the lr the epoch's first and last steps trained at (the schedule is a pure function of the
 # step, so a resumed epoch reports the same values).
 METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr_first",
                  "lr_last", "images_per_s", "seconds", "skipped_steps", "z_std", "z_std_ref"]
-# A collapsed method maps every image to (nearly) one direction: z_std -> 0. Healthy runs stay near 1/sqrt(d); a
-# tenth of it is far below what the tiny test runs here reached (tests/test_methods.py), and far above 0.
-COLLAPSE_FRACTION = 0.1
 RENAMED_METRICS = {"knn_acc": "knn200_acc"}  # history rows in checkpoints written before the rename
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
@@ -494,11 +487,7 @@ def write_metrics(run_dir: Path, history: list[dict], args) -> None:
             "k=10 uniform": [row.get("knn10_acc") for row in history],
             "k=200 weighted": [row.get("knn200_acc") for row in history]}))
     if any(row.get("z_std") is not None for row in history):
-        panels.insert(1, ("collapse: std of l2-normalised z", {
-            "z_std": [row.get("z_std") for row in history],
-            "1/sqrt(d)": [row.get("z_std_ref") for row in history],
-            f"collapse threshold ({COLLAPSE_FRACTION:g}/sqrt(d))": [
-                COLLAPSE_FRACTION * row["z_std_ref"] if row.get("z_std_ref") is not None else None for row in history]}))
+        panels.insert(1, collapse_panel(history))
     if args.train_type == "simclr":
         panels.insert(1, ("contrastive accuracy (%)", {"positive ranked first": [row.get("contrastive_acc")
                                                                                 for row in history]}))
@@ -686,45 +675,6 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
                         f"({len(run.indices)} images at --data_scale {args.data_scale})")
     if args.knn_every:
         run.arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
-
-
-# The seed word of the unlabelled images' draw in a data-scale subset: a class id no dataset has (numpy's seed
-# words must be >= 0, so the label -1 cannot seed the draw, and stratified_subset refuses it).
-UNLABELLED_STREAM = 2**32 - 1
-
-
-def training_subset(labels: np.ndarray, data_scale: float = 1.0, seed: int = 0, label_fraction: float = 1.0,
-                    val_split: float = 0.0, classes: list[str] | None = None) -> np.ndarray:
-    """Sorted int64 indices into `labels` (N,) of the images a run trains on.
-
-    - every label, val_split 0: the seeded, class-stratified `data_scale` subset (nested across scales;
-      SimCLR, and supervised pretraining on other data than the probe's);
-    - the probe's validation split (test.py --val_split V --seed S; none when V is 0) is drawn first and never
-      trained on; then the `label_fraction` labelled subset of the rest (the scratch baseline), or the
-      `data_scale` subset of the rest (supervised pretraining on the probe's own data).
-    """
-    labels = np.asarray(labels)
-    if label_fraction >= 1 and val_split <= 0:
-        return data_scale_subset(labels, data_scale, seed)
-    if label_fraction < 1 or data_scale >= 1:
-        names = classes if classes is not None else [str(c) for c in range(int(labels.max()) + 1)]
-        return np.asarray(probe_labelled_subset(labels, names, seed, label_fraction, val_split), dtype=np.int64)
-    keep = stratified_split(labels, val_split, seed, classes=classes)[0]
-    return np.sort(keep[stratified_subset(labels[keep], data_scale, seed)]).astype(np.int64)
-
-
-def data_scale_subset(labels: np.ndarray, data_scale: float, seed: int) -> np.ndarray:
-    """stratified_subset, with the unlabelled images (label -1: STL-10's train+unlabeled) as one more group
-    drawn in its own seeded order: sorted int64 indices, nested across scales for one seed."""
-    labels = np.asarray(labels)
-    unlabelled = np.flatnonzero(labels == UNLABELLED)
-    if data_scale >= 1 or len(unlabelled) == 0:
-        return stratified_subset(labels, data_scale, seed).astype(np.int64)
-    labelled = np.flatnonzero(labels != UNLABELLED)
-    keep = [labelled[stratified_subset(labels[labelled], data_scale, seed)]] if len(labelled) else []
-    order = np.random.default_rng([seed, UNLABELLED_STREAM]).permutation(unlabelled)
-    keep.append(order[: max(1, int(round(data_scale * len(unlabelled))))])
-    return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
 def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: Path) -> None:
@@ -930,7 +880,8 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
            "lr_first": run.lr_fn(epoch * run.steps_per_epoch),
            "lr_last": run.lr_fn(epoch * run.steps_per_epoch + tally["steps"] - 1),
            "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
-           "skipped_steps": tally["skipped"], **collapse_measure(run, totals[3].item() / n_seen, epoch)}
+           "skipped_steps": tally["skipped"],
+           **collapse_measure(run.method.embedding_dim, totals[3].item() / n_seen, args.train_type, epoch + 1)}
     if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == run.epochs) and run.env.is_main:
         accs = knn_monitor(run.model, run.arrays, run.indices, run.arrays_test, run.data, device)
         row.update({f"{name}_acc": round(acc, 4) for name, acc in accs.items()})
@@ -950,19 +901,6 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
              f"  contrastive acc {row['contrastive_acc']:.2f}%" if row["contrastive_acc"] is not None else "",
              f"  kNN acc k=10 {row['knn10_acc']:.2f}% k=200 {row['knn200_acc']:.2f}%" if "knn10_acc" in row else "",
              row["lr_first"], row["lr_last"], row["images_per_s"], row["seconds"])
-
-
-def collapse_measure(run: Run, z_std: float, epoch: int) -> dict:
-    """metrics.csv's z_std and z_std_ref = 1/sqrt(d) (nothing for supervised); logs a collapse below
-    COLLAPSE_FRACTION x z_std_ref (ranks average their own batches' values)."""
-    d = run.method.embedding_dim
-    if d is None:
-        return {}
-    ref = 1 / d ** 0.5
-    if z_std < COLLAPSE_FRACTION * ref:
-        LOG.warning("warning: %s collapsed at epoch %d: z_std %.4g < %g x 1/sqrt(%d) (every embedding points nearly "
-                    "the same way)", run.args.train_type, epoch + 1, z_std, COLLAPSE_FRACTION, d)
-    return {"z_std": round(z_std, 6), "z_std_ref": round(ref, 6)}
 
 
 def _save(path: Path, ckpt: dict) -> None:

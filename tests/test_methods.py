@@ -34,7 +34,7 @@ from utils.distributed import all_gather_with_grad, cleanup_distributed, init_di
 from utils.lars import LARS
 from utils.methods import METHODS, build_method
 from utils.methods.barlow_twins import barlow_twins_loss
-from utils.methods.base import ema_tau, ema_update, embedding_std
+from utils.methods.base import COLLAPSE_FRACTION, collapse_measure, ema_tau, ema_update, embedding_std
 from utils.methods.byol import byol_loss
 from utils.methods.mocov2 import MoCoV2, moco_loss
 from utils.methods.simsiam import simsiam_loss
@@ -214,12 +214,10 @@ def test_collapse_is_logged_in_one_line():
     handler.emit = records.append
     LOG.addHandler(handler)
     try:
-        run = SimpleNamespace(method=SimpleNamespace(embedding_dim=16), args=SimpleNamespace(train_type="simsiam"))
-        healthy = train.collapse_measure(run, 0.2, 0)
-        assert healthy == {"z_std": 0.2, "z_std_ref": 0.25} and not records
-        train.collapse_measure(run, 0.001, 4)
+        assert collapse_measure(16, 0.2, "simsiam", 1) == {"z_std": 0.2, "z_std_ref": 0.25} and not records
+        collapse_measure(16, 0.001, "simsiam", 5)
         assert len(records) == 1 and "simsiam collapsed at epoch 5" in records[0].getMessage()
-        assert train.collapse_measure(SimpleNamespace(method=SimpleNamespace(embedding_dim=None)), 0.0, 0) == {}
+        assert collapse_measure(None, 0.0, "supervised", 1) == {}
     finally:
         LOG.removeHandler(handler)
 
@@ -500,7 +498,7 @@ def test_curves_show_the_collapse_measure_beside_its_reference(tmp_path, monkeyp
     train.write_metrics(tmp_path, history, SimpleNamespace(train_type="vicreg", dataset="synthetic", data_scale=1.0))
     series = drawn["panels"]["collapse: std of l2-normalised z"]
     assert series["z_std"] == [0.2, 0.01] and series["1/sqrt(d)"] == [0.25, 0.25]
-    assert series[f"collapse threshold ({train.COLLAPSE_FRACTION:g}/sqrt(d))"] == [0.025, 0.025]
+    assert series[f"collapse threshold ({COLLAPSE_FRACTION:g}/sqrt(d))"] == [0.025, 0.025]
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[-2:] == ["z_std", "z_std_ref"]
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from utils.cli import positive_float, positive_int, probability, str2bool
 from utils.methods.barlow_twins import BarlowTwins
-from utils.methods.base import Method, embedding_std
+from utils.methods.base import COLLAPSE_FRACTION, Method, collapse_measure, collapse_panel, embedding_std
 from utils.methods.byol import BYOL
 from utils.methods.mocov2 import MoCoV2
 from utils.methods.simclr import SimCLR
@@ -41,8 +41,12 @@ SPEC_KEYS = {
     "vicreg": ("proj_hidden_dim", "proj_dim", "vicreg_weights"),
 }
 
-__all__ = ["METHODS", "SELF_SUPERVISED", "SPEC_KEYS", "Method", "build_method", "embedding_std", "method_parser",
-           "method_spec"]
+# train.py flags defined here (method_parser), each named as its recipe key (utils/recipes.py)
+METHOD_FLAGS = ("pred_hidden_dim", "tau_base", "tau_final", "queue_size", "barlow_lambda", "scale_loss",
+                "vicreg_weights", "lars_eta", "lars_clip_lr")
+
+__all__ = ["COLLAPSE_FRACTION", "METHODS", "METHOD_FLAGS", "SELF_SUPERVISED", "SPEC_KEYS", "Method", "build_method",
+           "collapse_measure", "collapse_panel", "embedding_std", "method_parser", "method_spec"]
 
 
 def build_method(name: str, backbone: nn.Module, spec: dict, head: nn.Module | None = None) -> Method:

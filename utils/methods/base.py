@@ -20,6 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.distributed import all_gather_with_grad
+from utils.runtime import LOG
+
+# A collapsed method maps every image to (nearly) one direction: z_std -> 0, while embeddings spread over the
+# sphere give about 1/sqrt(d). Below a tenth of that a run says it collapsed: far below the 0.57-1.04 / sqrt(d)
+# that freshly initialised networks gave after one tiny synthetic epoch here (d 16, 8 px), far above 0.
+COLLAPSE_FRACTION = 0.1
 
 
 class Method(nn.Module):
@@ -93,6 +99,27 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     the l2-normalised rows (a 0-dim float32 tensor). 0 when every row points the same way (collapse);
     about 1/sqrt(d) for rows spread uniformly over the sphere (BYOL's appendix / solo-learn's z_std)."""
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+
+
+def collapse_measure(d: int | None, z_std: float, train_type: str, epoch: int) -> dict:
+    """metrics.csv's z_std (the epoch's mean of `embedding_std`) and z_std_ref = 1/sqrt(d); nothing when the
+    method has no embeddings (d None: supervised). Logs one warning line when z_std < COLLAPSE_FRACTION / sqrt(d)."""
+    if d is None:
+        return {}
+    ref = 1 / math.sqrt(d)
+    if z_std < COLLAPSE_FRACTION * ref:
+        LOG.warning("warning: %s collapsed at epoch %d: z_std %.4g < %g x 1/sqrt(%d) (every embedding points nearly "
+                    "the same way)", train_type, epoch, z_std, COLLAPSE_FRACTION, d)
+    return {"z_std": round(z_std, 6), "z_std_ref": round(ref, 6)}
+
+
+def collapse_panel(history: list[dict]) -> tuple[str, dict]:
+    """curves.png's panel: z_std per epoch beside 1/sqrt(d) and the collapse threshold."""
+    refs = [row.get("z_std_ref") for row in history]
+    return ("collapse: std of l2-normalised z", {
+        "z_std": [row.get("z_std") for row in history], "1/sqrt(d)": refs,
+        f"collapse threshold ({COLLAPSE_FRACTION:g}/sqrt(d))": [None if r is None else COLLAPSE_FRACTION * r
+                                                                 for r in refs]})
 
 
 def gather(z: torch.Tensor) -> torch.Tensor:
