@@ -431,7 +431,8 @@ def build_batches(args, arrays, indices, data, env, device, local_bs):
 
 
 def make_optimizer(args, model, device):
-    params = [p for p in model.parameters() if p.requires_grad]  # never an EMA target's
+    raw = model.module if isinstance(model, DistributedDataParallel) else model
+    params = raw.param_groups()  # trainable parameters only (never an EMA target's); SimSiam: a fixed-lr group
     if args.optimizer == "lars":
         return LARS(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay,
                     eta=args.lars_eta, clip_lr=args.lars_clip_lr)

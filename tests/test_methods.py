@@ -202,6 +202,25 @@ def test_ema_update_and_byol_after_step():
     assert torch.equal(copy.weight, module.weight)
 
 
+def test_simsiam_predictor_keeps_a_fixed_lr_while_the_rest_follows_the_schedule():
+    from utils.schedule import lr_schedule, make_scheduler
+
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+    backbone.feature_dim = 6
+    simsiam = build_method("simsiam", backbone, {"proj_hidden_dim": 8, "proj_dim": 4, "pred_hidden_dim": 2})
+    groups = simsiam.param_groups()
+    assert len(groups) == 2 and groups[1]["fixed_lr"]
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in simsiam.parameters()}
+    opt = torch.optim.SGD(groups, lr=0.5)
+    sched = make_scheduler(opt, lr_schedule("cosine", 0.5, 10, warmup_steps=2), 0.5)
+    lrs = []
+    for _ in range(6):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert [lr[1] for lr in lrs] == [0.5] * 6 and lrs[0][0] == pytest.approx(0.25) and lrs[5][0] < 0.5
+
+
 def test_embedding_std_is_zero_at_collapse_and_one_over_sqrt_d_when_spread():
     assert embedding_std(torch.ones(16, 8) * 3).item() == 0
     spread = torch.randn(20000, 64, generator=torch.Generator().manual_seed(0))

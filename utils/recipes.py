@@ -153,8 +153,8 @@ METHOD_RECIPES = {
         "crop_min_scale": 0.08,                                # augmentations/symmetric_weak.yaml
         "jitter": [0.4, 0.4, 0.4, 0.1],                        # symmetric_weak.yaml color_jitter
         "blur_prob": 0.5,                                      # symmetric_weak.yaml gaussian_blur.prob 0.5
-    }, ["the predictor follows the same lr schedule as the rest; solo-learn keeps its lr fixed (simsiam.py "
-        "static_lr, the SimSiam paper's section 4.1)"]),
+    }, ["the predictor's lr stays at the peak lr (no warmup, no decay), as solo-learn's simsiam.py static_lr and "
+        "the SimSiam paper's section 4.1"]),
     "barlow_twins": _solo({
         "optimizer": "lars", "lr": 0.3,                        # barlow.yaml optimizer.name lars, lr 0.3
         "weight_decay": 1e-4,                                  # barlow.yaml optimizer.weight_decay 1e-4

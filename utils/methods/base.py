@@ -52,6 +52,10 @@ class Method(nn.Module):
     def training_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: every trainable parameter in one (a group may set fixed_lr)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after optimiser step `step` (0-based) of `total_steps`, not after a skipped step."""
 

@@ -52,6 +52,13 @@ class SimSiam(Method):
     def embedding_dim(self) -> int:
         return self.proj_dim
 
+    def param_groups(self) -> list[dict]:
+        """The predictor at a fixed lr (paper section 4.1, 'Predictor': a constant lr for h works better;
+        solo-learn simsiam.py static_lr); the rest follows the schedule."""
+        predictor = set(self.head["predictor"].parameters())
+        return [{"params": [p for p in self.parameters() if p.requires_grad and p not in predictor]},
+                {"params": list(self.head["predictor"].parameters()), "fixed_lr": True}]
+
     def training_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict]:
         z1, z2 = (self.head["projector"](self.backbone(x)) for x in (x1, x2))
         p1, p2 = self.head["predictor"](z1), self.head["predictor"](z2)
