@@ -292,8 +292,8 @@ def apply_recipe(args: argparse.Namespace) -> None:
     for flag, key in RECIPE_FLAGS.items():
         if getattr(args, flag, None) is None and key in values:
             setattr(args, flag, values[key])
-    for flag, value in LARS_DEFAULTS.items():  # a recipe without LARS (simclr, supervised) given --optimizer lars
-        if getattr(args, flag) is None:
+    for flag, value in LARS_DEFAULTS.items():  # --optimizer lars in a recipe without it (simclr, supervised); None
+        if args.optimizer == "lars" and getattr(args, flag) is None:  # otherwise, so older runs still resume
             setattr(args, flag, value)
     if args.schedule == "cosine" and args.min_lr is None:
         args.min_lr = 0.0  # a recipe with a multistep schedule (tuned supervised) has no cosine floor
