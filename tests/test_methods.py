@@ -288,7 +288,8 @@ def _model(init):
 
 
 def _losses(model, x1, x2, gather_fn):
-    """name -> loss of a linear 'network' for each method's loss (targets from a fixed second layer)."""
+    """name -> each loss on a linear network's embeddings z1, z2 (BYOL and SimSiam: z1, z2 as the predictions,
+    fixed functions of the inputs as the targets without gradient)."""
     z1, z2 = model(x1), model(x2)
     t1, t2 = torch.tanh(x1[:, :D_OUT]), torch.tanh(x2[:, :D_OUT])  # stand-ins for target projections
     return {
