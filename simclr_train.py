@@ -6,9 +6,11 @@ data scale, under an epochs or an equal-steps budget; cells in parallel on one m
     python simclr_train.py --preset original --launcher slurm --slurm_partition gpu   # one SLURM job per cell
     python simclr_train.py --dry_run --preset original --jobs 8   # the cells, where they run, a wall-time estimate
     python simclr_train.py --report --out_dir sweeps/demo # redraw results.md and the plots from results.csv
+    python simclr_train.py --preset demo --methods simclr byol simsiam barlow_twins vicreg mocov2   # the methods
 
 Cells: the SimCLR grid (data scale x batch size x learning rate x epochs x seed; GRID below, or the
-flags) under each --budget, and the --baselines: `supervised` (supervised pretraining on the same
+flags) under each --budget; with --methods, each other self-supervised method on the same data scales, batch
+sizes, epochs and seeds at its own recipe's lr (docs/methods.md); and the --baselines: `supervised` (supervised pretraining on the same
 seeded subset at each data scale, train.py's supervised recipe), `random` (the backbone at init)
 and `imagenet` (torchvision's ImageNet weights; skipped with one line when they are not on disk).
 Each cell is pretrained by train.main into OUT/runs/<cell>/ and linear-evaluated by test.main into
@@ -268,6 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the random-init backbone, torchvision's ImageNet weights (skipped when not on disk), "
                         "scratch (supervised from scratch on the labelled subset of each --label_fractions value); "
                         "none: no baseline [all; scratch only with a label fraction below 1]%(default).0s")
+    s.add_argument("--methods", nargs="+", choices=sweep.METHOD_KINDS, default=["simclr"],
+                   help="the self-supervised arms, each on the same grid, budget and probe: SimCLR with the grid's "
+                        "lrs, the others with their own recipe's lr at each batch size (docs/methods.md)")
     s.add_argument("--label_fractions", type=fraction, nargs="+", default=[1.0],
                    help="shares of the probe's train labels: every backbone is probed at each (test.py "
                         "--label_fraction, features cached per checkpoint), and scratch trains on each")
@@ -339,6 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out_dir = Path(args.out_dir or f"sweeps/simclr-{args.dataset}-{args.eval_dataset}")
     args.budget = [b for b in sweep.BUDGETS if b in args.budget]
     args.label_fractions = sorted(set(args.label_fractions))
+    args.methods = [m for m in sweep.METHOD_KINDS if m in args.methods]
     if args.baselines is None:
         args.baselines = [b for b in sweep.BASELINES if b != "scratch" or min(args.label_fractions) < 1]
     args.baselines = [b for b in sweep.BASELINES if b in args.baselines]
@@ -479,7 +485,8 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
         probe = ["--train_type", "supervised", *common_passthrough(args), *args.train_args_list, *args.supervised_args_list]
         sup_batch = _parse_for(train.parse_args, probe, "--supervised_args").batch_size
     cells = sweep.study_cells({k: getattr(args, k) for k in sweep.GRID_KEYS}, args.eval_at, args.budget, baselines,
-                              sizes, sup_batch, scratch_fractions(args, baselines, announce), args.scratch_epochs)
+                              sizes, sup_batch, scratch_fractions(args, baselines, announce), args.scratch_epochs,
+                              args.methods)
     if sizes is not None:
         for cell in cells:
             if cell.data_scale is None:
@@ -513,7 +520,7 @@ def train_argv(args: argparse.Namespace, cell: sweep.Cell, run_dir: Path, device
         val = ["--label_val_split", repr(args.val_split)] if excludes_probe_val(args, cell.kind) else []
         return ["--train_type", "supervised", *data, *val, *common, *args.train_args_list, *args.supervised_args_list]
     lr = [] if cell.learning_rate is None else ["--learning_rate", repr(cell.learning_rate)]
-    return ["--train_type", "simclr", "--batch_size", str(cell.batch_size), *lr, *data, *common, *args.train_args_list]
+    return ["--train_type", cell.kind, "--batch_size", str(cell.batch_size), *lr, *data, *common, *args.train_args_list]
 
 
 def test_argv(args: argparse.Namespace, cell: sweep.Cell, ckpt: Path, eval_dir: Path, device: str | None = None,
@@ -604,7 +611,7 @@ def check_passthrough(args: argparse.Namespace, cells: list[sweep.Cell], out_dir
                                        - {cell.checkpoint_epoch(cell.epochs)}),
                         epochs=cell.epochs if budget == "epochs" else None,
                         steps=cell.steps if budget == "steps" else None)
-            if kind == "simclr":  # the grid's lr, or (auto) train.py's own, never one from --train_args
+            if kind in sweep.METHOD_KINDS:  # the grid's lr, or (auto) train.py's own, never one from --train_args
                 bare = argparse.Namespace(**{**vars(args), "train_args_list": []})
                 want["learning_rate"] = (cell.learning_rate if cell.learning_rate is not None
                                          else train.parse_args(train_argv(bare, cell, run_dir)).learning_rate)
@@ -756,7 +763,7 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
         edir = eval_dir(run_dir, args, epoch, label_fraction)
         argv = test_argv(args, cell, ckpt, edir, device, label_fraction)
         evaluation = test.main(argv)
-        trained = cell.kind in ("simclr", "supervised", "scratch")  # the lr and batch the run used
+        trained = cell.kind not in ("random", "imagenet")  # the lr and batch the run used
         row = sweep.make_row(cell, epoch, history, evaluation, study_settings(args), trained_on,
                              ckpt.relative_to(out_dir).as_posix(),
                              learning_rate=used.get("learning_rate") if trained else None,
@@ -990,7 +997,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
     image_size = DATASETS[args.dataset].default_image_size or 64
     pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
     sizes = kind_sizes(args) if pre is not None or "steps" in args.budget else None
-    trained = [c for c in cells if c.kind in ("simclr", "supervised")]
+    trained = [c for c in cells if c.kind in sweep.METHOD_KINDS + ("supervised",)]
     cap = sweep.MEASURE_CAP.get(device.type, max([c.batch_size for c in trained] or [1]))
     with run_settings(args.threads_per_cell, args.deterministic):  # measured as a cell runs
         measured = {b: sweep.measure_step_seconds(b, image_size, device, cap)
@@ -1087,9 +1094,10 @@ def main(argv: list[str] | None = None) -> dict:
     check_passthrough(args, cells, out_dir)
     check_study(out_dir, study_settings(args), write=not args.dry_run)
     warn_oversubscription(args)
-    n_simclr = sum(c.kind == "simclr" for c in cells)
-    print(f"{len(cells)} cells ({n_simclr} SimCLR, {len(cells) - n_simclr} baselines: "
-          f"{', '.join(sorted({c.kind for c in cells if c.kind != 'simclr'})) or 'none'}): data scales "
+    n_arms = sum(c.kind in args.methods for c in cells)
+    arms = " + ".join(sweep.KIND_LABELS[m] for m in args.methods)
+    print(f"{len(cells)} cells ({n_arms} {arms}, {len(cells) - n_arms} baselines: "
+          f"{', '.join(sorted({c.kind for c in cells if c.kind not in args.methods})) or 'none'}): data scales "
           f"{args.data_scales}, batch sizes {args.batch_sizes}, lrs {['auto' if v is None else v for v in args.learning_rates]}, "
           f"epochs {args.epochs}, budget {' and '.join(args.budget)}, seeds {args.seeds}, eval at {args.eval_at or 'the end'}; "
           f"{args.dataset} -> linear probe on {args.eval_dataset}; out_dir {out_dir}", flush=True)

@@ -78,6 +78,7 @@ from utils.eval.measures import check_measure_args, evaluate_measures, measure_l
 from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, ProbeConfig,
                               freeze_backbone, load_probe_data, log_epoch, make_config, run_finetune, run_linear_probe)
 from utils.io import atomic_write_json
+from utils.methods import METHODS
 from utils.plotting import plot_panels
 from utils.runtime import LOG, resolve_device, run_settings, runtime_info, seed_everything, setup_logging
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, finetune_epochs, recipe, recipe_help, scaled_lr
@@ -142,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--finetune", action="store_true",
                    help="train the WHOLE network instead (fine-tuning, not linear evaluation; outputs say so)")
     add_label_flags(g, by_type)
-    g.add_argument("--train_type", default=None, choices=["simclr", "selfsupervised", "supervised"],
+    g.add_argument("--train_type", default=None, choices=[*METHODS, "selfsupervised"],
                    help="optional: the checkpoint says what it is; a disagreement is only warned about")
     g.add_argument("--train_dataset", default=None, choices=DATASET_CHOICES,
                    help="optional: pretraining dataset, checked against the checkpoint (warning only)")

@@ -1,6 +1,7 @@
-"""Pretrain ResNet-18 by SimCLR or supervised learning, and save checkpoints and curves.
+"""Pretrain ResNet-18 by SimCLR, BYOL, MoCo v2, SimSiam, Barlow Twins, VICReg or supervised learning.
 
     python train.py                                              # SimCLR on CIFAR-10 (the tuned recipe)
+    python train.py --train_type byol                            # or mocov2, simsiam, barlow_twins, vicreg
     python train.py --recipe original                            # the course project's values, bugs fixed
     python train.py --train_type supervised --dataset cifar100 --epochs 100 --pretrained false
     python train.py --train_type supervised --dataset imagenet --epochs 0 --pretrained true   # ImageNet weights
@@ -32,22 +33,18 @@ from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models import build_model
-from models.resnet import imagenet_classifier
+from models.resnet import build_backbone, imagenet_classifier
 from utils.checkpoint import FORMAT, load_state_strict, plain, save_checkpoint
 from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, image_size, momentum,
                        non_negative_float, non_negative_int, positive_float, positive_int, probability, fraction,
                        jitter_strength, degrees, reproducibility_parser, str2bool)
 from utils.data.constants import IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
-from utils.data.datasets import data_sha256, indices_sha256, load_split, stratified_split, stratified_subset
-from utils.data.labels import probe_labelled_subset
+from utils.data.datasets import data_sha256, indices_sha256, load_split
 from utils.data.loaders import DeviceBatches, LoaderBatches
 from utils.data.weights import load_imagenet_state_dict
 from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanup_distributed, init_distributed,
@@ -62,12 +59,15 @@ from utils.augment import (SIMCLR_BLUR_P, SUPERVISED_PAD_MODES, BatchSimCLRAugme
                                  simclr_view_transform, supervised_train_transform)
 from utils.train.guards import (TEST_SIGNAL_ENV, Interrupted, StopFlag, check_finite,  # noqa: F401
                                 finite_on_every_rank, last_good, test_signal_hook)
-from utils.train.losses import gathered_nt_xent_loss, nt_xent_loss
+from utils.lars import LARS, LARS_DEFAULTS
+from utils.methods import (METHOD_FLAGS, METHODS, SELF_SUPERVISED, build_method, collapse_measure, collapse_panel,
+                           method_parser, method_spec)
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, run_lr
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
 from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
-from utils.splits import UNLABELLED, split_size
+from utils.splits import split_size
+from utils.data.subsets import training_subset  # noqa: F401 (train.training_subset: the study counts with it)
 
 # Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
 # A flag given on the command line overrides the recipe; the lr is scaled to the batch unless given.
@@ -79,21 +79,23 @@ RECIPE_FLAGS = {
     "crop_min_scale": "crop_min_scale", "hflip_prob": "hflip_prob", "jitter": "jitter", "jitter_prob": "jitter_prob",
     "gray_prob": "gray_prob", "blur_prob": "blur_prob", "normalize": "normalize",
     "crop_padding": "crop_padding", "pad_mode": "pad_mode", "rotation": "rotation",
+    **{flag: flag for flag in METHOD_FLAGS},  # utils/methods/__init__.py's flags, named as their recipe keys
 }
 # step: the cumulative training steps at the end of the epoch row (the lr schedule's position; skipped_steps
 # of them were skipped by --nan_policy skip), so runs given the same --steps can be checked to end level.
 # contrastive_acc (SimCLR): % of the epoch's 2N-view anchors whose positive ranked first (docs/measures.md);
 # knn10_acc / knn200_acc: --knn_every's two kNN settings (utils/eval/knn.py; knn200_acc was knn_acc).
+# z_std / z_std_ref (self-supervised methods): the collapse measure and 1/sqrt(d) (utils.methods.collapse_measure).
 # lr_first / lr_last: the lr the epoch's first and last steps trained at (the schedule is a pure function of the
 # step, so a resumed epoch reports the same values).
 METRIC_FIELDS = ["epoch", "step", "loss", "train_acc", "contrastive_acc", "knn10_acc", "knn200_acc", "lr_first",
-                 "lr_last", "images_per_s", "seconds", "skipped_steps"]
+                 "lr_last", "images_per_s", "seconds", "skipped_steps", "z_std", "z_std_ref"]
 RENAMED_METRICS = {"knn_acc": "knn200_acc"}  # history rows in checkpoints written before the rename
 # Test hook, for the kill-and-resume tests only: "N" or "N:SIGNAME" (KILL, TERM, INT) makes this
 # process send itself that signal right after optimizer step N (counted from the run's start).
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
-                       parents=[common_parser(), reproducibility_parser()])
+                       parents=[common_parser(), reproducibility_parser(), method_parser()])
     by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
     _add_what_to_train(p, by_type)
     _add_augmentation(p, by_type)
@@ -117,12 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
     """Flags: what to train (train type, data, stem, recipe, projection head)."""
     g = p.add_argument_group("what to train")
-    g.add_argument("--train_type", default="simclr", choices=["simclr", "selfsupervised", "supervised"],
-                   help="simclr (alias selfsupervised) or supervised")
+    g.add_argument("--train_type", default="simclr", choices=[*METHODS, "selfsupervised"],
+                   help="simclr (alias selfsupervised), supervised, or a method beside SimCLR (utils/methods/)")
     g.add_argument("--dataset", default="cifar10", choices=DATASET_CHOICES,
                    help="pretraining data; imagenet = Tiny-ImageNet data (or ImageNet weights with --pretrained true)")
     g.add_argument("--train_split", default="auto", choices=["auto", "train", "train+unlabeled", "unlabeled"],
-                   help="split to pretrain on; auto: the dataset's pretraining split for simclr (stl10: "
+                   help="split to pretrain on; auto: the dataset's pretraining split for self-supervised methods (stl10: "
                         "train+unlabeled), train for supervised (unlabelled images never reach a supervised loss)")
     g.add_argument("--pretrained", type=str2bool, default=False,
                    help="start from torchvision's ImageNet ResNet-18 weights (ImageNet stem, 224 px)")
@@ -143,13 +145,15 @@ def _add_what_to_train(p: argparse.ArgumentParser, by_type: str) -> None:
                    help="named values for everything below that is not given (utils/recipes.py, README Recipes): "
                         "tuned = published ResNet-18 CIFAR recipes, original = the course project's, bugs fixed")
     g.add_argument("--proj_hidden_dim", type=positive_int, default=None,
-                   help="SimCLR projection MLP hidden width" + recipe_help("proj_hidden_dim", ("simclr",)) + by_type)
+                   help="projection MLP hidden width (self-supervised methods)"
+                   + recipe_help("proj_hidden_dim", SELF_SUPERVISED) + by_type)
     g.add_argument("--proj_dim", type=positive_int, default=None,
-                   help="SimCLR projection output width (z)" + recipe_help("proj_dim", ("simclr",)) + by_type)
+                   help="projection output width (z)" + recipe_help("proj_dim", SELF_SUPERVISED) + by_type)
     g.add_argument("--proj_bn", type=str2bool, default=None,
                    help="BatchNorm in the projection MLP" + recipe_help("proj_bn", ("simclr",)) + by_type)
     g.add_argument("--temperature", type=positive_float, default=None,
-                   help="NT-Xent temperature" + recipe_help("temperature", ("simclr",)) + by_type)
+                   help="NT-Xent (SimCLR) / InfoNCE (MoCo v2) temperature"
+                   + recipe_help("temperature", ("simclr", "mocov2")) + by_type)
 
 
 def _add_augmentation(p: argparse.ArgumentParser, by_type: str) -> None:
@@ -199,8 +203,9 @@ def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
                    help="train for exactly this many steps instead of --epochs (the schedule's horizon): the "
                         "epochs follow from the subset size, ceil(steps / steps per epoch), the last one partial "
                         "(an equal-compute budget across data scales)")
-    o.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
-                   help="SGD with momentum, Adam or AdamW" + recipe_help("optimizer") + by_type)
+    o.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw", "lars"],
+                   help="SGD with momentum, Adam, AdamW, or LARS (utils/lars.py: --lars_eta, --lars_clip_lr)"
+                   + recipe_help("optimizer") + by_type)
     o.add_argument("--momentum", type=momentum, default=None, help="SGD momentum" + recipe_help("momentum") + by_type)
     o.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="weight decay on all parameters" + recipe_help("weight_decay") + by_type)
@@ -240,7 +245,7 @@ def _add_speed(p: argparse.ArgumentParser, by_type: str) -> None:
                    "not yet measured on a GPU (benchmarks/throughput.py --compile prints the break-even)")
     s.add_argument("--channels_last", type=str2bool, default=True, help="NHWC memory format (faster on CPU and GPU)")
     s.add_argument("--sync_bn", type=str2bool, default=None,
-                   help="SyncBatchNorm across GPUs [on for multi-GPU SimCLR; never on CPU]" + by_type)
+                   help="SyncBatchNorm across GPUs [on for multi-GPU self-supervised runs; never on CPU]" + by_type)
 
 
 def _add_outputs(p: argparse.ArgumentParser, by_type: str) -> None:
@@ -287,6 +292,9 @@ def apply_recipe(args: argparse.Namespace) -> None:
     for flag, key in RECIPE_FLAGS.items():
         if getattr(args, flag, None) is None and key in values:
             setattr(args, flag, values[key])
+    for flag, value in LARS_DEFAULTS.items():  # --optimizer lars in a recipe without it (simclr, supervised); None
+        if args.optimizer == "lars" and getattr(args, flag) is None:  # otherwise, so older runs still resume
+            setattr(args, flag, value)
     if args.schedule == "cosine" and args.min_lr is None:
         args.min_lr = 0.0  # a recipe with a multistep schedule (tuned supervised) has no cosine floor
     if args.learning_rate is None:
@@ -321,13 +329,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--data_scale and --label_fraction pick the training images two ways; give one")
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
-    if args.train_type == "simclr" and args.batch_size < 2 and (args.steps is not None or args.epochs > 0):
-        # NT-Xent's negatives are the batch's other images (all ranks' under DDP): with one there are none
-        raise UserError(f"SimCLR needs --batch_size >= 2 (the other images of a batch are its negatives), "
-                        f"got {args.batch_size}")
+    if args.train_type in SELF_SUPERVISED and args.batch_size < 2 and (args.steps is not None or args.epochs > 0):
+        # NT-Xent's negatives are the batch's other images; the others' projectors hold BatchNorm over the batch
+        raise UserError(f"{args.train_type} needs --batch_size >= 2 (negatives, batch statistics), got {args.batch_size}")
+    if args.train_type == "mocov2" and args.queue_size < args.batch_size:
+        raise UserError(f"--queue_size {args.queue_size} must hold a global batch of keys (--batch_size {args.batch_size})")
     if not args.learning_rate > 0:
         raise UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
-    if args.train_type == "simclr" and not args.temperature > 0:
+    if args.train_type in ("simclr", "mocov2") and not args.temperature > 0:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if args.schedule == "cosine" and not 0 <= args.min_lr <= args.learning_rate:
         raise UserError(f"--min_lr must be in [0, --learning_rate], got {args.min_lr}")
@@ -362,7 +371,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def view_spec(args: argparse.Namespace) -> SimCLRViewSpec | SupervisedAugSpec:
     """The augmentation of --train_type from the resolved flags (ValueError names a bad value)."""
-    if args.train_type == "simclr":
+    if args.train_type != "supervised":  # every self-supervised method takes two SimCLR-style views
         return SimCLRViewSpec(crop_min_scale=args.crop_min_scale, hflip_prob=args.hflip_prob,
                               jitter=tuple(args.jitter), jitter_prob=args.jitter_prob, gray_prob=args.gray_prob,
                               blur_prob=args.blur_prob)
@@ -395,36 +404,16 @@ def describe_data(args: argparse.Namespace) -> dict:
 
 
 def training_split(args: argparse.Namespace) -> str:
-    """The split pretraining reads: --train_split, or (auto) the dataset's pretrain_split for SimCLR (stl10:
-    train+unlabeled) and train for supervised."""
+    """The split pretraining reads: --train_split, or (auto) the dataset's pretrain_split for the self-supervised
+    methods (stl10: train+unlabeled) and train for supervised."""
     if args.train_split != "auto":
         return args.train_split
-    return DATASETS[args.dataset].pretrain_split if args.train_type == "simclr" else "train"
-
-
-# --- the two objectives: one loop, a "batch -> loss" function picked from a dict ---------------
-
-def simclr_objective(model, views, labels, args, distributed):
-    """NT-Xent on the two views; both go through one forward so BatchNorm sees all 2N images.
-    Also returns how many of the 2N views (this rank's) ranked their positive first."""
-    _, z = model(torch.cat(views))
-    z1, z2 = z.chunk(2)
-    loss_fn = gathered_nt_xent_loss if distributed else nt_xent_loss
-    return loss_fn(z1, z2, args.temperature, return_correct=True)
-
-
-def supervised_objective(model, views, labels, args, distributed):
-    """Cross-entropy on one augmented view; also returns the number of correct predictions."""
-    _, logits = model(views[0])
-    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
-
-
-OBJECTIVES = {"simclr": simclr_objective, "supervised": supervised_objective}
+    return DATASETS[args.dataset].pretrain_split if args.train_type != "supervised" else "train"
 
 
 def build_batches(args, arrays, indices, data, env, device, local_bs):
     """The training batches for --aug: device-resident + batched aug, or PIL in DataLoader workers."""
-    n_views = 2 if args.train_type == "simclr" else 1
+    n_views = METHODS[args.train_type].n_views
     size, mean, std = data["image_size"], data["mean"], data["std"]
     spec = view_spec(args)
     # auto = the batched path on every device: on a 2-core CPU it measured 27.7 vs 26.3 images/s
@@ -442,7 +431,11 @@ def build_batches(args, arrays, indices, data, env, device, local_bs):
 
 
 def make_optimizer(args, model, device):
-    params = [p for p in model.parameters() if p.requires_grad]
+    raw = model.module if isinstance(model, DistributedDataParallel) else model
+    params = raw.param_groups()  # trainable parameters only (never an EMA target's); SimSiam: a fixed-lr group
+    if args.optimizer == "lars":
+        return LARS(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay,
+                    eta=args.lars_eta, clip_lr=args.lars_clip_lr)
     # Fused kernels on CUDA, multi-tensor (foreach) elsewhere: one launch per group, not per tensor.
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if args.optimizer == "sgd":
@@ -494,6 +487,8 @@ def write_metrics(run_dir: Path, history: list[dict], args) -> None:
         panels.insert(1, ("kNN accuracy on the test split (%)", {
             "k=10 uniform": [row.get("knn10_acc") for row in history],
             "k=200 weighted": [row.get("knn200_acc") for row in history]}))
+    if any(row.get("z_std") is not None for row in history):
+        panels.insert(1, collapse_panel(history))
     if args.train_type == "simclr":
         panels.insert(1, ("contrastive accuracy (%)", {"positive ranked first": [row.get("contrastive_acc")
                                                                                 for row in history]}))
@@ -597,11 +592,18 @@ class Run:
         return make_checkpoint(self.args, self.model, self.data, self.spec, self.subset, epoch, self.global_step,
                                finished, extra)
 
+    @property
+    def method(self):
+        """The method itself, without its DDP wrapper."""
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
     def train_state(self, epoch: int, step_in_epoch: int, partial: dict | None) -> dict:
-        """What resuming needs beyond the weights: optimizer, schedule, scaler, RNG, history, position."""
+        """What resuming needs beyond the weights: optimizer, schedule, scaler, RNG, history, position, and
+        the method's own state (an EMA target, a queue)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
-                "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partial}
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partial,
+                "method": self.method.extra_state()}
 
 
 def _run(args, device, env, run_dir: Path, config: dict, resume_ckpt, local_bs: int, precision: str) -> dict:
@@ -676,45 +678,6 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
         run.arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
 
 
-# The seed word of the unlabelled images' draw in a data-scale subset: a class id no dataset has (numpy's seed
-# words must be >= 0, so the label -1 cannot seed the draw, and stratified_subset refuses it).
-UNLABELLED_STREAM = 2**32 - 1
-
-
-def training_subset(labels: np.ndarray, data_scale: float = 1.0, seed: int = 0, label_fraction: float = 1.0,
-                    val_split: float = 0.0, classes: list[str] | None = None) -> np.ndarray:
-    """Sorted int64 indices into `labels` (N,) of the images a run trains on.
-
-    - every label, val_split 0: the seeded, class-stratified `data_scale` subset (nested across scales;
-      SimCLR, and supervised pretraining on other data than the probe's);
-    - the probe's validation split (test.py --val_split V --seed S; none when V is 0) is drawn first and never
-      trained on; then the `label_fraction` labelled subset of the rest (the scratch baseline), or the
-      `data_scale` subset of the rest (supervised pretraining on the probe's own data).
-    """
-    labels = np.asarray(labels)
-    if label_fraction >= 1 and val_split <= 0:
-        return data_scale_subset(labels, data_scale, seed)
-    if label_fraction < 1 or data_scale >= 1:
-        names = classes if classes is not None else [str(c) for c in range(int(labels.max()) + 1)]
-        return np.asarray(probe_labelled_subset(labels, names, seed, label_fraction, val_split), dtype=np.int64)
-    keep = stratified_split(labels, val_split, seed, classes=classes)[0]
-    return np.sort(keep[stratified_subset(labels[keep], data_scale, seed)]).astype(np.int64)
-
-
-def data_scale_subset(labels: np.ndarray, data_scale: float, seed: int) -> np.ndarray:
-    """stratified_subset, with the unlabelled images (label -1: STL-10's train+unlabeled) as one more group
-    drawn in its own seeded order: sorted int64 indices, nested across scales for one seed."""
-    labels = np.asarray(labels)
-    unlabelled = np.flatnonzero(labels == UNLABELLED)
-    if data_scale >= 1 or len(unlabelled) == 0:
-        return stratified_subset(labels, data_scale, seed).astype(np.int64)
-    labelled = np.flatnonzero(labels != UNLABELLED)
-    keep = [labelled[stratified_subset(labels[labelled], data_scale, seed)]] if len(labelled) else []
-    order = np.random.default_rng([seed, UNLABELLED_STREAM]).permutation(unlabelled)
-    keep.append(order[: max(1, int(round(data_scale * len(unlabelled))))])
-    return np.sort(np.concatenate(keep)).astype(np.int64)
-
-
 def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: Path) -> None:
     """UserError naming what differs when last.pth was trained on other data than the data found now."""
     changed = data_differences(resume_ckpt.get("data", {}), {
@@ -729,7 +692,7 @@ def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: 
 
 
 def build_training_model(args, data: dict, device: torch.device, imagenet_baseline: bool):
-    """(model on the device, its spec): built identically on every rank from the seed."""
+    """(the method on the device, its spec): built identically on every rank from the seed (utils/methods/)."""
     seed_everything(args.seed)
     num_classes = len(data["classes"]) if data.get("classes") else DATASETS[args.dataset].num_classes
     keep_imagenet_head = imagenet_baseline and args.train_type == "supervised"
@@ -737,12 +700,11 @@ def build_training_model(args, data: dict, device: torch.device, imagenet_baseli
         num_classes = 1000  # torchvision's ImageNet classifier is kept as the head
     spec = {"train_type": args.train_type, "stem": data["stem"], "num_classes": num_classes,
             "proj_hidden_dim": args.proj_hidden_dim, "proj_dim": args.proj_dim, "proj_bn": args.proj_bn,
-            "feature_dim": 512,
-            "pretrained": bool(args.pretrained)}
+            "feature_dim": 512, "pretrained": bool(args.pretrained), **method_spec(args.train_type, args)}
     weights = load_imagenet_state_dict() if args.pretrained else None  # fetched on the data side
-    model = build_model(spec, weights=weights)
-    if keep_imagenet_head:
-        model.head = imagenet_classifier(weights)
+    backbone = build_backbone(spec["stem"], weights=weights)
+    model = build_method(args.train_type, backbone, spec, head=imagenet_classifier(weights) if keep_imagenet_head
+                         else None)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -765,13 +727,15 @@ def prepare_optimisation(run: Run, local_bs: int, precision: str) -> None:
     args, env, device = run.args, run.env, run.device
     run.batches = build_batches(args, run.arrays, run.indices, run.data, env, device, local_bs)
     run.epochs, run.total_steps = run_length(args, run.steps_per_epoch)
-    sync_bn = args.sync_bn if args.sync_bn is not None else (env.is_distributed and args.train_type == "simclr")
+    sync_bn = args.sync_bn if args.sync_bn is not None else (env.is_distributed and args.train_type != "supervised")
     if env.is_distributed:
         if sync_bn and device.type == "cuda":
             run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
         elif sync_bn and env.is_main:
             LOG.warning("SyncBatchNorm needs CUDA (NCCL); on %s each process keeps its own BatchNorm statistics",
                         device.type)
+        # EMA targets and queues are kept equal on every rank by the method (gathered keys), not by DDP
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(run.model, run.model.ddp_ignored())
         run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
     run.optimizer = make_optimizer(args, run.model, device)
     run.lr_fn = make_lr_fn(args, run.total_steps, run.steps_per_epoch)
@@ -790,6 +754,7 @@ def resume(run: Run, resume_ckpt: dict) -> tuple[int, int, dict | None]:
     raw = run.model.module if isinstance(run.model, DistributedDataParallel) else run.model
     load_state_strict(raw.backbone, resume_ckpt["backbone"], "resume backbone")
     load_state_strict(raw.head, resume_ckpt["head"], "resume head")
+    raw.load_extra_state(state.get("method"))  # the EMA target and MoCo's queue (utils/methods/)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -828,20 +793,20 @@ def train_epoch(run: Run, epoch: int, first: int, carry: dict | None, stop: Stop
     run.train_model.train()
     t0 = time.perf_counter()
     tally = {"loss_sum": torch.zeros((), device=device), "correct": torch.zeros((), device=device, dtype=torch.long),
-             "seen": 0, "skipped": 0, "seconds": 0.0}
+             "z_std_sum": torch.zeros((), device=device), "seen": 0, "skipped": 0, "seconds": 0.0}
     if carry is not None:
         tally["loss_sum"] += carry["loss_sum"].to(device)
         tally["correct"] += carry["correct"].to(device)
+        tally["z_std_sum"] += carry.get("z_std_sum", torch.zeros(())).to(device)
         tally.update(seen=carry["seen"], skipped=carry["skipped"], seconds=carry["seconds"])
     seconds_before = tally["seconds"]
     epoch_steps = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)  # --steps: last partial
-    objective = OBJECTIVES[args.train_type]
     recent: list[torch.Tensor] = []  # losses since the last finiteness check
     bar = tqdm(islice(run.batches.epoch(epoch, first), epoch_steps - first), total=epoch_steps, initial=first,
                leave=False, disable=args.quiet or not run.env.is_main, desc=f"epoch {epoch + 1}/{run.epochs}")
     for step, (views, labels) in enumerate(bar, start=first):
         with run.amp():
-            loss, n_correct = objective(run.train_model, views, labels, args, run.env.is_distributed)
+            loss, stats = run.train_model(views, labels)  # the method's batch -> loss (utils/methods/)
         if args.nan_policy == "skip" and not finite_on_every_rank(loss):
             skip_step(run, tally, epoch, step)
             continue
@@ -851,11 +816,14 @@ def train_epoch(run: Run, epoch: int, first: int, carry: dict | None, stop: Stop
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        run.method.after_step(run.global_step, run.total_steps)  # EMA target, queue
         run.global_step += 1
         tally["loss_sum"] += loss.detach().float() * labels.shape[0]  # no host sync inside the step
         recent.append(loss.detach())
-        if n_correct is not None:
-            tally["correct"] += n_correct
+        if "correct" in stats:
+            tally["correct"] += stats["correct"]
+        if "z_std" in stats:
+            tally["z_std_sum"] += stats["z_std"] * labels.shape[0]
         tally["seen"] += labels.shape[0]
         if (step + 1) % run.check_every == 0 or step + 1 == epoch_steps:
             check_finite(recent, epoch, step, run.run_dir)  # the loop's only sync, every check_every steps
@@ -888,7 +856,8 @@ def skip_step(run: Run, tally: dict, epoch: int, step: int) -> None:
 
 def save_and_stop(run: Run, tally: dict, epoch: int, step: int, stop: StopFlag) -> None:
     """After a stop signal: last.pth with the position inside the epoch and its tally so far, then Interrupted."""
-    partial = {"loss_sum": tally["loss_sum"].cpu(), "correct": tally["correct"].cpu(), "seen": tally["seen"],
+    partial = {"loss_sum": tally["loss_sum"].cpu(), "correct": tally["correct"].cpu(),
+               "z_std_sum": tally["z_std_sum"].cpu(), "seen": tally["seen"],
                "skipped": tally["skipped"], "seconds": tally["seconds"]}
     if run.env.is_main:
         _save(run.run_dir / "last.pth", run.checkpoint(epoch, False, run.train_state(epoch, step + 1, partial)))
@@ -901,7 +870,7 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
     """The metrics row (the only place the loop waits for the device), kNN, checkpoints, metrics.csv, log line."""
     args, device = run.args, run.device
     totals = all_reduce_sum(torch.stack([tally["loss_sum"], tally["correct"].float(),
-                                         torch.tensor(float(tally["seen"]), device=device)]))
+                                         torch.tensor(float(tally["seen"]), device=device), tally["z_std_sum"]]))
     seconds = tally["seconds"]
     n_seen = max(1.0, totals[2].item())
     row = {"epoch": epoch + 1, "step": epoch * run.steps_per_epoch + tally["steps"],
@@ -912,7 +881,8 @@ def end_epoch(run: Run, epoch: int, tally: dict) -> None:
            "lr_first": run.lr_fn(epoch * run.steps_per_epoch),
            "lr_last": run.lr_fn(epoch * run.steps_per_epoch + tally["steps"] - 1),
            "images_per_s": round(n_seen / max(seconds, 1e-9), 2), "seconds": round(seconds, 3),
-           "skipped_steps": tally["skipped"]}
+           "skipped_steps": tally["skipped"],
+           **collapse_measure(run.method.embedding_dim, totals[3].item() / n_seen, args.train_type, epoch + 1)}
     if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == run.epochs) and run.env.is_main:
         accs = knn_monitor(run.model, run.arrays, run.indices, run.arrays_test, run.data, device)
         row.update({f"{name}_acc": round(acc, 4) for name, acc in accs.items()})

@@ -297,19 +297,21 @@ def _nan_skip_worker(rank: int, world_size: int, port: int, run_dir: str, out_di
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    real_objective, real_end_epoch = train.OBJECTIVES["supervised"], train.end_epoch
+    from utils.methods.supervised import Supervised
+
+    real_objective, real_end_epoch = Supervised.forward, train.end_epoch
     calls, states = [0], []
 
-    def objective(model, views, labels, args, distributed):
-        loss, correct = real_objective(model, views, labels, args, distributed)
+    def objective(method, views, labels=None):
+        loss, stats = real_objective(method, views, labels)
         calls[0] += 1
-        return (loss * math.nan if rank == 1 and calls[0] == 2 else loss), correct
+        return (loss * math.nan if rank == 1 and calls[0] == 2 else loss), stats
 
     def end_epoch(run, epoch, tally):  # keep each rank's parameters: DDP replicas must still be equal
         real_end_epoch(run, epoch, tally)  # (BatchNorm's running statistics are per rank by design)
         states.append({k: v.detach().clone() for k, v in run.model.module.named_parameters()})
 
-    train.OBJECTIVES["supervised"], train.end_epoch = objective, end_epoch
+    Supervised.forward, train.end_epoch = objective, end_epoch
     result = train.main(NAN_SKIP_ARGV + ["--run_dir", run_dir])
     torch.save({"history": result["history"], "state": states[-1], "calls": calls[0]},
                Path(out_dir) / f"nan_rank{rank}.pt")

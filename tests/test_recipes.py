@@ -196,3 +196,46 @@ def test_short_runs_take_the_sources_short_run_lr():
         args = train.parse_args(["--dataset", "synthetic", "--batch_size", "512", *argv])
         assert args.learning_rate == pytest.approx(lr), argv
     assert train.parse_args(["--dataset", "synthetic", "--epochs", "5", "--learning_rate", "0.5"]).learning_rate == 0.5
+
+
+# solo-learn (vturrisi/solo-learn) at commit 9187ea39c2c3f43c455ab06664d2b019a9802954, read from the files:
+# scripts/pretrain/cifar/{byol,mocov2plus,simsiam,barlow,vicreg}.yaml (optimizer name / lr / weight_decay /
+# batch_size 256 / kwargs eta 0.02, clip_lr True; method_kwargs; momentum base_tau / final_tau; max_epochs 1000),
+# solo/methods/base.py (warmup_epochs 10, min_lr 0, scheduler warmup_cosine), solo/args/pretrain.py (lr x B/256,
+# momentum 0.9), solo/methods/barlow_twins.py (lamb 0.0051), augmentations/asymmetric.yaml (crop 0.08, jitter
+# 0.4/0.4/0.2/0.1 p 0.8, gray 0.2, blur 0) and symmetric_weak.yaml (crop 0.08, jitter 0.4/0.4/0.4/0.1, blur 0.5).
+SOURCE_SOLO = {
+    "byol": {"optimizer": "lars", "lr_per_256": 1.0, "weight_decay": 1e-5, "proj_hidden_dim": 4096, "proj_dim": 256,
+             "pred_hidden_dim": 4096, "tau_base": 0.99, "tau_final": 1.0, "crop_min_scale": 0.08,
+             "jitter": [0.4, 0.4, 0.2, 0.1], "blur_prob": 0.0},
+    "mocov2": {"optimizer": "sgd", "lr_per_256": 0.3, "weight_decay": 1e-4, "proj_hidden_dim": 2048, "proj_dim": 256,
+               "queue_size": 32768, "temperature": 0.2, "tau_base": 0.99, "tau_final": 0.999, "crop_min_scale": 0.08,
+               "jitter": [0.4, 0.4, 0.4, 0.1], "blur_prob": 0.5},
+    "simsiam": {"optimizer": "sgd", "lr_per_256": 0.5, "weight_decay": 1e-5, "proj_hidden_dim": 2048, "proj_dim": 2048,
+                "pred_hidden_dim": 512, "crop_min_scale": 0.08, "jitter": [0.4, 0.4, 0.4, 0.1], "blur_prob": 0.5},
+    "barlow_twins": {"optimizer": "lars", "lr_per_256": 0.3, "weight_decay": 1e-4, "proj_hidden_dim": 2048,
+                     "proj_dim": 2048, "barlow_lambda": 0.0051, "scale_loss": 0.1, "crop_min_scale": 0.08,
+                     "jitter": [0.4, 0.4, 0.2, 0.1], "blur_prob": 0.0},
+    "vicreg": {"optimizer": "lars", "lr_per_256": 0.3, "weight_decay": 1e-4, "proj_hidden_dim": 2048, "proj_dim": 2048,
+               "vicreg_weights": [25.0, 25.0, 1.0], "crop_min_scale": 0.2, "jitter": [0.4, 0.4, 0.2, 0.1],
+               "blur_prob": 0.0},
+}
+SOURCE_SOLO_COMMON = {"batch_size": 256, "epochs": 1000, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 10.0,
+                      "min_lr": 0.0, "hflip_prob": 0.5, "jitter_prob": 0.8, "gray_prob": 0.2, "lars_eta": 0.02,
+                      "lars_clip_lr": True}
+
+
+@pytest.mark.parametrize("method", list(SOURCE_SOLO))
+def test_method_recipes_equal_solo_learn(method):
+    for name in ("tuned", "original"):  # the course project had no such methods: both recipes hold solo-learn's
+        values = recipe(name, method)
+        assert "solo-learn @ 9187ea39" in values["source"] and values["notes"]
+        for key, want in {**SOURCE_SOLO_COMMON, **SOURCE_SOLO[method]}.items():
+            if key == "lr_per_256":
+                assert scaled_lr(values, 256) == pytest.approx(want) and scaled_lr(values, 512) == pytest.approx(2 * want)
+            else:
+                assert values[key] == want, (method, key)
+    args = train.parse_args(["--train_type", method, "--dataset", "synthetic", "--batch_size", "128"])
+    assert args.learning_rate == pytest.approx(SOURCE_SOLO[method]["lr_per_256"] / 2)
+    assert (args.optimizer, args.weight_decay, args.proj_dim) == \
+        (SOURCE_SOLO[method]["optimizer"], SOURCE_SOLO[method]["weight_decay"], SOURCE_SOLO[method]["proj_dim"])

@@ -23,6 +23,7 @@ import torch
 import train
 from utils.checkpoint import load_checkpoint
 from utils.errors import run_cli
+from utils.methods.simclr import SimCLR
 
 ROOT = Path(__file__).resolve().parent.parent
 # 30 synthetic images (3 per class), batches of 10: 3 steps per epoch, 6 in all; 8 px keeps it cheap.
@@ -121,18 +122,18 @@ IN_PROCESS = TINY + ["--workers", "0", "--aug", "gpu"]
 
 
 def _nan_objective(monkeypatch, nan_at, on_call=None):
-    """Replace the SimCLR objective: the loss of the calls in `nan_at(call)` is NaN (graph kept)."""
-    original = train.OBJECTIVES["simclr"]
+    """Wrap SimCLR's step (utils/methods/simclr.py): the loss of the calls in `nan_at(call)` is NaN (graph kept)."""
+    original = SimCLR.forward
     calls = {"n": 0}
 
-    def objective(model, views, labels, args, distributed):
+    def objective(method, views, labels=None):
         calls["n"] += 1
         if on_call:
-            on_call(calls["n"], model)
-        loss, extra = original(model, views, labels, args, distributed)
+            on_call(calls["n"], method)
+        loss, extra = original(method, views, labels)
         return (loss * math.nan if nan_at(calls["n"]) else loss), extra
 
-    monkeypatch.setitem(train.OBJECTIVES, "simclr", objective)
+    monkeypatch.setattr(SimCLR, "forward", objective)
     return calls
 
 
@@ -214,7 +215,7 @@ def test_nan_or_a_bug_before_the_first_checkpoint_leaves_no_run_folder(tmp_path,
     def bug(*args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setitem(train.OBJECTIVES, "simclr", bug)
+    monkeypatch.setattr(SimCLR, "forward", bug)
     with pytest.raises(RuntimeError, match="a bug"):  # exit 1 with its traceback, as a bug should
         run_cli(train.cli, IN_PROCESS + ["--run_dir", str(run)])
     assert not run.exists()

@@ -512,3 +512,36 @@ def test_one_configuration_per_row_of_the_label_axis():
     assert [(e["label_fraction"], e["learning_rate"]) for e in chosen] == [(0.1, 0.125), (1.0, 0.125)]
     line = next(line for line in sweep.label_axis_markdown(rows) if line.startswith("| 1 | SimCLR"))
     assert "lr 0.125" in line and "61.00" in line and "72.00" not in line
+
+
+def test_methods_are_arms_of_the_same_grid_with_one_row_per_method_and_cell(tmp_path, fakes, monkeypatch):
+    """--methods: every method trains on the grid's data scales, batches, epochs and seeds (SimCLR with the
+    grid's lrs, the others with their recipe's lr), is probed alike, and has its row, table column and line."""
+    from utils.methods import SELF_SUPERVISED
+
+    assert sweep.METHOD_KINDS == SELF_SUPERVISED
+    labels = []
+    real_panel = sweep._scale_panel
+
+    def panel(ax, *args, **kwargs):
+        real_panel(ax, *args, **kwargs)
+        labels.extend(ax.get_legend_handles_labels()[1])
+
+    monkeypatch.setattr(sweep, "_scale_panel", panel)
+    out = tmp_path / "sw"
+    methods = ["simclr", "byol", "simsiam", "barlow_twins", "vicreg", "mocov2"]
+    res = simclr_train.main([*FAST, "--out_dir", str(out), "--methods", *methods, "--data_scales", "0.05", "0.1",
+                             "--learning_rates", "0.3"])
+    rows = res["rows"]
+    kinds = [r["kind"] for r in rows]
+    assert sorted(set(kinds)) == sorted(methods) and kinds.count("simclr") == 2  # 2 scales x 1 lr
+    for m in methods[1:]:
+        mine = [r for r in rows if r["kind"] == m]
+        assert sorted(r["data_scale"] for r in mine) == [0.05, 0.1]  # one row per cell
+        assert all(r["batch_size"] == 50 and f"{m}_ds" in r["checkpoint"] and "lrauto" in r["checkpoint"] for r in mine)
+    assert sorted(fakes.trained) == sorted(r["checkpoint"].split("/")[1] for r in rows)
+    md = (out / sweep.RESULTS_MD).read_text()
+    assert "## The self-supervised methods, test accuracy (%) per data scale" in md
+    assert "| data scale | SimCLR | BYOL | MoCo v2 | SimSiam | Barlow Twins | VICReg |" in md
+    for m in methods:
+        assert any(label.startswith(sweep.KIND_LABELS[m]) for label in labels), (m, labels)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import copy
 
 DEFAULT_RECIPE = "tuned"
-PARTS = ("simclr", "supervised", "probe", "finetune")
+PARTS = ("simclr", "supervised", "probe", "finetune", "byol", "mocov2", "simsiam", "barlow_twins", "vicreg")
+METHOD_PARTS = ("byol", "mocov2", "simsiam", "barlow_twins", "vicreg")  # the methods beside SimCLR (utils/methods/)
 
 DKOBAK = ("dkobak/simclr-cifar10 @ 44b2500 (simclr-cifar10.py and README): ResNet-18, CIFAR-10, 1000 epochs, "
           "batch 512: kNN (k=10, cosine) 91.4 %, linear on frozen precomputed features 91.7 %; 100 epochs at lr "
@@ -81,6 +82,102 @@ SEMI_FINETUNE = {
     ],
 }
 
+# --- The methods beside SimCLR: solo-learn's CIFAR recipes, value by value -------------------------------
+# Every value below is read from vturrisi/solo-learn at commit 9187ea39c2c3f43c455ab06664d2b019a9802954:
+#   <method>.yaml = scripts/pretrain/cifar/<method>.yaml (byol, mocov2plus, simsiam, barlow, vicreg);
+#   base.py = solo/methods/base.py (add_and_assert_specific_cfg defaults), pretrain.py = solo/args/pretrain.py,
+#   augmentations/<name>.yaml = scripts/pretrain/cifar/augmentations/<name>.yaml (the yaml's `defaults`).
+SOLO = "vturrisi/solo-learn @ 9187ea39"
+SOLO_RESULTS = (f"{SOLO}, README 'Results' (ResNet-18, CIFAR stem, 1000 epochs, online linear top-1 on "
+                "CIFAR-10 / CIFAR-100): BYOL 92.58 / 70.46, MoCo V2+ 92.94 / 69.89, SimSiam 90.51 / 66.04, Barlow "
+                "Twins 92.10 / 70.90, VICReg 92.07 / 68.54")
+SOLO_COMMON = {
+    "epochs": 1000,               # <method>.yaml max_epochs: 1000
+    "batch_size": 256,            # <method>.yaml optimizer.batch_size: 256 (one device: devices [0])
+    "lr_batch": 256,              # pretrain.py: lr x batch_size x devices x nodes / 256
+    "momentum": 0.9,              # pretrain.py: optimizer.kwargs.momentum default 0.9 (sgd and lars)
+    "schedule": "cosine",         # <method>.yaml scheduler.name: warmup_cosine, stepped per step (base.py interval)
+    "warmup_epochs": 10.0,        # base.py: scheduler.warmup_epochs default 10
+    "min_lr": 0.0,                # base.py: scheduler.min_lr default 0.0
+    "hflip_prob": 0.5,            # augmentations/*.yaml horizontal_flip.prob: 0.5
+    "jitter_prob": 0.8,           # augmentations/*.yaml color_jitter.prob: 0.8
+    "gray_prob": 0.2,             # augmentations/*.yaml grayscale.prob: 0.2
+    "normalize": True,            # solo/data/pretrain_dataloader.py: Normalize with the CIFAR mean/std
+    "lars_eta": 0.02,             # <method>.yaml optimizer.kwargs.eta: 0.02 (where the optimizer is lars)
+    "lars_clip_lr": True,         # <method>.yaml optimizer.kwargs.clip_lr: True; exclude_bias_n_norm: True
+}
+SOLO_NOTES = [
+    "the warmup rises linearly from lr / steps (utils/schedule.py); solo-learn's warmup_cosine starts at "
+    "warmup_start_lr 3e-5 (base.py)",
+    "no solarization (utils/augment.py has none): BYOL and Barlow Twins use it with p 0.2 on their second view "
+    "(augmentations/asymmetric.yaml), VICReg with p 0.1 on both (vicreg.yaml); both views here share one spec",
+    "the online linear classifier solo-learn trains beside the method (classifier_lr) is not trained: the "
+    "study probes the frozen backbone afterwards (test.py)",
+    "one device: no SyncBatchNorm on a CPU (solo-learn sync_batchnorm: True, which only matters with several "
+    "devices); BatchNorm statistics are each view's, as in solo-learn (each crop its own forward pass)",
+    "mixed precision (solo-learn precision 16-mixed) only where --precision chooses it (fp32 on a CPU)",
+]
+
+
+def _solo(values: dict, notes: list[str]) -> dict:
+    return {**SOLO_COMMON, **values, "source": SOLO_RESULTS, "notes": SOLO_NOTES + notes}
+
+
+METHOD_RECIPES = {
+    "byol": _solo({
+        "optimizer": "lars", "lr": 1.0,                        # byol.yaml optimizer.name lars, lr 1.0
+        "weight_decay": 1e-5,                                  # byol.yaml optimizer.weight_decay 1e-5
+        "proj_hidden_dim": 4096, "proj_dim": 256,              # byol.yaml method_kwargs proj_hidden_dim / proj_output_dim
+        "pred_hidden_dim": 4096,                               # byol.yaml method_kwargs.pred_hidden_dim
+        "tau_base": 0.99, "tau_final": 1.0,                    # byol.yaml momentum.base_tau / final_tau
+        "crop_min_scale": 0.08,                                # augmentations/asymmetric.yaml rrc.crop_min_scale
+        "jitter": [0.4, 0.4, 0.2, 0.1],                        # asymmetric.yaml brightness, contrast, saturation, hue
+        "blur_prob": 0.0,                                      # asymmetric.yaml gaussian_blur.prob 0.0 (both views)
+    }, []),
+    "mocov2": _solo({
+        "optimizer": "sgd", "lr": 0.3,                         # mocov2plus.yaml optimizer.name sgd, lr 0.3
+        "weight_decay": 1e-4,                                  # mocov2plus.yaml optimizer.weight_decay 1e-4
+        "proj_hidden_dim": 2048, "proj_dim": 256,              # mocov2plus.yaml method_kwargs
+        "queue_size": 32768, "temperature": 0.2,               # mocov2plus.yaml method_kwargs.queue_size / temperature
+        "tau_base": 0.99, "tau_final": 0.999,                  # mocov2plus.yaml momentum.base_tau / final_tau
+        "crop_min_scale": 0.08,                                # augmentations/symmetric_weak.yaml rrc.crop_min_scale
+        "jitter": [0.4, 0.4, 0.4, 0.1],                        # symmetric_weak.yaml color_jitter
+        "blur_prob": 0.5,                                      # symmetric_weak.yaml gaussian_blur.prob 0.5
+    }, ["MoCo V2+ (solo-learn mocov2plus): the loss symmetrised over the two views with one queue per view; "
+        "facebookresearch/moco's v2 is one-directional with shuffled BatchNorm"]),
+    "simsiam": _solo({
+        "optimizer": "sgd", "lr": 0.5,                         # simsiam.yaml optimizer.name sgd, lr 0.5
+        "weight_decay": 1e-5,                                  # simsiam.yaml optimizer.weight_decay 1e-5
+        "proj_hidden_dim": 2048, "proj_dim": 2048,             # simsiam.yaml method_kwargs
+        "pred_hidden_dim": 512,                                # simsiam.yaml method_kwargs.pred_hidden_dim
+        "crop_min_scale": 0.08,                                # augmentations/symmetric_weak.yaml
+        "jitter": [0.4, 0.4, 0.4, 0.1],                        # symmetric_weak.yaml color_jitter
+        "blur_prob": 0.5,                                      # symmetric_weak.yaml gaussian_blur.prob 0.5
+    }, ["the predictor's lr stays at the peak lr (no warmup, no decay), as solo-learn's simsiam.py static_lr and "
+        "the SimSiam paper's section 4.1"]),
+    "barlow_twins": _solo({
+        "optimizer": "lars", "lr": 0.3,                        # barlow.yaml optimizer.name lars, lr 0.3
+        "weight_decay": 1e-4,                                  # barlow.yaml optimizer.weight_decay 1e-4
+        "proj_hidden_dim": 2048, "proj_dim": 2048,             # barlow.yaml method_kwargs
+        "barlow_lambda": 0.0051,                               # solo/methods/barlow_twins.py default lamb 0.0051
+        "scale_loss": 0.1,                                     # barlow.yaml method_kwargs.scale_loss 0.1
+        "crop_min_scale": 0.08,                                # augmentations/asymmetric.yaml
+        "jitter": [0.4, 0.4, 0.2, 0.1],                        # asymmetric.yaml color_jitter
+        "blur_prob": 0.0,                                      # asymmetric.yaml gaussian_blur.prob 0.0
+    }, ["the cross-correlation is computed from embeddings gathered with their gradients, so DDP's gradient is "
+        "the global loss's; solo-learn's all_reduce of C scales it by 1 / world size (same value at one device)"]),
+    "vicreg": _solo({
+        "optimizer": "lars", "lr": 0.3,                        # vicreg.yaml optimizer.name lars, lr 0.3
+        "weight_decay": 1e-4,                                  # vicreg.yaml optimizer.weight_decay 1e-4
+        "proj_hidden_dim": 2048, "proj_dim": 2048,             # vicreg.yaml method_kwargs
+        "vicreg_weights": [25.0, 25.0, 1.0],                   # vicreg.yaml sim / var / cov_loss_weight
+        "crop_min_scale": 0.2,                                 # vicreg.yaml augmentations rrc.crop_min_scale 0.2
+        "jitter": [0.4, 0.4, 0.2, 0.1],                        # vicreg.yaml color_jitter
+        "blur_prob": 0.0,                                      # vicreg.yaml gaussian_blur.prob 0.0
+    }, ["the variance term is averaged over the two views (/2) as facebookresearch/vicreg main_vicreg.py; "
+        "solo-learn's solo/losses/vicreg.py sums them (its runs had twice this weight on it)"]),
+}
+
 RECIPES: dict[str, dict[str, dict]] = {
     "tuned": {
         "simclr": {
@@ -137,6 +234,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             ],
         },
         "finetune": SEMI_FINETUNE,
+        **METHOD_RECIPES,
     },
     "original": {
         "simclr": {
@@ -187,13 +285,15 @@ RECIPES: dict[str, dict[str, dict]] = {
             ],
         },
         "finetune": SEMI_FINETUNE,
+        **METHOD_RECIPES,  # the course project had none: the tuned ones
     },
 }
 RECIPE_NAMES = tuple(RECIPES)
 
 
 def recipe(name: str, part: str) -> dict:
-    """A deep copy of one part ("simclr", "supervised", "probe" or "finetune") of recipe `name`."""
+    """A deep copy of one part of recipe `name` ("simclr", "supervised", "probe", "finetune", or a method of
+    METHOD_PARTS)."""
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPE_NAMES)}")
     if part not in PARTS:

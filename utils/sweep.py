@@ -63,11 +63,17 @@ STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget
 REQUIRED_FIELDS = ("dataset", "eval_epoch", "seed", "eval_dataset", "test_accuracy", "test_loss")
 CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "label_fraction")
 STUDY_KEYS = ("dataset", "eval_dataset", "val_split", "probe_epochs", "recipe")
-KINDS = ("simclr", "supervised", "random", "imagenet", "scratch")
-BASELINES = KINDS[1:]
+# The self-supervised arms (simclr_train.py --methods; utils.methods.SELF_SUPERVISED, checked in tests/test_sweep.py)
+METHOD_KINDS = ("simclr", "byol", "mocov2", "simsiam", "barlow_twins", "vicreg")
+BASELINES = ("supervised", "random", "imagenet", "scratch")
+KINDS = METHOD_KINDS + BASELINES
 BUDGETS = ("epochs", "steps")
-KIND_LABELS = {"simclr": "SimCLR", "supervised": "supervised", "random": "random init", "imagenet": "ImageNet weights",
-               "scratch": "supervised from scratch on the labels"}
+KIND_LABELS = {"simclr": "SimCLR", "byol": "BYOL", "mocov2": "MoCo v2", "simsiam": "SimSiam",
+               "barlow_twins": "Barlow Twins", "vicreg": "VICReg", "supervised": "supervised", "random": "random init",
+               "imagenet": "ImageNet weights", "scratch": "supervised from scratch on the labels"}
+COLOURS = {"simclr": "tab:blue", "supervised": "tab:orange", "random": "tab:gray", "imagenet": "tab:green",
+           "scratch": "tab:red", "byol": "tab:purple", "mocov2": "tab:brown", "simsiam": "tab:pink",
+           "barlow_twins": "tab:olive", "vicreg": "tab:cyan"}
 
 
 def fraction_of(row: Mapping) -> float:
@@ -164,8 +170,11 @@ def steps_budget(epochs: int, full_size: int, batch_size: int) -> int:
 
 def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: Sequence[str],
                 baselines: Sequence[str], sizes, supervised_batch: int | None = None,
-                label_fractions: Sequence[float] = (1.0,), scratch_epochs: int | None = None) -> list[Cell]:
-    """The SimCLR grid under each budget, then the baselines (seeds outermost within each).
+                label_fractions: Sequence[float] = (1.0,), scratch_epochs: int | None = None,
+                methods: Sequence[str] = ("simclr",)) -> list[Cell]:
+    """The SimCLR grid under each budget, then each other method's arm, then the baselines (seeds outermost
+    within each). A method beside SimCLR takes the grid's data scales, batch sizes, epochs and seeds with its
+    own recipe's lr at each batch (the grid's lrs are SimCLR's).
 
     `sizes(data_scale, kind) -> images the cell of that kind trains on at that scale` (the split it reads, less
     any images it leaves out; needed by the steps budget, else unused): every cell of a kind and batch size
@@ -185,9 +194,12 @@ def study_cells(grid: Mapping[str, Sequence], eval_at: Sequence[int], budgets: S
         return replace(cell, budget="steps", steps=steps,
                        steps_per_epoch=sizes(cell.data_scale, cell.kind) // cell.batch_size)
 
-    simclr = expand_grid(grid, eval_at)
-    for budget in budgets:
-        cells += [c for c in (budgeted(c, budget) for c in simclr) if c is not None]
+    arms = [expand_grid(grid, eval_at)] if "simclr" in methods else []
+    arms += [[replace(c, kind=m) for c in expand_grid(dict(grid, learning_rates=[None]), eval_at)]
+             for m in METHOD_KINDS[1:] if m in methods]
+    for arm in arms:
+        for budget in budgets:
+            cells += [c for c in (budgeted(c, budget) for c in arm) if c is not None]
     if "supervised" in baselines:
         sup = [replace(c, kind="supervised", batch_size=supervised_batch, learning_rate=None)
                for c in expand_grid(dict(grid, batch_sizes=[supervised_batch or 1], learning_rates=[None]), eval_at)]
@@ -506,6 +518,32 @@ def _baseline_lines(entries: Sequence[Mapping]) -> list[str]:
     return out
 
 
+def _method_lines(entries: Sequence[Mapping]) -> list[str]:
+    """--methods: per budget and data scale, each method's best configuration by validation accuracy (nothing
+    when SimCLR is the only method)."""
+    kinds = [k for k in METHOD_KINDS if any(kind_of(e) == k for e in entries)]
+    if not set(kinds) - {"simclr"}:
+        return []
+    out = ["## The self-supervised methods, test accuracy (%) per data scale", "",
+           "Each method on the same subsets, batch sizes, epochs, seeds and probe; its lr from its own recipe "
+           "(utils/recipes.py); the best configuration per data scale by validation accuracy.", ""]
+    for budget in BUDGETS:
+        best = {k: best_per_scale(entries, k, budget) for k in kinds}
+        scales = sorted({e["data_scale"] for pts in best.values() for e in pts})
+        if not scales:
+            continue
+        out += [f"**{budget} budget**", "", "| data scale | " + " | ".join(KIND_LABELS[k] for k in kinds) + " |",
+                "|---" * (len(kinds) + 1) + "|"]
+        for scale in scales:
+            cells = []
+            for k in kinds:
+                e = next((e for e in best[k] if e["data_scale"] == scale), None)
+                cells.append(_pm(e["test_accuracy_mean"], e["test_accuracy_std"], ".2f") if e else "–")
+            out.append(f"| {scale:g} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
 def _threads_text(rows: Sequence[Mapping]) -> str:
     """' Cells ran with 1 CPU thread each (deterministic kernels).' from the rows' threads / deterministic."""
     threads = sorted({r["threads"] for r in rows if r.get("threads") is not None})
@@ -550,6 +588,7 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
                 f"({chosen['n_seeds']} seed{'s' if chosen['n_seeds'] > 1 else ''}).", ""]
     if baselines:
         out += _baseline_lines(everything)
+    out += _method_lines(everything)
     out += ["## All SimCLR configurations, by validation accuracy", ""] + _table(entries, chosen) + [""]
     scales = sorted({e["data_scale"] for e in entries})
     if len(scales) > 1 and chosen is not None:
@@ -622,7 +661,7 @@ def config_label(e: Mapping) -> str:
 
 def _arm_label(arm: tuple, budgets: set) -> str:
     kind, budget = arm
-    return KIND_LABELS[kind] + (f" ({budget} budget)" if len(budgets) > 1 and kind in ("simclr", "supervised") else "")
+    return KIND_LABELS[kind] + (f" ({budget} budget)" if len(budgets) > 1 and kind not in BASELINES[1:] else "")
 
 
 MEASURES = (("test_accuracy", "test acc (%)"), ("aug_test_acc", "augmented test acc (%)"),
@@ -697,8 +736,7 @@ def plot_accuracy_vs_label_fraction(entries: Sequence[Mapping], path: Path) -> P
 
     panels = label_axis_points(entries)
     budgets = {budget_of(e) for e in entries}
-    colours = {"simclr": "tab:blue", "supervised": "tab:orange", "random": "tab:gray", "imagenet": "tab:green",
-               "scratch": "tab:red"}
+    colours = COLOURS
     fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 4.2 * len(panels), 4.0), squeeze=False, sharey=True)
     fractions = sorted({fraction_of(e) for e in entries})
     for ax, (scale, arms) in zip(axes[0], panels.items()):
@@ -761,8 +799,8 @@ def plot_accuracy_vs_scale(entries: Sequence[Mapping], path: Path) -> Path:
 def _scale_panel(ax, entries: Sequence[Mapping], metric: str, what: str) -> None:
     """One panel of plot_accuracy_vs_scale: `metric` ("test_accuracy" or "aug_test_acc") per data scale."""
     styles = {"epochs": "-", "steps": "--"}
-    colours = {"simclr": "tab:blue", "supervised": "tab:orange", "random": "tab:gray", "imagenet": "tab:green"}
-    budgets = [b for b in BUDGETS if any(budget_of(e) == b and kind_of(e) in ("simclr", "supervised")
+    colours = COLOURS
+    budgets = [b for b in BUDGETS if any(budget_of(e) == b and kind_of(e) in METHOD_KINDS + ("supervised",)
                                          for e in entries)]
     names = {"batch_size": "bs", "learning_rate": "lr", "epochs": "ep", "eval_epoch": "@"}
 
@@ -787,6 +825,9 @@ def _scale_panel(ax, entries: Sequence[Mapping], metric: str, what: str) -> None
             for key in sorted(lines, key=lambda k: tuple(_orderable(v) for v in k)):
                 label = " ".join(f"{names[k]} {_g(v)}" for k, v in zip(varying, key))
                 draw(lines[key], f"SimCLR {label}{tag}", None, styles[budget])
+        for kind in METHOD_KINDS[1:]:  # each other method's arm (simclr_train.py --methods)
+            draw(best_per_scale(entries, kind, budget), f"{KIND_LABELS[kind]}, best by val{tag}", colours[kind],
+                 styles[budget])
         draw(best_per_scale(entries, "supervised", budget), f"supervised, best by val{tag}", colours["supervised"],
              styles[budget])
     for kind in ("random", "imagenet"):

@@ -124,7 +124,7 @@ def resolve_view_spec(checkpoint_config: dict | None, recipe_values: dict,
     records it, else from the recipe's simclr part. ValueError names a bad value.
     """
     own = checkpoint_config if isinstance(checkpoint_config, dict) and \
-        checkpoint_config.get("train_type") == "simclr" else {}
+        checkpoint_config.get("train_type") not in (None, "supervised") else {}  # any two-view method's
     values, source = {}, {}
     for name in SPEC_FIELDS:
         for where, table in (("flag", overrides), ("checkpoint", own), ("recipe", recipe_values)):
