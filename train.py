@@ -289,12 +289,15 @@ def apply_recipe(args: argparse.Namespace) -> None:
         args.jitter = None
     if args.blur and args.blur_prob is None:
         args.blur_prob = SIMCLR_BLUR_P
+    warmup_given = args.warmup_epochs
     for flag, key in RECIPE_FLAGS.items():
         if getattr(args, flag, None) is None and key in values:
             setattr(args, flag, values[key])
     for flag, value in LARS_DEFAULTS.items():  # --optimizer lars in a recipe without it (simclr, supervised); None
         if args.optimizer == "lars" and getattr(args, flag) is None:  # otherwise, so older runs still resume
             setattr(args, flag, value)
+    # a warmup from the recipe (not --warmup_epochs) capped at this share of the run's steps (make_lr_fn)
+    args.warmup_cap = values.get("warmup_max_fraction") if warmup_given is None else None
     if args.schedule == "cosine" and args.min_lr is None:
         args.min_lr = 0.0  # a recipe with a multistep schedule (tuned supervised) has no cosine floor
     if args.learning_rate is None:
@@ -446,8 +449,16 @@ def make_optimizer(args, model, device):
 
 
 def make_lr_fn(args: argparse.Namespace, total_steps: int, steps_per_epoch: int):
-    """step -> lr of the run: the recipe's schedule over its whole length (utils/schedule.py)."""
+    """step -> lr of the run: the recipe's schedule over its whole length (utils/schedule.py). A warmup from
+    a recipe with warmup_max_fraction takes at most that share of the run; one that covers the whole run (the
+    lr would rise to the last step and never decay) is said in one warning line."""
     warmup = round(args.warmup_epochs * steps_per_epoch)
+    if getattr(args, "warmup_cap", None):
+        warmup = min(warmup, round(args.warmup_cap * total_steps))
+    if warmup >= total_steps > 0:
+        LOG.warning("warning: the warmup (%d steps, --warmup_epochs %g) covers the whole run of %d steps: the lr "
+                    "rises to the last step and never decays; give a shorter --warmup_epochs", warmup,
+                    args.warmup_epochs, total_steps)
     if args.schedule == "multistep":
         return lr_schedule("multistep", args.learning_rate, total_steps, warmup_steps=warmup, gamma=args.lr_gamma,
                            milestones=milestone_steps(args.lr_milestones, total_steps, warmup))

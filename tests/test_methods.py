@@ -533,3 +533,24 @@ def test_every_method_is_a_train_type_with_its_recipe():
     assert train.parse_args(["--train_type", "simclr", "--optimizer", "lars"]).lars_eta == 0.02
     with pytest.raises(Exception):
         train.parse_args(["--train_type", "mocov2", "--queue_size", "8", "--batch_size", "16"])
+
+
+def test_a_short_run_warms_up_over_a_tenth_of_it_and_decays(caplog):
+    """The methods' recipes warm up 10 of solo-learn's 1000 epochs: at the study's CPU budgets (2 epochs) that
+    would be a warmup longer than the run, an lr rising to the last step. From the recipe it is capped at 10 %
+    of the run's steps; a --warmup_epochs given that covers the run is kept and said in one warning line."""
+    args = train.parse_args(["--train_type", "byol", "--dataset", "synthetic", "--epochs", "2"])
+    assert args.warmup_epochs == 10.0 and args.warmup_cap == 0.1
+    lr = train.make_lr_fn(args, total_steps=40, steps_per_epoch=20)
+    peak = args.learning_rate
+    assert lr(3) == pytest.approx(peak) and lr(2) < peak  # 4 warmup steps, not 200
+    assert lr(39) < 0.01 * peak  # then the cosine down to 0 at the end
+    assert train.make_lr_fn(args, total_steps=200_000, steps_per_epoch=200)(1999) == pytest.approx(peak)  # long: 10 ep
+    assert train.parse_args(["--dataset", "synthetic"]).warmup_cap is None  # SimCLR's recipe: no warmup to cap
+    given = train.parse_args(["--train_type", "byol", "--dataset", "synthetic", "--epochs", "2", "--warmup_epochs", "3"])
+    assert given.warmup_cap is None
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        lr = train.make_lr_fn(given, total_steps=40, steps_per_epoch=20)
+    assert lr(39) == pytest.approx(peak * 40 / 60)  # still rising: what the user asked for
+    warned = [r.getMessage() for r in caplog.records if "covers the whole run" in r.getMessage()]
+    assert len(warned) == 1 and "60 steps" in warned[0] and "40 steps" in warned[0]

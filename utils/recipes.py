@@ -98,6 +98,10 @@ SOLO_COMMON = {
     "momentum": 0.9,              # pretrain.py: optimizer.kwargs.momentum default 0.9 (sgd and lars)
     "schedule": "cosine",         # <method>.yaml scheduler.name: warmup_cosine, stepped per step (base.py interval)
     "warmup_epochs": 10.0,        # base.py: scheduler.warmup_epochs default 10
+    # 10 of the source's 1000 epochs; a shorter run warms up over at most this share of its steps (train.py
+    # make_lr_fn), as the SimCLR paper's 10-epoch warmup of its 100-epoch runs (Chen et al. 2020, appendix B.9),
+    # so that a CPU-budget run's lr reaches its peak and decays instead of rising for the whole run
+    "warmup_max_fraction": 0.1,
     "min_lr": 0.0,                # base.py: scheduler.min_lr default 0.0
     "hflip_prob": 0.5,            # augmentations/*.yaml horizontal_flip.prob: 0.5
     "jitter_prob": 0.8,           # augmentations/*.yaml color_jitter.prob: 0.8
