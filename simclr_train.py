@@ -1095,8 +1095,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_study(out_dir, study_settings(args), write=not args.dry_run)
     warn_oversubscription(args)
     n_arms = sum(c.kind in args.methods for c in cells)
-    arms = " + ".join(sweep.KIND_LABELS[m] for m in args.methods)
-    print(f"{len(cells)} cells ({n_arms} {arms}, {len(cells) - n_arms} baselines: "
+    arms = ", ".join(sweep.KIND_LABELS[m] for m in args.methods)
+    arms = f"self-supervised: {arms};" if len(args.methods) > 1 else f"{arms},"
+    print(f"{len(cells)} cells ({n_arms} {arms} {len(cells) - n_arms} baselines: "
           f"{', '.join(sorted({c.kind for c in cells if c.kind not in args.methods})) or 'none'}): data scales "
           f"{args.data_scales}, batch sizes {args.batch_sizes}, lrs {['auto' if v is None else v for v in args.learning_rates]}, "
           f"epochs {args.epochs}, budget {' and '.join(args.budget)}, seeds {args.seeds}, eval at {args.eval_at or 'the end'}; "
