@@ -65,7 +65,7 @@ from utils.methods import (METHOD_FLAGS, METHODS, SELF_SUPERVISED, build_method,
 from utils.recipes import DEFAULT_RECIPE, RECIPE_NAMES, recipe, recipe_help, run_lr
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
-from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps
+from utils.schedule import SCHEDULE_KINDS, lr_schedule, make_scheduler, milestone_steps, warmup_steps
 from utils.splits import split_size
 from utils.data.subsets import training_subset  # noqa: F401 (train.training_subset: the study counts with it)
 
@@ -449,16 +449,9 @@ def make_optimizer(args, model, device):
 
 
 def make_lr_fn(args: argparse.Namespace, total_steps: int, steps_per_epoch: int):
-    """step -> lr of the run: the recipe's schedule over its whole length (utils/schedule.py). A warmup from
-    a recipe with warmup_max_fraction takes at most that share of the run; one that covers the whole run (the
-    lr would rise to the last step and never decay) is said in one warning line."""
-    warmup = round(args.warmup_epochs * steps_per_epoch)
-    if getattr(args, "warmup_cap", None):
-        warmup = min(warmup, round(args.warmup_cap * total_steps))
-    if warmup >= total_steps > 0:
-        LOG.warning("warning: the warmup (%d steps, --warmup_epochs %g) covers the whole run of %d steps: the lr "
-                    "rises to the last step and never decays; give a shorter --warmup_epochs", warmup,
-                    args.warmup_epochs, total_steps)
+    """step -> lr of the run: the recipe's schedule over its whole length (utils/schedule.py; warmup_steps caps
+    a recipe's warmup at its warmup_max_fraction of the run)."""
+    warmup = warmup_steps(args.warmup_epochs, steps_per_epoch, total_steps, getattr(args, "warmup_cap", None))
     if args.schedule == "multistep":
         return lr_schedule("multistep", args.learning_rate, total_steps, warmup_steps=warmup, gamma=args.lr_gamma,
                            milestones=milestone_steps(args.lr_milestones, total_steps, warmup))

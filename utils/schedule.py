@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from utils.runtime import LOG
+
 
 def cosine_lr(
     step: int,
@@ -103,6 +105,20 @@ def multistep_lr(step: int, base_lr: float, milestones: Sequence[int], gamma: fl
 
 
 SCHEDULE_KINDS = ("cosine", "multistep")
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int, cap: float | None = None) -> int:
+    """The warmup's length in steps: warmup_epochs of steps_per_epoch, at most `cap` x total_steps when a cap
+    is given (a recipe's warmup_max_fraction). One that covers the whole run, where the lr would rise to the
+    last step and never decay, is said in one warning line."""
+    steps = round(warmup_epochs * steps_per_epoch)
+    if cap:
+        steps = min(steps, round(cap * total_steps))
+    if steps >= total_steps > 0:
+        LOG.warning("warning: the warmup (%d steps, --warmup_epochs %g) covers the whole run of %d steps: the lr "
+                    "rises to the last step and never decays; give a shorter --warmup_epochs", steps, warmup_epochs,
+                    total_steps)
+    return steps
 
 
 def lr_schedule(
