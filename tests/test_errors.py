@@ -65,7 +65,7 @@ BAD_INPUTS = {
                                  "--batch_size 101 is larger than the training set (100 images at --data_scale 0.05)"),
     "epochs -1": (["--epochs", "-1"], None, "argument --epochs: must be >= 0, got -1"),
     "unknown dataset": (["--dataset", "svhn"], None, "argument --dataset: invalid choice: 'svhn'"),
-    "unknown train type": (["--train_type", "byol"], None, "argument --train_type: invalid choice: 'byol'"),
+    "unknown train type": (["--train_type", "dino"], None, "argument --train_type: invalid choice: 'dino'"),
     "learning_rate 0": (["--learning_rate", "0"], None, "--learning_rate must be > 0"),
     "device cuda without GPU": (["--device", "cuda"], None, "no CUDA GPU is available"),
     "device cuda:7 without GPU": (["--device", "cuda:7"], None, "no CUDA GPU is available"),
