@@ -334,7 +334,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch_size must be > 0, got {args.batch_size}")
     if args.train_type in SELF_SUPERVISED and args.batch_size < 2 and (args.steps is not None or args.epochs > 0):
         # NT-Xent's negatives are the batch's other images; the others' projectors hold BatchNorm over the batch
-        raise UserError(f"{args.train_type} needs --batch_size >= 2 (negatives, batch statistics), got {args.batch_size}")
+        why = ("the other images of a batch are its negatives" if args.train_type == "simclr"
+               else "its projector's BatchNorm needs batch statistics")
+        raise UserError(f"{'SimCLR' if args.train_type == 'simclr' else args.train_type} needs --batch_size >= 2 "
+                        f"({why}), got {args.batch_size}")
     if args.train_type == "mocov2" and args.queue_size < args.batch_size:
         raise UserError(f"--queue_size {args.queue_size} must hold a global batch of keys (--batch_size {args.batch_size})")
     if not args.learning_rate > 0:

@@ -535,7 +535,7 @@ def test_every_method_is_a_train_type_with_its_recipe():
         train.parse_args(["--train_type", "mocov2", "--queue_size", "8", "--batch_size", "16"])
 
 
-def test_a_short_run_warms_up_over_a_tenth_of_it_and_decays(caplog):
+def test_a_short_run_warms_up_over_a_tenth_of_it_and_decays():
     """The methods' recipes warm up 10 of solo-learn's 1000 epochs: at the study's CPU budgets (2 epochs) that
     would be a warmup longer than the run, an lr rising to the last step. From the recipe it is capped at 10 %
     of the run's steps; a --warmup_epochs given that covers the run is kept and said in one warning line."""
@@ -549,8 +549,16 @@ def test_a_short_run_warms_up_over_a_tenth_of_it_and_decays(caplog):
     assert train.parse_args(["--dataset", "synthetic"]).warmup_cap is None  # SimCLR's recipe: no warmup to cap
     given = train.parse_args(["--train_type", "byol", "--dataset", "synthetic", "--epochs", "2", "--warmup_epochs", "3"])
     assert given.warmup_cap is None
-    with caplog.at_level(logging.WARNING, logger=LOG.name):
+    seen: list[logging.LogRecord] = []  # a handler of our own: an earlier train.main may stop propagation
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append
+    LOG.addHandler(handler)
+    level, LOG.level = LOG.level, logging.WARNING  # whatever level an earlier run left
+    try:
         lr = train.make_lr_fn(given, total_steps=40, steps_per_epoch=20)
+    finally:
+        LOG.removeHandler(handler)
+        LOG.level = level
     assert lr(39) == pytest.approx(peak * 40 / 60)  # still rising: what the user asked for
-    warned = [r.getMessage() for r in caplog.records if "covers the whole run" in r.getMessage()]
+    warned = [r.getMessage() for r in seen if "covers the whole run" in r.getMessage()]
     assert len(warned) == 1 and "60 steps" in warned[0] and "40 steps" in warned[0]
