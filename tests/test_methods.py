@@ -553,12 +553,13 @@ def test_a_short_run_warms_up_over_a_tenth_of_it_and_decays():
     handler = logging.Handler(logging.WARNING)
     handler.emit = seen.append
     LOG.addHandler(handler)
-    level, LOG.level = LOG.level, logging.WARNING  # whatever level an earlier run left
+    level = LOG.level
+    LOG.setLevel(logging.WARNING)  # whatever level an earlier run left
     try:
         lr = train.make_lr_fn(given, total_steps=40, steps_per_epoch=20)
     finally:
         LOG.removeHandler(handler)
-        LOG.level = level
+        LOG.setLevel(level)
     assert lr(39) == pytest.approx(peak * 40 / 60)  # still rising: what the user asked for
     warned = [r.getMessage() for r in seen if "covers the whole run" in r.getMessage()]
     assert len(warned) == 1 and "60 steps" in warned[0] and "40 steps" in warned[0]
