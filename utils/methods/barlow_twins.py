@@ -57,10 +57,6 @@ class BarlowTwins(Method):
         self.lambd, self.scale = float(spec["barlow_lambda"]), float(spec["scale_loss"])
         self.proj_dim = spec["proj_dim"]
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.proj_dim
-
     def training_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict]:
         z1, z2 = (self.head["projector"](self.backbone(x)) for x in (x1, x2))
         loss = barlow_twins_loss(z1, z2, self.lambd, self.scale)

@@ -42,8 +42,8 @@ class Method(nn.Module):
 
     @property
     def embedding_dim(self) -> int | None:
-        """d of the embeddings whose spread `z_std` measures (None: no such measure)."""
-        return None
+        """d of the embeddings whose spread `z_std` measures: a method's `proj_dim` (None: no such measure)."""
+        return getattr(self, "proj_dim", None)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None):
         x1, x2 = views

@@ -47,10 +47,6 @@ class BYOL(Method):
         self.tau_base, self.tau_final = float(spec["tau_base"]), float(spec["tau_final"])
         self.proj_dim = spec["proj_dim"]
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.proj_dim
-
     def training_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict]:
         # each view its own forward (BatchNorm statistics per view), as the paper's and solo-learn's code
         z1, z2 = (self.head["projector"](self.backbone(x)) for x in (x1, x2))

@@ -53,10 +53,6 @@ class MoCoV2(Method):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending_keys: torch.Tensor | None = None
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.proj_dim
-
     def training_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict]:
         z1, z2 = (self.head["projector"](self.backbone(x)) for x in (x1, x2))
         q1, q2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)

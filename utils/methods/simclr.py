@@ -25,10 +25,6 @@ class SimCLR(Method):
         self.temperature = float(spec.get("temperature") or 0.5)
         self.proj_dim = spec["proj_dim"]
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.proj_dim
-
     def training_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict]:
         # both views in one forward, so BatchNorm sees all 2N images (as before)
         z1, z2 = self.head(self.backbone(torch.cat([x1, x2]))).chunk(2)

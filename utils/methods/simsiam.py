@@ -48,10 +48,6 @@ class SimSiam(Method):
         super().__init__(backbone, head)
         self.proj_dim = spec["proj_dim"]
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.proj_dim
-
     def param_groups(self) -> list[dict]:
         """The predictor at a fixed lr (paper section 4.1, 'Predictor': a constant lr for h works better;
         solo-learn simsiam.py static_lr); the rest follows the schedule."""

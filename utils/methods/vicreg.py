@@ -56,10 +56,6 @@ class VICReg(Method):
         self.weights = tuple(float(w) for w in spec["vicreg_weights"])
         self.proj_dim = spec["proj_dim"]
 
-    @property
-    def embedding_dim(self) -> int:
-        return self.proj_dim
-
     def training_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict]:
         z1, z2 = (self.head["projector"](self.backbone(x)) for x in (x1, x2))
         return vicreg_loss(z1, z2, self.weights), {"z_std": (embedding_std(z1) + embedding_std(z2)) / 2}
