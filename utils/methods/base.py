@@ -98,6 +98,15 @@ def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
 
 
 @torch.no_grad()
+def follow_online(method: nn.Module, step: int, total_steps: int) -> None:
+    """The EMA step of BYOL and MoCo: target_backbone and target_projector follow the online backbone and
+    head["projector"] with tau = ema_tau(step, total_steps, method.tau_base, method.tau_final)."""
+    tau = ema_tau(step, total_steps, method.tau_base, method.tau_final)
+    ema_update(method.backbone, method.target_backbone, tau)
+    ema_update(method.head["projector"], method.target_projector, tau)
+
+
+@torch.no_grad()
 def embedding_std(z: torch.Tensor) -> torch.Tensor:
     """The collapse measure: z (N, d) -> the mean over the d dimensions of the std over the batch of
     the l2-normalised rows (a 0-dim float32 tensor). 0 when every row points the same way (collapse);

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.methods.base import Method, cpu_state, ema_tau, ema_update, embedding_std, frozen_copy, names_under
+from utils.methods.base import Method, cpu_state, embedding_std, follow_online, frozen_copy, names_under
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -58,9 +58,7 @@ class BYOL(Method):
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        tau = ema_tau(step, total_steps, self.tau_base, self.tau_final)
-        ema_update(self.backbone, self.target_backbone, tau)
-        ema_update(self.head["projector"], self.target_projector, tau)
+        follow_online(self, step, total_steps)
 
     def extra_state(self) -> dict:
         return {"target_backbone": cpu_state(self.target_backbone), "target_projector": cpu_state(self.target_projector)}

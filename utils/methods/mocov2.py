@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.methods.base import Method, cpu_state, ema_tau, ema_update, embedding_std, frozen_copy, names_under
+from utils.methods.base import Method, cpu_state, embedding_std, follow_online, frozen_copy, names_under
 from utils.runtime import full_precision
 from utils.distributed import all_gather_with_grad
 
@@ -66,9 +66,7 @@ class MoCoV2(Method):
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        tau = ema_tau(step, total_steps, self.tau_base, self.tau_final)
-        ema_update(self.backbone, self.target_backbone, tau)
-        ema_update(self.head["projector"], self.target_projector, tau)
+        follow_online(self, step, total_steps)
         if self._pending_keys is not None:
             self.enqueue(self._pending_keys)
             self._pending_keys = None
