@@ -67,10 +67,8 @@ import contextlib
 import io
 import json
 import math
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -79,7 +77,7 @@ from pathlib import Path
 
 import test
 import train
-from utils import sweep
+from utils import launch, sweep
 from utils.cli import HelpFormatter, common_parser, fraction, positive_int, thread_count
 from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
 from utils.errors import NonFiniteLossError, UserError, run_cli
@@ -98,7 +96,6 @@ FAILED = "failed.json"  # a cell whose pretraining diverged; skipped on rerun un
 TRAIN_RECORD = "sweep_train.json"  # the device a cell was pretrained on
 LOGS = "logs"  # OUT/logs/<cell>.log: a worker's output (--jobs > 1, submitit)
 RESULTS_LOCK = ".results.lock"  # held while results.csv / results.md are rebuilt
-PARENT_ENV = "SIMCLR_SWEEP_PARENT"  # a worker's parent pid: the worker stops when that process dies
 LOCK_WAIT_S = 600  # a worker waits this long for a run folder still held by a dying predecessor
 LATER_SETTINGS = ("threads_per_cell", "deterministic", "eval_views")  # study settings older sweep.json files do not hold
 
@@ -718,115 +715,12 @@ def run_cell(args: argparse.Namespace, cell: sweep.Cell, out_dir: Path, tag: str
 
 # --- many cells: one after another here, N worker processes, or submitit jobs ----------------------
 
-def default_devices(args: argparse.Namespace) -> list[str]:
-    if args.devices:
-        return list(args.devices)
-    import torch
-
-    if args.device in ("auto", "cuda") and torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [args.device if args.device != "auto" else "cpu"]
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def warn_oversubscription(args: argparse.Namespace) -> None:
-    """One line when the cells at once ask for more CPU threads than this machine has (slower, same numbers)."""
-    cores, threads = available_cores(), args.jobs * args.threads_per_cell
-    if args.launcher == "local" and threads > cores:
-        print(f"warning: --jobs {args.jobs} x --threads_per_cell {args.threads_per_cell} = {threads} CPU threads on "
-              f"{cores} cores: oversubscribed, so slower (the numbers do not change)", flush=True)
-
-
-def slots(args: argparse.Namespace) -> list[dict]:
-    """One slot per concurrent cell: its device (or GPU group) and its environment overrides. The worker's
-    OpenMP pool (and numpy's BLAS) start with --threads_per_cell threads; train.py / test.py --threads then
-    set torch's count, as they do for a cell run in this process."""
-    devices, g = default_devices(args), args.gpus_per_cell
-    threads = args.threads_per_cell
-    out = []
-    for i in range(args.jobs):
-        env = {"OMP_NUM_THREADS": str(threads)}
-        if devices[0].startswith("cuda") and g > 1:
-            group = [devices[(i * g + k) % len(devices)] for k in range(g)]
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-            ids = [d.split(":")[1] if ":" in d else "0" for d in group]
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[int(k)] if visible != [""] else k for k in ids)
-            out.append({"device": "cuda", "where": "+".join(group), "env": env})
-        else:
-            device = devices[i % len(devices)]
-            out.append({"device": device, "where": device if device != "cpu" else f"cpu ({threads} threads)",
-                        "env": env})
-    return out
-
-
 def pending_cells(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[sweep.Cell]:
     def unfinished(cell):
         run_dir = out_dir / sweep.RUNS / cell.name
         return not (run_dir / FAILED).exists() and any(
             not (eval_dir(run_dir, args, e, f) / sweep.RECORD).exists() for e, f in evaluations(args, cell))
     return [c for c in cells if unfinished(c)]
-
-
-def worker_command(args: argparse.Namespace, cell: sweep.Cell, device: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), *args.argv, "--worker", cell.name, "--device", device]
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
-def run_local_jobs(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
-    """Up to --jobs worker processes at once, each with its own device; returns the cells that failed.
-
-    A worker stops (SIGTERM: train.py saves last.pth) when this process dies, even by SIGKILL. Workers run
-    in their own sessions, so a Ctrl-C reaches this process alone, which then sends each worker one
-    SIGTERM (a second signal would stop it without saving) and waits for them to save before it exits.
-    """
-    todo, running, failed = list(pending_cells(args, cells, out_dir)), {}, []
-    free = slots(args)
-    logs = out_dir / LOGS
-    logs.mkdir(parents=True, exist_ok=True)
-    total = len(todo)
-    print(f"{total} cells to run, {len(free)} at a time; each one's output in {logs}/<cell>.log", flush=True)
-    try:
-        while todo or running:
-            while todo and free:
-                cell, slot = todo.pop(0), free.pop(0)
-                env = dict(os.environ, **slot["env"], **{PARENT_ENV: str(os.getpid())})
-                log = open(logs / f"{cell.name}.log", "a")
-                proc = subprocess.Popen(worker_command(args, cell, slot["device"]), stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=os.getcwd(), start_new_session=True)
-                log.close()
-                running[proc] = (cell, slot)
-                print(f"[{total - len(todo)}/{total}] {cell.name}: started on {slot['where']} (pid {proc.pid})", flush=True)
-            time.sleep(0.2)
-            for proc in [p for p in running if p.poll() is not None]:
-                cell, slot = running.pop(proc)
-                free.append(slot)
-                if proc.returncode == 0:
-                    print(f"{cell.name}: finished", flush=True)
-                else:
-                    failed.append(cell.name)
-                    print(f"{cell.name}: failed (exit {proc.returncode}): {_log_tail(logs / f'{cell.name}.log')}",
-                          flush=True)
-    except KeyboardInterrupt:
-        print(f"interrupted: waiting for {len(running)} running cells to save their last.pth", flush=True)
-        for proc in running:
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=120)
-        publish(out_dir)
-        raise
-    return failed
 
 
 def run_here(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
@@ -849,69 +743,8 @@ def run_here(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -
     return failed
 
 
-def run_submitit(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> list[str]:
-    """One submitit job per unfinished cell (SLURM, or this machine's local executor); waits for them and
-    returns the cells whose job failed. A rerun submits only what is still unfinished."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError(f"--launcher {args.launcher} needs submitit: pip install submitit") from None
-    todo = pending_cells(args, cells, out_dir)
-    cluster = "slurm" if args.launcher == "slurm" else "local"
-    try:
-        executor = submitit.AutoExecutor(folder=out_dir / "submitit" / "%j", cluster=cluster)
-    except RuntimeError as exc:  # e.g. no srun: not on a SLURM cluster
-        raise UserError(f"--launcher {args.launcher}: {exc} (--launcher submitit_local runs the jobs here)") from None
-    gpus = args.gpus_per_cell if (args.launcher == "slurm" or default_devices(args)[0].startswith("cuda")) else 0
-    params = {"timeout_min": args.slurm_time, "name": f"simclr-{out_dir.name}", "nodes": 1, "tasks_per_node": 1,
-              "gpus_per_node": gpus}
-    # The cell computes with --threads_per_cell threads (train.py / test.py --threads) whatever it is given.
-    params["cpus_per_task"] = args.cpus_per_cell or (max(args.threads_per_cell, 10 * max(1, gpus))
-                                                     if args.launcher == "slurm" else args.threads_per_cell)
-    if args.launcher == "slurm":
-        params.update({f"slurm_{k}": v for k, v in (("partition", args.slurm_partition), ("account", args.slurm_account),
-                                                    ("qos", args.slurm_qos)) if v})
-    executor.update_parameters(**params)
-    device = "cuda" if gpus else "cpu"
-    jobs = {}
-    for cell in todo:
-        command = submitit.helpers.CommandFunction(worker_command(args, cell, device), cwd=os.getcwd(), verbose=False)
-        jobs[cell.name] = executor.submit(command)
-        print(f"{cell.name}: submitted as job {jobs[cell.name].job_id} ({cluster})", flush=True)
-    failed = []
-    while jobs:
-        for name, job in list(jobs.items()):
-            if not job.done():
-                continue
-            del jobs[name]
-            try:
-                job.result()
-                print(f"{name}: job {job.job_id} finished", flush=True)
-            except Exception as exc:  # the job's own error: reported, the others go on
-                failed.append(name)
-                why = [line for line in str(exc).splitlines() if line.strip()]
-                print(f"{name}: job {job.job_id} failed: {why[-1] if why else type(exc).__name__}", flush=True)
-        time.sleep(0.5)
-    return failed
-
-
-def die_with_parent() -> None:
-    """A --jobs worker: stop (SIGTERM, so train.py saves last.pth) when the study process dies (Linux)."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(parent):  # the parent died before the prctl
-        raise SystemExit(143)
-
-
 def run_worker(args: argparse.Namespace, out_dir: Path) -> dict:
-    die_with_parent()
+    launch.die_with_parent()
     cell = next((c for c in build_cells(args, announce=False) if c.name == args.worker), None)
     if cell is None:
         raise UserError(f"--worker: no cell {args.worker} in this study")
@@ -924,7 +757,7 @@ def run_worker(args: argparse.Namespace, out_dir: Path) -> dict:
 def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) -> float | None:
     """Print each cell's status, where it would run and its estimated cost from a measured step time;
     returns the estimated wall time (seconds) of the whole study with --jobs cells at once."""
-    places = slots(args) if args.launcher == "local" else [{"device": args.device, "where": f"{args.launcher} job"}]
+    places = launch.slots(args) if args.launcher == "local" else [{"device": args.device, "where": f"{args.launcher} job"}]
     wanted = places[0]["device"] if args.launcher == "local" else args.device
     try:
         device = resolve_device(wanted)
@@ -976,7 +809,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
             probe = len(set(todo)) * sum(post) * (forward_224 if cell.kind == "imagenet" else forward)
             seconds = (total_steps - done_steps) * (cell.batch_size or 0) * per_image + probe
             if wanted == "cpu" and args.launcher == "local":  # the cells at once share the cores
-                seconds *= max(1.0, len(places) * args.threads_per_cell / available_cores())
+                seconds *= max(1.0, len(places) * args.threads_per_cell / launch.available_cores())
         total_known = total_known and seconds is not None
         slot = min(range(len(places)), key=lambda k: free_at[k])
         if args.launcher == "local":
@@ -1030,7 +863,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("no cells: give the grid, or --baselines")
     check_passthrough(args, cells, out_dir)
     check_study(out_dir, study_settings(args), write=not args.dry_run)
-    warn_oversubscription(args)
+    launch.warn_oversubscription(args)
     n_arms = sum(c.kind in args.methods for c in cells)
     arms = ", ".join(sweep.KIND_LABELS[m] for m in args.methods)
     arms = f"self-supervised: {arms};" if len(args.methods) > 1 else f"{arms},"
@@ -1044,12 +877,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     failed: list[str] = []
     before = len(collect_rows(out_dir))
+    def command(cell: sweep.Cell, device: str) -> list[str]:
+        return [sys.executable, str(SCRIPT), *args.argv, "--worker", cell.name, "--device", device]
+
     if args.launcher != "local":
-        failed = run_submitit(args, cells, out_dir)
+        failed = launch.run_submitit(args, pending_cells(args, cells, out_dir), out_dir, command)
     elif args.jobs > 1:
-        for place in slots(args):
+        for place in launch.slots(args):
             resolve_device(place["device"] if place["device"] != "cuda" else place["where"].split("+")[0])
-        failed = run_local_jobs(args, cells, out_dir)
+        failed = launch.run_local_jobs(args, pending_cells(args, cells, out_dir), out_dir / LOGS, command,
+                                       on_interrupt=lambda: publish(out_dir))
     else:
         failed = run_here(args, cells, out_dir)
     found = collect_rows(out_dir)

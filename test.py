@@ -64,8 +64,8 @@ import torch
 from models import build_backbone, build_probe_head
 from models.resnet import FEATURE_DIM
 from utils.checkpoint import check_finite_weights, load_checkpoint, load_state_strict, strip_prefixes
-from utils.cli import (ArgumentParser, HelpFormatter, common_parser, finite_float, fraction, non_negative_float,
-                       positive_float, positive_int, reproducibility_parser)
+from utils.cli import (BY_TYPE, ArgumentParser, HelpFormatter, common_parser, finite_float, fraction,
+                       non_negative_float, positive_float, positive_int, reproducibility_parser)
 from utils.data.registry import DATASET_CHOICES, canonical_dataset
 from utils.data.datasets import indices_sha256
 from utils.data.labels import describe_labels, label_counts
@@ -92,7 +92,7 @@ PROBE = ("probe",)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                        parents=[common_parser(), measures_parser(), reproducibility_parser()])
-    by_type = "%(default).0s"  # keeps the formatter from printing 'default: None' for per-type defaults
+    by_type = BY_TYPE
     g = p.add_argument_group("evaluation")
     g.add_argument("--model_path", required=True, help="checkpoint written by train.py (final.pth, last.pth, ...)")
     g.add_argument("--dataset", default="cifar100", choices=EVAL_DATASETS,

@@ -25,7 +25,7 @@ import pytest
 import simclr_train
 import test as test_script
 import train
-from utils import sweep
+from utils import launch, sweep
 from utils.errors import UserError, run_cli
 from train import training_subset
 from utils.io import atomic_write_csv, atomic_write_json, read_csv
@@ -254,13 +254,12 @@ def test_jobs_scheduler_gives_each_worker_a_device_threads_and_reports_failures(
     doomed = cells[1].name
     script = ("import json, os, sys; name, device = sys.argv[1], sys.argv[2]; "
               "json.dump({'device': device, 'threads': os.environ['OMP_NUM_THREADS'], "
-              f"'parent': os.environ['{simclr_train.PARENT_ENV}']}}, open(sys.argv[3] + '/' + name, 'w')); "
+              f"'parent': os.environ['{launch.PARENT_ENV}']}}, open(sys.argv[3] + '/' + name, 'w')); "
               f"print('boom: disk on fire') if name == '{doomed}' else None; sys.exit(5 if name == '{doomed}' else 0)")
     seen = tmp_path / "seen"
     seen.mkdir()
-    monkeypatch.setattr(simclr_train, "worker_command",
-                        lambda a, cell, device: [sys.executable, "-c", script, cell.name, device, str(seen)])
-    failed = simclr_train.run_local_jobs(args, cells, out)
+    failed = launch.run_local_jobs(args, cells, out / simclr_train.LOGS,
+                                   lambda cell, device: [sys.executable, "-c", script, cell.name, device, str(seen)])
     assert failed == [doomed]
     printed = capsys.readouterr().out
     assert f"{doomed}: failed (exit 5): boom: disk on fire" in printed
@@ -362,7 +361,7 @@ def test_threads_given_to_a_cell_elsewhere_are_refused_in_one_line(tmp_path):
 
 
 def test_oversubscription_is_one_warning_and_the_dry_run_counts_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(simclr_train, "available_cores", lambda: 2)
+    monkeypatch.setattr(launch, "available_cores", lambda: 2)
     monkeypatch.setattr(sweep, "measure_step_seconds",
                         lambda bs, size, device, cap=None: {"batch": min(bs, cap), "train_s_per_image": 0.1,
                                                             "forward_s_per_image": 0.01})

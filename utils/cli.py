@@ -18,6 +18,9 @@ IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 8, 1024
 # Most CPU threads a run may ask for: above the largest two-socket servers' hardware threads (2 x 192 cores x
 # 2); each thread is an OpenMP worker, so a typo such as 100000 would start that many.
 THREADS_MAX = 1024
+# Appended to the help of a flag whose default depends on the recipe or train type: it prints as nothing, and
+# keeps the help formatter from adding 'default: None'.
+BY_TYPE = "%(default).0s"
 
 
 class ArgumentParser(argparse.ArgumentParser):
