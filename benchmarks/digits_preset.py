@@ -41,22 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def draw_scratch_curve(out: Path, path: Path) -> Path:
-    """The training loss (and train accuracy) of every scratch cell of the study in `out`, per step, from the
-    cells' metrics.csv (one line per seed)."""
+    """The training loss (and train accuracy) of every scratch cell of the study in `out`, per step (the study's
+    own scratch_training.png, drawn here into `path`)."""
     sys.path.insert(0, str(ROOT))
-    from utils.io import read_csv
-    from utils.plotting import plot_panels
+    from utils.sweep import plot_scratch_training
 
-    runs = sorted((out / "runs").glob("scratch_*"))
-    if not runs:
+    if not list((out / "runs").glob("scratch_*")):
         raise SystemExit(f"digits_preset.py: no scratch cell in {out / 'runs'}")
-    histories = {run.name: read_csv(run / "metrics.csv") for run in runs}
-    steps = sorted({int(h["step"]) for rows in histories.values() for h in rows})
-    series = {key: {name: [next((float(h[key]) for h in rows if int(h["step"]) == s), None) for s in steps]
-                    for name, rows in histories.items()} for key in ("loss", "train_acc")}
-    return plot_panels(path, steps, [("training loss (cross-entropy on its labels)", series["loss"]),
-                                     ("training accuracy (%)", series["train_acc"])], xlabel="step",
-                       title="The digits preset's scratch baseline: 10 % of the labels, from scratch")
+    return plot_scratch_training(out, path, title="The digits preset's scratch baseline: 10 % of the labels, from scratch")
 
 
 def main() -> None:

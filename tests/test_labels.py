@@ -177,6 +177,7 @@ def test_demo_study_with_label_fractions(tmp_path, monkeypatch):
     # scratch at every label of the pretraining data itself is the supervised cell at data scale 1: not run twice
     assert got == sorted([(k, f) for k in ("simclr", "supervised", "random") for f in (0.1, 1.0)] + [("scratch", 0.1)])
     assert result["added"] == 7 and (out / sweep.PLOT_LABELS).stat().st_size > 0
+    assert (out / sweep.PLOT_SCRATCH).stat().st_size > 0  # the scratch cell's training loss, for its convergence
     md = (out / sweep.RESULTS_MD).read_text()
     assert "## Label efficiency" in md and "supervised from scratch on the labels" in md
     # Every fraction of a checkpoint was probed on the features of one pass (then the cache was removed).

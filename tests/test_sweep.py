@@ -545,3 +545,27 @@ def test_methods_are_arms_of_the_same_grid_with_one_row_per_method_and_cell(tmp_
     assert "| data scale | SimCLR | BYOL | MoCo v2 | SimSiam | Barlow Twins | VICReg |" in md
     for m in methods:
         assert any(label.startswith(sweep.KIND_LABELS[m]) for label in labels), (m, labels)
+
+
+def test_scratch_training_plot_draws_each_scratch_cells_loss_per_step(tmp_path, monkeypatch):
+    """One line per scratch cell (its metrics.csv, a row per epoch), at the steps its rows name; other cells and
+    a scratch folder without metrics.csv (not started) are left out."""
+    import utils.plotting
+
+    runs = tmp_path / sweep.RUNS
+    for name, rows in {"scratch_lf0.1_bs64_ep3_seed0": [(10, 2.0, 30.0), (20, 1.0, 70.0), (30, 0.5, 90.0)],
+                       "scratch_lf0.1_bs64_ep3_seed1": [(10, 2.2, 25.0), (20, 1.1, 65.0)],
+                       "ds1_bs64_lr0.1_ep1_seed0": [(10, 5.0, None)]}.items():
+        (runs / name).mkdir(parents=True)
+        lines = ["epoch,step,loss,train_acc"] + [f"{i},{s},{l},{'' if a is None else a}"
+                                                 for i, (s, l, a) in enumerate(rows, 1)]
+        (runs / name / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (runs / "scratch_lf0.01_bs64_ep3_seed0").mkdir()
+    seen = {}
+    monkeypatch.setattr(utils.plotting, "plot_panels", lambda path, x, panels, **kw: seen.update(x=x, panels=panels))
+    sweep.plot_scratch_training(tmp_path, tmp_path / sweep.PLOT_SCRATCH)
+    assert seen["x"] == [10, 20, 30]
+    (_, loss), (_, acc) = seen["panels"]
+    assert loss == {"scratch_lf0.1_bs64_ep3_seed0": [2.0, 1.0, 0.5], "scratch_lf0.1_bs64_ep3_seed1": [2.2, 1.1, None]}
+    assert acc["scratch_lf0.1_bs64_ep3_seed0"] == [30.0, 70.0, 90.0]
+    assert sweep.plot_scratch_training(tmp_path / "elsewhere", tmp_path / "none.png") is None  # no scratch cell

@@ -36,6 +36,7 @@ GRID_KEYS = ("data_scales", "batch_sizes", "learning_rates", "epochs", "seeds")
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
 PLOT_SCALE, PLOT_HEATMAP = "accuracy_vs_data_scale.png", "heatmap_lr_batch.png"
 PLOT_LABELS = "accuracy_vs_label_fraction.png"
+PLOT_SCRATCH = "scratch_training.png"  # the scratch cells' training loss per epoch: did the baseline converge?
 RECORD = "record.json"  # one per (cell, eval epoch), written after test.main returns
 RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
 
@@ -610,7 +611,9 @@ def results_markdown(rows: Sequence[Mapping]) -> str:
     out += measures_markdown(everything, rows)
     out += label_axis_markdown(all_rows)
     out += [f"Plots: [{PLOT_SCALE}]({PLOT_SCALE}), [{PLOT_HEATMAP}]({PLOT_HEATMAP})"
-            + (f", [{PLOT_LABELS}]({PLOT_LABELS})" if has_label_axis(all_rows) else "") + ". "
+            + (f", [{PLOT_LABELS}]({PLOT_LABELS})" if has_label_axis(all_rows) else "")
+            + (f", [{PLOT_SCRATCH}]({PLOT_SCRATCH}) (the scratch cells' training loss per step)"
+               if any(kind_of(r) == "scratch" for r in all_rows) else "") + ". "
             "Redraw with `python simclr_train.py --report --out_dir <this folder>`.", ""]
     return "\n".join(out)
 
@@ -917,7 +920,29 @@ def write_report(out_dir: Path, rows: Sequence[Mapping], plots: bool = True) -> 
             written.append(plot_heatmaps(entries, out_dir / PLOT_HEATMAP))
         if has_label_axis(rows):
             written.append(plot_accuracy_vs_label_fraction(aggregate(rows), out_dir / PLOT_LABELS))
+        if any(kind_of(r) == "scratch" for r in rows) and plot_scratch_training(out_dir, out_dir / PLOT_SCRATCH):
+            written.append(out_dir / PLOT_SCRATCH)
     return written
+
+
+def plot_scratch_training(out_dir: Path, path: Path, title: str | None = None) -> Path | None:
+    """Training loss and accuracy against the step of every scratch cell in out_dir/runs, one line each, from
+    the metrics.csv its train.py wrote (a row per epoch): whether the scratch baseline, trained on its few labels
+    only, ran until its loss flattened, as its epochs promise. None (nothing drawn) without such a cell."""
+    from utils.io import read_csv
+    from utils.plotting import plot_panels
+
+    histories = {run.name: read_csv(run / "metrics.csv")
+                 for run in sorted(Path(out_dir, RUNS).glob("scratch_*")) if (run / "metrics.csv").exists()}
+    if not histories:
+        return None
+    steps = sorted({int(h["step"]) for rows in histories.values() for h in rows})
+    series = {key: {name: [next((float(h[key]) for h in rows if int(h["step"]) == s and h.get(key) not in (None, "")),
+                                None) for s in steps]
+                    for name, rows in histories.items()} for key in ("loss", "train_acc")}
+    return plot_panels(path, steps, [("training loss (cross-entropy on its labels)", series["loss"]),
+                                     ("training accuracy (%)", series["train_acc"])], xlabel="step",
+                       title=title or "The scratch baseline: supervised from scratch on the labelled subset")
 
 
 # ---------------------------------------------------------------------------------------------
