@@ -147,6 +147,9 @@ def run(args, seed: int) -> dict:
             opt.step()
             epoch_loss.append(loss.item())
             step += 1
+            if step % 100 == 0 and step < total:  # an epoch of Fashion-MNIST is 937 steps: show progress within it
+                print(f"seed {seed} step {step}/{total} loss {np.mean(epoch_loss[-100:]):.4f} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
         losses.append(float(np.mean(epoch_loss)))
         print(f"seed {seed} epoch {epoch + 1} step {step}/{total} loss {losses[-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
     if args.dataset == "fashion_mnist":
@@ -160,7 +163,8 @@ def run(args, seed: int) -> dict:
     torch.manual_seed(10_000 + seed)
     views = torch.cat([torch.stack([aug(img) for img in xte]) for _ in range(args.eval_views)])
     augmented = clf.score(scaler.transform(features(net, views)), yte.repeat(args.eval_views).numpy())
-    return {"seed": seed, "epochs": args.epochs, "lr": args.lr, "loss_per_epoch": losses,
+    return {"seed": seed, "epochs": args.epochs if args.steps is None else None, "steps": total, "lr": args.lr,
+            "loss_per_epoch": losses,
             "test_accuracy": 100 * clean, "augmented_test_accuracy": 100 * augmented,
             "solver_iterations": int(clf.n_iter_.max()), "seconds": round(time.time() - t0, 1)}
 
