@@ -764,7 +764,9 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
     except UserError:  # planning for another machine (a GPU node, from a login node): measure what is here
         device = resolve_device("auto")
         print(f"{wanted} is not on this machine: the step time is measured on {device}", flush=True)
-    image_size = DATASETS[args.dataset].default_image_size or 64
+    trained_at = _parse_for(train.parse_args, ["--train_type", "simclr", "--dataset", args.dataset,
+                                               *common_passthrough(args), *args.train_args_list], "--train_args")
+    image_size = trained_at.image_size or DATASETS[args.dataset].default_image_size or 64  # --train_args' size first
     pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
     sizes = kind_sizes(args) if pre is not None or "steps" in args.budget else None
     trained = [c for c in cells if c.kind in sweep.METHOD_KINDS + ("supervised",)]

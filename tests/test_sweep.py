@@ -325,6 +325,23 @@ def test_dry_run_estimates_from_measured_step_and_trains_nothing(tmp_path, monke
     assert not out.exists()
 
 
+def test_dry_run_measures_at_the_image_size_the_cells_train_at(tmp_path, monkeypatch):
+    """--train_args "--image_size 16" is the size every cell trains at: the step is timed there, not at the
+    dataset's default (the Fashion-MNIST preset was estimated at 28 px, 3x its 16 px cost)."""
+    sizes = []
+
+    def measure(bs, size, device, cap=None):
+        sizes.append(size)
+        return {"batch": min(bs, cap), "train_s_per_image": 0.1, "forward_s_per_image": 0.01}
+
+    monkeypatch.setattr(sweep, "measure_step_seconds", measure)
+    simclr_train.main([*FAST, "--out_dir", str(tmp_path / "a"), "--dry_run", "--data_scales", "0.1"])
+    simclr_train.main([*FAST, "--out_dir", str(tmp_path / "b"), "--dry_run", "--data_scales", "0.1",
+                       "--train_args", "--image_size 16"])
+    default = simclr_train.DATASETS["synthetic"].default_image_size or 64
+    assert default != 16 and sizes == [default, 16]
+
+
 def test_measure_step_seconds_runs_on_cpu():
     t = sweep.measure_step_seconds(64, 8, "cpu", cap=1)  # 8 px, one image (two views): quick on CPU
     assert t["batch"] == 1 and 0 < t["forward_s_per_image"] and 0 < t["train_s_per_image"] < 60
