@@ -115,8 +115,7 @@ def study_view_spec(args: argparse.Namespace) -> dict | None:
     spec = None
     probe = _parse_for(test.parse_args, ["--model_path", "x.pth", *args.test_args_list], "--test_args")
     if probe.eval_views > 0:
-        simclr = _parse_for(train.parse_args, ["--train_type", "simclr", "--dataset", args.dataset,
-                                               *common_passthrough(args), *args.train_args_list], "--train_args")
+        simclr = train_flags(args)
         own = {"train_type": "simclr", **{name: getattr(simclr, name) for name in SPEC_FIELDS}}
         try:
             resolved = resolve_view_spec(own, recipe(args.recipe, "simclr"), view_overrides(probe))[0]
@@ -333,13 +332,17 @@ def excludes_probe_val(args: argparse.Namespace, kind: str) -> bool:
     return kind == "supervised" and args.eval_dataset == args.dataset and args.val_split > 0
 
 
+def train_flags(args: argparse.Namespace, kind: str = "simclr") -> argparse.Namespace:
+    """train.py's flags for a cell of `kind`, as the study passes them (--train_args, and --supervised_args for
+    supervised cells); a flag train.py refuses is one line naming the study's option."""
+    extra = args.supervised_args_list if kind == "supervised" else []
+    argv = ["--train_type", kind, "--dataset", args.dataset, *common_passthrough(args), *args.train_args_list, *extra]
+    return _parse_for(train.parse_args, argv, "--supervised_args" if extra else "--train_args")
+
+
 def pretraining_split(args: argparse.Namespace, kind: str) -> str:
     """The split a cell of `kind` trains on (train.py's training_split: SimCLR on STL-10 reads train+unlabeled)."""
-    extra = args.supervised_args_list if kind == "supervised" else []
-    parsed = _parse_for(train.parse_args, ["--train_type", kind, "--dataset", args.dataset, *common_passthrough(args),
-                                           *args.train_args_list, *extra],
-                        "--supervised_args" if extra else "--train_args")
-    return train.training_split(parsed)
+    return train.training_split(train_flags(args, kind))
 
 
 def subset_sizes(args: argparse.Namespace, kind: str = "simclr"):
@@ -764,9 +767,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
     except UserError:  # planning for another machine (a GPU node, from a login node): measure what is here
         device = resolve_device("auto")
         print(f"{wanted} is not on this machine: the step time is measured on {device}", flush=True)
-    trained_at = _parse_for(train.parse_args, ["--train_type", "simclr", "--dataset", args.dataset,
-                                               *common_passthrough(args), *args.train_args_list], "--train_args")
-    image_size = trained_at.image_size or DATASETS[args.dataset].default_image_size or 64  # --train_args' size first
+    image_size = train_flags(args).image_size or DATASETS[args.dataset].default_image_size or 64
     pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
     sizes = kind_sizes(args) if pre is not None or "steps" in args.budget else None
     trained = [c for c in cells if c.kind in sweep.METHOD_KINDS + ("supervised",)]
