@@ -13,6 +13,8 @@ into --out, and reads finished runs back, so an interrupted run resumes where it
     python benchmarks/fashion_crossover.py         # steps 100 300 1000, seed 0, 2 processes of 1 thread
     python benchmarks/fashion_crossover.py --steps 100 300 1000 3000   # go further; finished runs are kept
     python benchmarks/fashion_crossover.py --report                    # redraw from the finished runs only
+    python benchmarks/fashion_crossover.py --steps 1000 --arms simclr \
+        --simclr_args "--crop_min_scale 0.3" --out benchmarks/results/fashion_chase/crop0.3   # one check of the chase
 
 Settings (README "Fashion-MNIST"): 16 px, batch 64 for every arm. SimCLR: the tuned recipe's views and head,
 lr 0.125 at batch 64 (the digits preset's measured short-run value), cosine to 0, no warmup. Supervised: lr 0.05
@@ -29,6 +31,7 @@ import json
 import math
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from utils.errors import UserError, run_cli  # noqa: E402
+
 FRACTIONS = (0.01, 0.1, 1.0)
 SOLVERS = ("lbfgs", "adam")
 
@@ -71,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="which networks to train and probe")
     p.add_argument("--jobs", type=int, default=2, help="processes at once, one CPU thread each")
     p.add_argument("--report", action="store_true", help="only collect finished runs and redraw")
+    p.add_argument("--simclr_args", default="",
+                   help="more train.py flags for the SimCLR arm, after its own (a check of the chase, e.g. "
+                        "\"--crop_min_scale 0.3\"); its runs need their own --out, which remembers these flags")
     return p.parse_args(argv)
 
 
@@ -82,7 +91,7 @@ def train_argv(args, arm: str, steps: int | None, seed: int, fraction: float | N
         return ["--train_type", "simclr", "--epochs", "0", *common]
     if arm == "simclr":
         return ["--train_type", "simclr", "--batch_size", str(args.batch_size), "--learning_rate", str(args.simclr_lr),
-                "--steps", str(steps), *common]
+                "--steps", str(steps), *common, *shlex.split(args.simclr_args)]
     sup = ["--train_type", "supervised", "--batch_size", str(args.batch_size), "--learning_rate",
            str(args.supervised_lr), *cosine, *common]
     if arm == "supervised":
@@ -123,6 +132,24 @@ def run(cmd: list[str], log: Path) -> None:
                               env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:1])} exited {proc.returncode}; see {log}")
+
+
+def check_variant(args, out: Path) -> None:
+    """One --out folder holds runs of one set of --simclr_args: a finished run is never retrained, so runs of other
+    flags under the same names would be reported as these. The flags are written to out/simclr_args.txt on first use."""
+    record = out / "simclr_args.txt"
+    wanted = " ".join(shlex.split(args.simclr_args))
+    if record.exists():
+        held = record.read_text().strip()
+        if held != wanted:
+            raise UserError(f"{out} holds SimCLR runs with --simclr_args {held!r}, not {wanted!r}: "
+                            "give these another --out")
+    elif any((out / "runs").glob("simclr-*")):  # runs of the default recipe, from before this record existed
+        if wanted:
+            raise UserError(f"{out} holds SimCLR runs of the default recipe: give --simclr_args {wanted!r} "
+                            "another --out")
+        return
+    record.write_text(wanted + "\n")
 
 
 def chain(args, out: Path, net: tuple, progress) -> None:
@@ -307,6 +334,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report:
+        check_variant(args, out)
         nets = backbones(args)
         t0 = time.perf_counter()
 
@@ -323,4 +351,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -91,3 +91,39 @@ def test_the_report_finds_every_seed_on_disk_and_averages_them(tmp_path):
     assert "| random | 0 | 0, 1 |  | 82.32 ± 0.32 (n=2) |  |  |" in md
     assert "| random | 0 | 0, 1 |  |  | 86.30 ± 0.21 (n=2) | 81.30 ± 0.21 (n=2) |" in md  # the Adam table, kNN
     assert (tmp_path / "crossover.png").stat().st_size > 10_000
+
+
+def test_simclr_args_reach_the_simclr_arm_only_and_win_over_its_own_flags(tmp_path):
+    args = fc.parse_args(["--simclr_args", "--crop_min_scale 0.3 --learning_rate 0.5", "--out", str(tmp_path)])
+    sim = train.parse_args(fc.train_argv(args, "simclr", 1000, 0))
+    sup = train.parse_args(fc.train_argv(args, "supervised", 1000, 0))
+    default = train.parse_args(fc.train_argv(fc.parse_args([]), "simclr", 1000, 0))
+    assert sim.crop_min_scale == 0.3 and sim.learning_rate == 0.5 and sim.steps == 1000
+    assert default.learning_rate == 0.125 and default.crop_min_scale != 0.3
+    assert sup.learning_rate == 0.05 and sup.crop_min_scale != 0.3
+
+
+def test_one_out_folder_holds_the_runs_of_one_set_of_simclr_args(tmp_path):
+    """A finished run is never retrained, so a second variant in the same folder would be reported as the first."""
+    variant = tmp_path / "chase"
+    fc.check_variant(fc.parse_args(["--simclr_args", "--crop_min_scale  0.3"]), variant.mkdir() or variant)
+    assert (variant / "simclr_args.txt").read_text() == "--crop_min_scale 0.3\n"
+    fc.check_variant(fc.parse_args(["--simclr_args", "--crop_min_scale 0.3"]), variant)  # the same flags resume
+    (variant / "runs" / "simclr-s1000-seed0").mkdir(parents=True)
+    for other in (["--simclr_args", "--crop_min_scale 0.5"], []):
+        try:
+            fc.check_variant(fc.parse_args(other), variant)
+        except fc.UserError as exc:
+            assert "another --out" in str(exc)
+        else:
+            raise AssertionError(f"{other} was let into a folder of --crop_min_scale 0.3 runs")
+    default = tmp_path / "default"
+    (default / "runs" / "simclr-s1000-seed0").mkdir(parents=True)  # runs from before the record existed
+    fc.check_variant(fc.parse_args([]), default)
+    try:
+        fc.check_variant(fc.parse_args(["--simclr_args", "--learning_rate 0.5"]), default)
+    except fc.UserError as exc:
+        assert "default recipe" in str(exc)
+    else:
+        raise AssertionError("a variant was let into a folder of default-recipe runs")
+    assert not (default / "simclr_args.txt").exists()
