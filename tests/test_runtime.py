@@ -3,6 +3,8 @@ runtime_info reports them.
 
     python -m pytest tests/test_runtime.py -q
 """
+import json
+
 import pytest
 import torch
 
@@ -53,3 +55,11 @@ def test_runtime_info_reports_the_thread_variables_of_the_environment(monkeypatc
     info = runtime_info()
     assert info["env"]["OMP_NUM_THREADS"] == "3" and "MKL_NUM_THREADS" not in info["env"]
     assert info["threads"] == torch.get_num_threads() and info["interop_threads"] == torch.get_num_interop_threads()
+
+
+def test_runtime_info_names_the_cpu_and_the_instruction_set_its_kernels_use():
+    """Two machines with other CPUs round differently, so a run records which one computed it."""
+    info = runtime_info()
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(info["cpu"], str) and info["cpu_capability"]
+    json.dumps(info)  # it goes into config.json and eval.json as it is

@@ -106,15 +106,30 @@ def run_settings(threads: int | None, deterministic: bool):
         torch.backends.cudnn.benchmark = saved[3]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor()); '' where neither says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor()
+
+
 def runtime_info() -> dict:
     """What changes a run's numbers besides its flags, as it is now: intra-op and inter-op threads,
-    deterministic kernels, cuDNN benchmarking, and the thread variables of the environment (numpy's BLAS
-    reads them; no cell computes with it)."""
+    deterministic kernels, cuDNN benchmarking, the thread variables of the environment (numpy's BLAS
+    reads them; no cell computes with it), and the CPU: its model and the instruction set torch's kernels
+    were chosen for (another one rounds differently: docs/reproducibility.md)."""
     env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                           "CUBLAS_WORKSPACE_CONFIG") if os.environ.get(k) is not None}
     return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
             "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark, "env": env}
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "env": env,
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def autocast_context(device: torch.device, enabled: bool = True):
