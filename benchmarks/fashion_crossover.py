@@ -231,6 +231,8 @@ def write_report(rows: list[dict], out: Path) -> None:
     lines = ["# Fashion-MNIST: SimCLR against random init, by pretraining steps", "",
              "Test accuracy (%) of a linear probe on frozen features (the test split is used for nothing else); "
              "kNN k=10 on all labels. Written by benchmarks/fashion_crossover.py.", ""]
+    if (record := out / "simclr_args.txt").exists() and record.read_text().strip():
+        lines += [f"The SimCLR arm ran with `--simclr_args \"{record.read_text().strip()}\"` (a check of the chase).", ""]
     for solver in SOLVERS:
         sel = [r for r in rows if r["solver"] == solver]
         if not sel:

@@ -127,3 +127,11 @@ def test_one_out_folder_holds_the_runs_of_one_set_of_simclr_args(tmp_path):
     else:
         raise AssertionError("a variant was let into a folder of default-recipe runs")
     assert not (default / "simclr_args.txt").exists()
+
+
+def test_a_chase_folders_report_names_its_simclr_args(tmp_path):
+    fc.check_variant(fc.parse_args(["--simclr_args", "--learning_rate 0.5"]), tmp_path)
+    _finished(tmp_path, "simclr-s300-seed0", {("lbfgs", 0.01): 76.53, ("adam", 1.0): 83.47}, 3.858)
+    args = fc.parse_args(["--out", str(tmp_path), "--report"])
+    fc.write_report(fc.collect(args, tmp_path), tmp_path)
+    assert '`--simclr_args "--learning_rate 0.5"`' in (tmp_path / "results.md").read_text()
