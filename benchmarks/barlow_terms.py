@@ -27,16 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.resnet import build_backbone  # noqa: E402
 from train import view_spec  # noqa: E402
 from utils.augment import simclr_view_transform  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.data.datasets import load_split  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.methods import build_method, method_spec  # noqa: E402
-from utils.methods.barlow_twins import batch_normalise  # noqa: E402
+from utils.methods.barlow_twins import cross_correlation  # noqa: E402
 
 
 def barlow_terms(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> dict[str, float]:
     """{"invariance": sum_i (1 - C_ii)^2, "redundancy": lambd sum_{i != j} C_ij^2, "mean_cii"} of one batch;
     scale x (invariance + redundancy) is utils/methods/barlow_twins.py's loss."""
-    c = batch_normalise(z1.float()).t() @ batch_normalise(z2.float()) / z1.shape[0]
+    c = cross_correlation(z1.float(), z2.float())
     diag = torch.diagonal(c)
     return {"invariance": float((diag - 1).pow(2).sum()),
             "redundancy": lambd * float(c.pow(2).sum() - diag.pow(2).sum()),
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the views")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(args.checkpoint)
     config = ck.get("config") or {}
     if ck.get("model", {}).get("train_type") != "barlow_twins":
         raise UserError(f"{args.checkpoint} is not a Barlow Twins checkpoint (train_type "

@@ -35,6 +35,11 @@ def batch_normalise(z: torch.Tensor) -> torch.Tensor:
     return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + BN_EPS)
 
 
+def cross_correlation(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """(N, D) x 2 -> C (D, D): the batch-normalised embeddings' cross-correlation over the N samples."""
+    return batch_normalise(z1).t() @ batch_normalise(z2) / z1.shape[0]
+
+
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, scale: float = 1.0,
                       gather_fn=gather) -> torch.Tensor:
     """z1, z2: (n, D) this rank's embeddings of the two views. Returns
@@ -42,7 +47,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
     ranks' N samples; the same value on every rank."""
     with full_precision(z1):
         z1, z2 = gather_fn(z1).float(), gather_fn(z2).float()
-        c = batch_normalise(z1).t() @ batch_normalise(z2) / z1.shape[0]  # (D, D)
+        c = cross_correlation(z1, z2)  # (D, D)
         on_diag = (torch.diagonal(c) - 1).pow(2).sum()
         off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
         return scale * (on_diag + lambd * off_diag)
