@@ -349,7 +349,7 @@ def subset_sizes(args: argparse.Namespace, kind: str = "simclr"):
     """data_scale -> images a cell of `kind` trains on: the seeded subset of the split it reads (exact: counted
     on labels with the split's class counts for a class-balanced set, else on its labels), less the probe's
     validation images where train.py leaves them out (excludes_probe_val)."""
-    from utils.splits import balanced_labels
+    from utils.data.splits import balanced_labels
 
     split, info = pretraining_split(args, kind), DATASETS[args.dataset]
     labels = balanced_labels(args.dataset, split, info.num_classes) if info.balanced else None

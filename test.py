@@ -28,7 +28,8 @@ reproduce the original's probes (README, Recipes); each flag overrides the recip
 logistic regression on the cached features, mean cross-entropy + l2 * ||W||^2 minimised by
 L-BFGS (to convergence or --lbfgs_max_iter); l2 is chosen among --l2 values on a validation
 split (--val_split, 0.1 unless given; never the test split), then the head is refit on train +
-val. One linear layer.
+val. Under a label budget (below) l2 is chosen by stratified cross-validation inside the labelled
+subset instead, and the head is refit on that subset alone. One linear layer.
 
 --finetune trains the whole network on augmented images (what the original actually measured).
 Its outputs are named fine-tune everywhere (finetune.json, finetune_curves.png, a default run
@@ -37,6 +38,9 @@ folder finetune-<dataset>) and are never linear results.
 Few labels (docs/label-efficiency.md): --label_fraction F or --labels_per_class N trains the probe
 (--finetune, --solver lbfgs too) on a class-balanced, seeded subset of the train split, drawn after the
 --val_split and never from it, nested across fractions for one seed; the test split is unchanged.
+A label budget is a budget: below every label, nothing reads a label outside the subset (the
+--val_split images stay out of it, unlabelled: no validation curve, no choice, no fit uses them), and
+eval.json's `labels_used` (distinct train-split images whose labels were read) equals `num_labelled`.
 With --finetune it selects the SimCLR paper's semi-supervised fine-tune (utils/recipes.py "finetune":
 Nesterov SGD 0.05 x B/256, batch 256, no weight decay, 60 epochs up to 1 % of the labels, 30 above,
 random resized crop + flip). --feature_cache DIR keeps the backbone's features of the whole train
@@ -76,7 +80,8 @@ from utils.eval.features import FEATURE_PRECISIONS
 from utils.eval.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
 from utils.eval.measures import check_measure_args, evaluate_measures, measure_lines, measures_parser
 from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, ProbeConfig,
-                              freeze_backbone, load_probe_data, log_epoch, make_config, run_finetune, run_linear_probe)
+                              freeze_backbone, is_label_budget, load_probe_data, log_epoch, make_config, run_finetune,
+                              run_linear_probe)
 from utils.io import atomic_write_json
 from utils.methods import METHODS
 from utils.plotting import plot_panels
@@ -134,10 +139,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--solver", default="sgd", choices=["sgd", "lbfgs"],
                    help="sgd: minibatch training of the head (stochastic gradients, by --probe_optimizer: the "
                         "recipe's Adam, or SGD); lbfgs: convex logistic-regression probe, no lr, "
-                        "l2 chosen on the val split, refit on train + val (--test_num_epochs, --batch_size, "
+                        "l2 chosen on the val split, refit on train + val (under a label budget: by cross-validation inside the "
+                        "labelled subset, refit on it alone) (--test_num_epochs, --batch_size, "
                         "--test_learning_rate, --schedule do not apply)")
     g.add_argument("--l2", type=finite_float, nargs="+", default=list(DEFAULT_L2_GRID),
-                   help="--solver lbfgs: l2 penalty values on the head's weight to choose among on the val split")
+                   help="--solver lbfgs: l2 penalty values on the head's weight to choose among (on the val split; under a label "
+                        "budget by cross-validation inside the labelled subset)")
     g.add_argument("--lbfgs_max_iter", type=positive_int, default=DEFAULT_MAX_ITER,
                    help="--solver lbfgs: most L-BFGS iterations per fit (each fit stops earlier at convergence)")
     g.add_argument("--finetune", action="store_true",
@@ -179,7 +186,7 @@ def resolve_args(args: argparse.Namespace) -> None:
                                 f"it does not combine with {flag}")
         if any(v < 0 for v in args.l2):
             raise UserError(f"--l2 values must be >= 0, got {args.l2}")
-        if args.val_split == 0 and len(args.l2) > 1:
+        if args.val_split == 0 and len(args.l2) > 1 and not is_label_budget(label_subset_request(args)):
             raise UserError(f"--solver lbfgs chooses among {len(args.l2)} --l2 values on a validation split: give "
                             "--val_split > 0 or a single --l2 (the test split is never used to choose)")
 
@@ -361,7 +368,10 @@ def probe_config(args: argparse.Namespace, data) -> ProbeConfig:
     values = dict(args.probe)
     if args.finetune and label_subset_request(args):
         values = recipe(args.recipe, "finetune")
-        share = args.label_fraction or len(data.train_labels) / (len(data.all_train_labels) - data.sizes()["num_val"])
+        share = args.label_fraction
+        if share is None:  # labels per class: the share of the candidates (train split less the held-out images)
+            held_out = data.sizes()["num_val"] + data.sizes()["num_held_out"]
+            share = len(data.train_labels) / (len(data.all_train_labels) - held_out)
         values["epochs"] = finetune_epochs(values, share)
         values["lr"] = scaled_lr(values, args.batch_size or values["batch_size"])
     if args.test_final_lr is not None:
@@ -389,6 +399,40 @@ def log_lbfgs_round(row: dict) -> None:
              row["iterations"], row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"])
 
 
+def lbfgs_selection(lbfgs: dict) -> dict:
+    """eval.json's `selection` sentence for the L-BFGS probe, and the chosen l2's score: on the validation split
+    (val_loss / val_accuracy) or, under a label budget, by cross-validation inside it (cv_loss / cv_accuracy)."""
+    never = "; the test split is never used to choose anything"
+    if lbfgs["selection"]:
+        out = {"selection": f"l2 = {lbfgs['l2']:g} chosen by {lbfgs['chosen_by']} among {lbfgs['l2_grid']}, "
+                            f"then refit on {lbfgs['fit_on']} ({lbfgs['fit_size']:,} labels){never}"}
+    elif "default_reason" in lbfgs:
+        out = {"selection": f"l2 = {lbfgs['l2']:g} by default: {lbfgs['default_reason']}{never}"}
+    else:
+        out = {"selection": "none: a single l2; the test split is never used to choose"}
+    chosen = next((row for row in lbfgs["selection"] if row["l2"] == lbfgs["l2"]), None)
+    if chosen is not None and "val_acc" in chosen:  # the chosen l2's fit on train alone, scored on val
+        out.update(val_loss=chosen["val_loss"], val_accuracy=chosen["val_acc"])
+    elif chosen is not None:  # its cross-validation score on the labelled subset (not a validation split)
+        out.update(cv_loss=chosen["cv_loss"], cv_accuracy=chosen["cv_acc"])
+    return out
+
+
+def label_report(args: argparse.Namespace, data) -> dict:
+    """The few-label fields of eval.json: the subset, and `labels_used`, the distinct train-split images whose labels
+    were read for choosing and fitting together (= num_labelled under a label budget)."""
+    counts = label_counts(data.train_labels, data.num_classes)
+    read = data.labels_read_index()
+    return {"label_fraction": 1.0 if args.label_fraction is None else args.label_fraction,
+            "labels_per_class": args.labels_per_class, "label_counts": counts, "num_labelled": sum(counts),
+            "labels_used": int(len(read)), "labels_used_sha256": indices_sha256(read), "label_budget": bool(data.budget),
+            "labels_read": ("the labelled subset only: choosing, stopping and fitting read no other label; the "
+                            f"{data.sizes()['num_held_out']:,} --val_split images stay out of it, unlabelled"
+                            if data.budget else "the probe's train split and its validation split (every label)"),
+            "labelled_subset_sha256": indices_sha256(data.train_index),
+            "labels": describe_labels(args.label_fraction, args.labels_per_class, counts)}
+
+
 def build_report(args, protocol, model_path, sha, info, data, config, result, device, seconds_total, argv) -> dict:
     """The eval.json / finetune.json content."""
     hist = result.history
@@ -405,12 +449,7 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
     }
     lbfgs = extra.pop("lbfgs", None)
     if lbfgs is not None:
-        report["selection"] = (f"l2 = {lbfgs['l2']:g} chosen by validation accuracy among {lbfgs['l2_grid']}, "
-                               f"then refit on {lbfgs['fit_on']}; the test split is never used to choose anything"
-                               if lbfgs["selection"] else "none: a single l2; the test split is never used to choose")
-        chosen = next((row for row in lbfgs["selection"] if row["l2"] == lbfgs["l2"]), None)
-        if chosen is not None:  # the chosen l2's fit on train alone, scored on val
-            report.update(val_loss=chosen["val_loss"], val_accuracy=chosen["val_acc"])
+        report.update(lbfgs_selection(lbfgs))
     if "val_loss" in last:
         best = max(hist, key=lambda r: r["val_acc"])
         report.update(val_loss=last["val_loss"], val_accuracy=last["val_acc"], best_val_epoch=best["epoch"],
@@ -448,11 +487,7 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
     report["checkpoint"] = {"path": str(model_path.resolve()), "sha256": sha, **{k: info[k] for k in (
         "train_type", "train_dataset", "stem", "pretrained", "imagenet_weights", "epoch", "finished", "data_scale")}}
     report["dataset"] = {"name": args.dataset, **data.sizes()}
-    counts = label_counts(data.train_labels, data.num_classes)
-    report.update(label_fraction=1.0 if args.label_fraction is None else args.label_fraction,
-                  labels_per_class=args.labels_per_class, label_counts=counts, num_labelled=sum(counts),
-                  labelled_subset_sha256=indices_sha256(data.train_index),
-                  labels=describe_labels(args.label_fraction, args.labels_per_class, counts))
+    report.update(label_report(args, data))
     report["seconds"] = {"features": result.seconds_features, "training": result.seconds_training,
                          "total": seconds_total}
     if protocol == FINETUNE:

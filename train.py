@@ -33,6 +33,7 @@ from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -64,7 +65,7 @@ from utils.train.options import add_train_flags
 from utils.train.rundir import (clear_run_dir, data_differences, environment_info, prepare_run_dir,
                                 remove_unused_run_dir, run_dir_exists, unlock_run_dir)
 from utils.schedule import lr_schedule, make_scheduler, milestone_steps, warmup_steps
-from utils.splits import split_size
+from utils.data.splits import split_size
 from utils.data.subsets import training_subset  # noqa: F401 (train.training_subset: the study counts with it)
 
 # Flags whose default comes from the recipe's part for --train_type (utils/recipes.py): flag -> recipe key.
@@ -517,7 +518,8 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
     run.indices = training_subset(run.arrays.labels, args.data_scale, args.seed, args.label_fraction,
                                   args.label_val_split, run.arrays.classes)
     run.subset = {"sha256": indices_sha256(run.indices), "num_train": int(len(run.indices)),
-                  "data_sha256": data_sha256(run.arrays.images, run.arrays.labels)}
+                  "data_sha256": data_sha256(run.arrays.images, run.arrays.labels),
+                  "labels_used": labels_used(args, run.arrays.labels, run.indices)}
     data["classes"] = run.arrays.classes
     if args.train_type == "supervised" and len(run.arrays) and run.arrays.labels.min() < 0:  # never in a loss
         raise UserError(f"{args.dataset} split {training_split(args)!r} holds unlabelled images: supervised needs 'train'")
@@ -528,6 +530,15 @@ def load_training_data(run: Run, resume_ckpt: dict | None, imagenet_baseline: bo
                         f"({len(run.indices)} images at --data_scale {args.data_scale})")
     if args.knn_every:
         run.arrays_test = load_split(args.dataset, "test", args.data_dir, download=False, image_size=args.image_size)
+
+
+def labels_used(args, labels, indices) -> int:
+    """Distinct train-split images whose labels the run reads: every image of a supervised run's subset (its
+    loss; the scratch baseline's --label_fraction subset), and for a self-supervised run only those the
+    --knn_every monitor uses as its memory (0 without it): the few-label axis counts them against its budget."""
+    if args.train_type == "supervised" or args.knn_every:
+        return int((np.asarray(labels)[indices] >= 0).sum())
+    return 0
 
 
 def check_same_data(resume_ckpt: dict, data: dict, subset: dict, args, run_dir: Path) -> None:
@@ -626,7 +637,8 @@ def announce(run: Run, config: dict, precision: str, local_bs: int) -> None:
                                                         "world_size": env.world_size, "precision": precision,
                                                         "steps_per_epoch": run.steps_per_epoch,
                                                         "epochs": run.epochs, "total_steps": run.total_steps,
-                                                        "data": run.data | {"classes": None}})
+                                                        "data": run.data | {"classes": None},
+                                                        "labels_used": run.subset["labels_used"]})
     LOG.info("run directory %s (to resume after a crash: the same command with --run_dir %s)", run.run_dir, run.run_dir)
     LOG.info("%s on %s: %d images, %d steps/epoch, global batch %d (%d per rank x %d), lr %g, %s, %s, aug %s",
              args.train_type, args.dataset, run.subset["num_train"], run.steps_per_epoch, args.batch_size, local_bs,

@@ -6,7 +6,7 @@ then prints the wall time, the CPU time of the study and its workers, the machin
 and the rows of results.csv. Run it on an idle machine:
 
     python benchmarks/digits_preset.py                      # the preset as shipped
-    python benchmarks/digits_preset.py --keep runs/digits --scratch_curve docs/digits_scratch_curve.png
+    python benchmarks/digits_preset.py --keep runs/digits --scratch_curve docs/results/digits/scratch_training.png
 
 --scratch_curve draws the training loss of the study's scratch cells (each seed's metrics.csv) against the
 step: the evidence that DIGITS_SCRATCH_EPOCHS trains the scratch baseline until its loss has flattened.

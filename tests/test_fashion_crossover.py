@@ -25,6 +25,7 @@ def test_every_arm_gets_the_same_batch_and_schedule_shape_and_the_probes_their_s
     assert sup.schedule == scratch.schedule == "cosine" and sup.warmup_epochs == 0
     assert scratch.label_fraction == 0.01 and scratch.label_val_split == fc.VAL_SPLIT and scratch.epochs == 100
     assert train.parse_args(fc.train_argv(args, "random", 0, 0)).epochs == 0
+    assert sup.label_val_split == fc.VAL_SPLIT  # supervised pretraining never sees the probe's validation images
     few = test_script.parse_args(fc.test_argv(args, tmp_path / "c.pth", tmp_path / "f", tmp_path / "e", 0, 0.01, "lbfgs"))
     full = test_script.parse_args(fc.test_argv(args, tmp_path / "c.pth", tmp_path / "f", tmp_path / "e", 0, 1.0, "adam"))
     assert few.solver == "lbfgs" and few.label_fraction == 0.01 and few.val_split == fc.VAL_SPLIT and few.knn
@@ -47,10 +48,12 @@ def _finished(out: Path, name: str, evals: dict, loss: float | None) -> None:
     for (solver, frac), acc in evals.items():
         d = out / "evals" / name / f"{solver}-f{frac:g}"
         d.mkdir(parents=True)
-        lbfgs = ({"l2": 1e-3, "selection": [{"val_acc": acc - 1}], "final_fit": {
-            "train_cross_entropy": 0.4, "max_abs_gradient": 2e-5}} if solver == "lbfgs" else None)
+        lbfgs = ({"l2": 1e-3, "selection": [{"l2": 1e-3, "cv_acc": acc - 1}], "final_fit": {
+            "train_cross_entropy": 0.4, "max_abs_gradient": 2e-5}, "chosen_by": "5-fold stratified cross-validation"}
+                 if solver == "lbfgs" else None)
         (d / "eval.json").write_text(json.dumps({
-            "test_accuracy": acc, "test_loss": 0.5, "num_labelled": 540, "knn10_accuracy": acc - 5,
+            "test_accuracy": acc, "test_loss": 0.5, "num_labelled": 540, "labels_used": 540, "knn10_accuracy": acc - 5,
+            **({"cv_accuracy": acc - 1} if lbfgs else {}),
             "history": {"train_loss": [0.9, 0.5]}, "hyperparameters": {"lbfgs": lbfgs} if lbfgs else {},
             "seconds": {"total": 3.0}}))
 
@@ -65,7 +68,8 @@ def test_the_report_reads_finished_runs_and_draws_them(tmp_path):
                    ("random", 0, "lbfgs", 0.01): 82.35, ("random", 0, "adam", 0.01): 77.03,
                    ("random", 0, "adam", 1.0): 86.09}  # simclr-s100 is not finished: no row
     lb = next(r for r in rows if r["arm"] == "simclr" and r["solver"] == "lbfgs")
-    assert lb["val_accuracy"] == 75.53 and lb["probe_max_grad"] == 2e-5 and lb["pretrain_loss_last"] == 3.858
+    assert lb["cv_accuracy"] == 75.53 and lb["val_accuracy"] is None and lb["labels_used"] == lb["num_labelled"] == 540
+    assert lb["chosen_by"].startswith("5-fold") and lb["probe_max_grad"] == 2e-5 and lb["pretrain_loss_last"] == 3.858
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 5
     fc.write_report(rows, tmp_path)
     md = (tmp_path / "results.md").read_text()
@@ -75,7 +79,7 @@ def test_the_report_reads_finished_runs_and_draws_them(tmp_path):
 
 def test_the_report_finds_every_seed_on_disk_and_averages_them(tmp_path):
     """A second seed, trained by another invocation (--seeds 1), joins the report without being named again:
-    per-seed rows, a mean-over-seeds table (± half the range), and both seeds in the picture."""
+    per-seed rows, a mean-over-seeds table (± the standard deviation between seeds), and both seeds in the picture."""
     _finished(tmp_path, "random-s0-seed0", {("lbfgs", 0.1): 82.64, ("adam", 1.0): 86.09}, None)
     _finished(tmp_path, "random-s0-seed1", {("lbfgs", 0.1): 82.00, ("adam", 1.0): 86.51}, None)
     _finished(tmp_path, "simclr-s1000-seed0", {("lbfgs", 0.1): 84.47}, 3.48)
@@ -87,9 +91,9 @@ def test_the_report_finds_every_seed_on_disk_and_averages_them(tmp_path):
         ("simclr", 0, "lbfgs"), ("simclr", 1, "lbfgs")]
     fc.write_report(rows, tmp_path)
     md = (tmp_path / "results.md").read_text()
-    assert "| simclr | 1000 | 0, 1 |  | 84.00 ± 0.47 (n=2) |  |  |" in md
-    assert "| random | 0 | 0, 1 |  | 82.32 ± 0.32 (n=2) |  |  |" in md
-    assert "| random | 0 | 0, 1 |  |  | 86.30 ± 0.21 (n=2) | 81.30 ± 0.21 (n=2) |" in md  # the Adam table, kNN
+    assert "| simclr | 1000 | 0, 1 |  | 84.00 ± 0.66 (n=2) |  |  |" in md
+    assert "| random | 0 | 0, 1 |  | 82.32 ± 0.45 (n=2) |  |  |" in md
+    assert "| random | 0 | 0, 1 |  |  | 86.30 ± 0.30 (n=2) | 81.30 ± 0.30 (n=2) |" in md  # the Adam table, kNN
     assert (tmp_path / "crossover.png").stat().st_size > 10_000
 
 
@@ -135,3 +139,30 @@ def test_a_chase_folders_report_names_its_simclr_args(tmp_path):
     args = fc.parse_args(["--out", str(tmp_path), "--report"])
     fc.write_report(fc.collect(args, tmp_path), tmp_path)
     assert '`--simclr_args "--learning_rate 0.5"`' in (tmp_path / "results.md").read_text()
+
+
+def test_the_supervised_arm_leaves_the_probes_validation_images_out(tmp_path):
+    """The images supervised pretraining trains on and the probe's validation split are disjoint, for the seed both
+    use; a run of an earlier version that trained on them is refused, not reused."""
+    import numpy as np
+    from utils.data.datasets import stratified_split
+    from utils.data.subsets import training_subset
+
+    args = fc.parse_args([])
+    sup = train.parse_args(fc.train_argv(args, "supervised", 1000, 3))
+    labels = np.repeat(np.arange(10), 600)
+    classes = [str(c) for c in range(10)]
+    trained = training_subset(labels, sup.data_scale, sup.seed, sup.label_fraction, sup.label_val_split, classes)
+    val = stratified_split(labels, fc.VAL_SPLIT, 3, classes=classes)[1]
+    assert len(val) == 600 and len(trained) == 5400 and not set(trained) & set(val)
+    old = tmp_path / "runs" / "supervised-s1000-seed0"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"args": {"label_val_split": 0.0}}))
+    try:
+        fc.check_no_leak(old, "supervised")
+    except fc.UserError as exc:
+        assert "validation" in str(exc)
+    else:
+        raise AssertionError("a supervised run that trained on the validation images was reused")
+    (old / "config.json").write_text(json.dumps({"args": {"label_val_split": fc.VAL_SPLIT}}))
+    fc.check_no_leak(old, "supervised")

@@ -74,3 +74,13 @@ def test_utils_subpackages_import_downward_only():
     # and the check sees an import across groups where there is one: the probe's, were it in data/
     probe_layers = {_layer(m) for m in _utils_imports(ROOT / "utils" / "eval" / "probe.py")}
     assert probe_layers - MAY_IMPORT["data"] == {"eval"}
+
+
+def test_the_lowest_layers_never_reach_up_into_the_study():
+    """Dataset sizes live with the datasets (utils/data/registry.py): utils/data/ (splits.py among them) and train.py
+    read them there, never from utils/sweep.py (the study), at import time or at call time."""
+    paths = [*sorted((ROOT / "utils" / "data").rglob("*.py")), ROOT / "train.py"]
+    for path in paths:
+        assert "utils.sweep" not in _utils_imports(path), path
+    # the check sees such an import where there is one: simclr_train.py (the study's launcher) has it
+    assert "utils.sweep" in _utils_imports(ROOT / "simclr_train.py")

@@ -15,7 +15,7 @@ import train
 from utils.data.datasets import stratified_split, stratified_subset
 from utils.recipes import recipe
 from train import training_subset
-from utils.splits import split_size
+from utils.data.splits import split_size
 
 # STL-10 (the dataset's README): 5,000 labelled train images (500 per class), 100,000 unlabelled, 8,000 test.
 STL10_TRAIN, STL10_UNLABELLED = 5_000, 100_000

@@ -9,6 +9,8 @@ tests run the real scripts on a shrunken synthetic dataset (200 train / 50 test 
 """
 from __future__ import annotations
 
+import math
+
 import csv
 import os
 import signal
@@ -500,7 +502,7 @@ def test_features_are_measured_once_per_checkpoint_with_every_label(tmp_path):
 
 def test_probes_below_every_label_are_the_converged_lbfgs_fit_unless_asked(tmp_path):
     """The recipe's Adam probe runs 500 epochs: with 1 % of the labels that is 500 steps, short of converging
-    (docs/evaluation.md); the study's probes below every label are L-BFGS fits, l2 chosen on the val split."""
+    (docs/evaluation.md); the study's probes below every label are L-BFGS fits, l2 chosen inside the budget."""
     def argv(*extra):
         args = simclr_train.parse_args(["--dataset", "synthetic", "--eval_dataset", "synthetic", "--label_fractions",
                                         "0.1", "1.0", "--data_scales", "1.0", "--batch_sizes", "64", "--out_dir",
@@ -529,6 +531,27 @@ def test_one_configuration_per_row_of_the_label_axis():
     assert [(e["label_fraction"], e["learning_rate"]) for e in chosen] == [(0.1, 0.125), (1.0, 0.125)]
     line = next(line for line in sweep.label_axis_markdown(rows) if line.startswith("| 1 | SimCLR"))
     assert "lr 0.125" in line and "61.00" in line and "72.00" not in line
+
+
+def test_each_method_is_lead_level_or_behind_each_baseline_by_two_standard_errors():
+    """results.md's verdicts: SimCLR against random init, per label fraction, from the seeds' sample deviations
+    (the closed form of utils/stats.py); a gap inside two standard errors is level, and the rows read their
+    labels_used into the table's text."""
+    rows = []
+    for fraction, simclr, random in ((1.0, (85.0, 86.0, 87.0), (80.0, 80.5, 81.0)),
+                                     (0.1, (70.0, 74.0, 72.0), (71.0, 69.0, 70.0))):
+        for row, acc, ref in zip(make_rows({(1.0, 64, 0.1): [(90.0, a) for a in simclr]}), simclr, random):
+            rows.append({**row, "label_fraction": fraction, "labels_used": 100 if fraction < 1 else 1000})
+            rows.append({**row, "kind": "random", "data_scale": None, "batch_size": None, "learning_rate": None,
+                         "epochs": 0, "eval_epoch": 0, "steps": 0, "test_accuracy": ref, "val_accuracy": 85.0,
+                         "label_fraction": fraction, "labels_used": 100 if fraction < 1 else 1000})
+    got = {(c["fraction"], c["against"]): c for c in sweep.comparisons(sweep.aggregate(rows))}
+    full, few = got[(1.0, "random")], got[(0.1, "random")]
+    assert full["diff"] == pytest.approx(5.5) and full["se"] == pytest.approx(math.sqrt(1.0 / 3 + 0.25 / 3))
+    assert full["verdict"] == "lead" and few["verdict"] == "level" and few["diff"] == pytest.approx(2.0)
+    md = "\n".join(sweep.label_axis_markdown(rows))
+    assert "| 1 | SimCLR | random init | 0.1 | probe | 3 vs 3 | +2.00 ± 1.29 (level) |" in md
+    assert "+5.50 ± 0.65 (lead)" in md and "by fraction: 0.1: 100; 1: 1,000" in md
 
 
 def test_methods_are_arms_of_the_same_grid_with_one_row_per_method_and_cell(tmp_path, fakes, monkeypatch):

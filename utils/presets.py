@@ -20,7 +20,7 @@ GRID = {
 # scikit-learn's digits at 16 px, data scales 0.1 and 1 x seed 0 of SimCLR and of supervised pretraining, both
 # scales the same steps (--budget steps: 2 epochs of batch 64 at data scale 1.0; SimCLR 44, supervised 40 on the
 # images the probe's validation split leaves), random init, and the scratch baseline on 10 % of the labels
-# trained DIGITS_SCRATCH_EPOCHS epochs, until its training loss has flattened (docs/digits_scratch_curve.png):
+# trained DIGITS_SCRATCH_EPOCHS epochs, until its training loss has flattened (docs/results/digits/scratch_training.png):
 # planned for 10 minutes on 2 cores: with seeds 0 and 1 it measured about 14 idle-equivalent minutes, so one seed
 # (`--seeds 0 1` adds the second; docs/study.md). Every backbone probed with 10 % (L-BFGS) and all
 # of the labels and scored on clean test images, on 2 augmented views of each (the SimCLR views, the same for

@@ -31,6 +31,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from utils.io import atomic_write
+from utils.data.registry import dataset_sizes  # noqa: F401  (the study's callers read it here too)
+from utils.stats import RULE_TEXT, compare, describe
 
 GRID_KEYS = ("data_scales", "batch_sizes", "learning_rates", "epochs", "seeds")
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
@@ -57,9 +59,10 @@ RESULT_FIELDS = [
     "pretrain_loss", "pretrain_seconds", "images_per_s", "eval_seconds", "device", "checkpoint",
     "kind", "budget", "steps", "train_epochs", "recipe", "label_fraction", "threads", "deterministic",
     "aug_test_acc", "aug_test_loss", "knn10_acc", "knn200_acc", "contrastive_acc", "aug_views",
+    "labels_used", "cv_accuracy",
 ]
 INT_FIELDS = {"batch_size", "epochs", "eval_epoch", "seed", "probe_epochs", "steps", "train_epochs", "threads",
-              "deterministic"}
+              "deterministic", "labels_used"}
 STR_FIELDS = {"dataset", "eval_dataset", "device", "checkpoint", "kind", "budget", "recipe", "aug_views"}
 REQUIRED_FIELDS = ("dataset", "eval_epoch", "seed", "eval_dataset", "test_accuracy", "test_loss")
 CONFIG_KEYS = ("data_scale", "batch_size", "learning_rate", "epochs", "eval_epoch", "label_fraction")
@@ -224,17 +227,6 @@ def subset_size(num_train: int, num_classes: int, data_scale: float) -> int:
     return num_classes * max(1, int(round(data_scale * num_train / num_classes)))
 
 
-def dataset_sizes(name: str) -> tuple[int, int] | None:
-    """(train, test) images of a built-in dataset without reading it (utils/data/registry.py); None for folders."""
-    from utils.data import synthetic  # read at call time: tests shrink the synthetic set
-    from utils.data.registry import DATASETS
-
-    if name == "synthetic":
-        return synthetic.SYNTHETIC_TRAIN, synthetic.SYNTHETIC_TEST
-    info = DATASETS.get(name)
-    return info.sizes if info is not None else None
-
-
 # ---------------------------------------------------------------------------------------------
 # Rows: built from one cell's training history and one test.py report; read back from the CSV
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +269,8 @@ def make_row(cell: Cell, eval_epoch: int, history: Sequence[Mapping], evaluation
         "knn200_acc": _rounded(evaluation.get("knn200_accuracy"), 4),
         "contrastive_acc": _rounded(done[-1].get("contrastive_acc") if done else None, 4),
         "aug_views": views_text(evaluation.get("augmented_test")),
+        # distinct train-split images whose labels the probe read (= the labelled subset below every label)
+        "labels_used": evaluation.get("labels_used"), "cv_accuracy": _rounded(evaluation.get("cv_accuracy"), 4),
     }
 
 
@@ -405,7 +399,7 @@ def aggregate(rows: Sequence[Mapping]) -> list[dict]:
         entry["seeds"] = sorted(int(m["seed"]) for m in members)
         entry["n_seeds"] = len(members)
         for metric in ("val_accuracy", "test_accuracy", "test_loss", "pretrain_seconds", "images_per_s",
-                       "aug_test_acc", "knn10_acc", "contrastive_acc"):
+                       "aug_test_acc", "knn10_acc", "contrastive_acc", "labels_used"):
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std([m.get(metric) for m in members])
         out.append(entry)
     return sorted(out, key=selection_order)
@@ -708,6 +702,9 @@ def label_axis_markdown(rows: Sequence[Mapping]) -> list[str]:
     entries = aggregate(rows)
     fractions = sorted({fraction_of(e) for e in entries})
     budgets = {budget_of(e) for e in entries}
+    used = {f: sorted({int(r["labels_used"]) for r in rows if fraction_of(r) == f and r.get("labels_used")})
+            for f in fractions}
+    counts = "; ".join(f"{f:g}: {', '.join(f'{n:,}' for n in used[f])}" for f in fractions if used[f])
     out = ["## Label efficiency: test accuracy (%) per label fraction", "",
            "Every backbone probed on a class-balanced, seeded subset of the probe's train labels (test.py "
            "--label_fraction; the validation split is drawn first and never labelled); `scratch` is supervised "
@@ -715,6 +712,12 @@ def label_axis_markdown(rows: Sequence[Mapping]) -> list[str]:
            "One configuration per arm and data scale, chosen on the all-labels validation accuracy, with every "
            "label fraction of that same configuration (scratch: one configuration per fraction, each named); "
            "mean ± std over seeds.", "",
+           "Which labels each row read: below every label the probe reads its labelled subset and no other label "
+           "(L-BFGS chooses l2 by stratified cross-validation inside it and refits on it alone; the validation "
+           "images stay unlabelled), so its figure is what that many labels give; but the *configuration* of a "
+           "pretrained arm (its lr, batch, epochs) was chosen with every label, on the validation split, or fixed "
+           "by the preset, and the pretraining of a supervised arm reads its own subset's labels. "
+           + (f"Labels the probe read (results.csv `labels_used`), by fraction: {counts}." if counts else ""), "",
            "| data scale | arm | configuration | " + " | ".join(f"{f:g}" for f in fractions) + " |",
            "|---|---|---|" + "---|" * len(fractions)]
     for scale, arms in label_axis_points(entries).items():
@@ -726,6 +729,52 @@ def label_axis_markdown(rows: Sequence[Mapping]) -> list[str]:
             conf = configs[0] if len(configs) == 1 else "; ".join(
                 f"{fraction_of(e):g}: {config_label(e)}" for e in pts)
             out.append(f"| {_g(scale)} | {_arm_label(arm, budgets)} | {conf} | " + " | ".join(cells) + " |")
+    return out + [""] + comparison_markdown(entries)
+
+
+COMPARED = (("random", "random init"), ("supervised", "supervised"), ("scratch", "scratch on the labels"))
+COMPARED_MEASURES = {"test_accuracy": "probe", "aug_test_acc": "probe, augmented views", "knn10_acc": "kNN k=10"}
+
+
+def comparisons(entries: Sequence[Mapping]) -> list[dict]:
+    """SimCLR (each method arm) against each baseline, per data scale, label fraction and measure (probe test
+    accuracy, kNN k=10): {"scale", "arm", "against", "fraction", "measure", "diff", "se", "verdict", "n"}."""
+    out = []
+    for scale, arms in label_axis_points(entries).items():
+        methods = [a for a in arms if a[0] not in BASELINES]
+        for arm in methods:
+            mine = {fraction_of(e): e for e in arms[arm]}
+            for kind, _ in COMPARED:
+                other = [a for a in arms if a[0] == kind and (kind != "supervised" or a[1] == arm[1])]
+                theirs = {fraction_of(e): e for a in other for e in arms[a]}
+                for f in sorted(set(mine) & set(theirs)):
+                    for measure in COMPARED_MEASURES:
+                        a, b = mine[f], theirs[f]
+                        if a.get(f"{measure}_mean") is None or b.get(f"{measure}_mean") is None:
+                            continue
+                        result = compare(a[f"{measure}_mean"], a[f"{measure}_std"], a["n_seeds"],
+                                         b[f"{measure}_mean"], b[f"{measure}_std"], b["n_seeds"])
+                        out.append({"scale": scale, "arm": arm, "against": kind, "fraction": f, "measure": measure,
+                                    "n": (a["n_seeds"], b["n_seeds"]), **result})
+    return out
+
+
+def comparison_markdown(entries: Sequence[Mapping]) -> list[str]:
+    """results.md: each method arm against each baseline, difference ± its standard error and the verdict."""
+    rows = comparisons(entries)
+    if not rows:
+        return []
+    budgets = {budget_of(e) for e in entries}
+    names = dict(COMPARED)
+    out = ["## Lead, level or behind: each method against each baseline", "",
+           f"Difference of means (percentage points) ± its standard error; {RULE_TEXT}. Probe: the linear probe's "
+           "test accuracy at that label fraction (augmented views: the same probe on the SimCLR views of the test "
+           "images); kNN: k=10 with that fraction's labelled images as memory.", "",
+           "| data scale | arm | against | labels | measure | seeds | difference (points) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        measure = COMPARED_MEASURES[r["measure"]]
+        out.append(f"| {_g(r['scale'])} | {_arm_label(r['arm'], budgets)} | {names[r['against']]} | {r['fraction']:g} "
+                   f"| {measure} | {r['n'][0]} vs {r['n'][1]} | {describe(r)} |")
     return out + [""]
 
 

@@ -39,3 +39,14 @@ def dataset_info(name: str) -> DatasetInfo:
     if key not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     return DATASETS[key]
+
+
+def dataset_sizes(name: str) -> tuple[int, int] | None:
+    """(train, test) images of a built-in dataset without reading it; None for folders. What run lengths and the
+    study's subset sizes are counted on (utils/data/splits.py, utils/sweep.py)."""
+    from utils.data import synthetic  # its module attributes, read at call time: tests shrink the synthetic set
+
+    if name == "synthetic":
+        return synthetic.SYNTHETIC_TRAIN, synthetic.SYNTHETIC_TEST
+    info = DATASETS.get(name)
+    return info.sizes if info is not None else None

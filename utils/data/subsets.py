@@ -11,7 +11,7 @@ import numpy as np
 
 from utils.data.datasets import stratified_split, stratified_subset
 from utils.data.labels import probe_labelled_subset
-from utils.splits import UNLABELLED
+from utils.data.splits import UNLABELLED
 
 # The seed word of the unlabelled images' draw in a data-scale subset: a class id no dataset has (numpy's seed
 # words must be >= 0, so the label -1 cannot seed the draw, and stratified_subset refuses it).

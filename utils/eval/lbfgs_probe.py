@@ -9,10 +9,19 @@ convergence,
     mean cross-entropy(W h + b, y) + l2 * ||W||^2      (the bias is not penalised),
 
 with torch.optim.LBFGS (strong-Wolfe line search) on the whole cached training matrix, so its
-result depends on the features and on l2 only. l2 is chosen on a validation split held out of the
-train split (the test split is never used to choose); the head is then refit on train + val with
-that l2 and evaluated on the test split once per round of iterations (the curves), as in the
-logistic-regression probes of Kolesnikov et al. 2019 and Radford et al. 2021.
+result depends on the features and on l2 only. The test split is never used to choose. How l2 is
+chosen depends on how many labels the probe may read:
+- every label: on a validation split held out of the train split, then the head is refit on
+  train + val with that l2 (the logistic-regression probes of Kolesnikov et al. 2019 and Radford
+  et al. 2021);
+- a label budget (--label_fraction < 1, --labels_per_class): by stratified k-fold cross-validation
+  inside the labelled subset (`stratified_folds`, k = min(CV_FOLDS, the smallest class's labels)),
+  then refit on the subset alone, so no label outside the budget is read (Oliver et al. 2018,
+  "Realistic Evaluation of Deep Semi-Supervised Learning Algorithms": no validation set larger than
+  the labelled set). Where a class has one label no fold can hold one out while training on that
+  class; every l2 then fits its labels perfectly, and the tie rule of `choose_l2` (the most
+  regularised) gives the grid's largest value: `DEFAULT_L2_REASON`, recorded in eval.json.
+The head is evaluated on the test split once per round of iterations (the curves).
 
     from utils.eval.lbfgs_probe import fit_lbfgs, choose_l2
     info = fit_lbfgs(linear, lambda: linear(h), y, l2=1e-3)   # linear: nn.Linear, trained in place
@@ -126,6 +135,38 @@ def fit_lbfgs(
     return {"l2": l2, "iterations": iterations, "evaluations": evals, "converged": max_grad <= TOLERANCE_GRAD,
             "stop": stop, "tolerance_grad": TOLERANCE_GRAD, "objective": loss.item(),
             "train_cross_entropy": ce.item(), "max_abs_gradient": max_grad}
+
+
+CV_FOLDS = 5  # most folds of the in-budget cross-validation (fewer where a class has fewer labels)
+FOLD_STREAM = 3  # second word of the fold generator's seed: its own stream (labels.py uses 2)
+DEFAULT_L2_REASON = ("a class has a single label, so no fold can hold one out while training on that class: "
+                     "cross-validation is impossible; every l2 fits the labelled images perfectly, and the tie rule "
+                     "(the most regularised) gives the grid's largest l2")
+
+
+def fold_count(y: Sequence[int] | torch.Tensor, folds: int = CV_FOLDS) -> int:
+    """How many folds stratified cross-validation on labels y (N,) can use: min(folds, smallest class's count);
+    below 2 it cannot be done."""
+    counts = torch.bincount(torch.as_tensor(y, dtype=torch.long).cpu())
+    counts = counts[counts > 0]
+    return int(min(folds, int(counts.min()))) if len(counts) else 0
+
+
+def stratified_folds(y: Sequence[int] | torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """Fold number (N,) int64 of each sample: within each class a seeded permutation dealt round-robin, so each
+    fold holds floor or ceil of count / folds of every class and every class is in every training part."""
+    y = torch.as_tensor(y, dtype=torch.long).cpu()
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    out = torch.full((len(y),), -1, dtype=torch.long)
+    for cls in torch.unique(y).tolist():
+        members = torch.nonzero(y == cls).flatten()
+        if len(members) < folds:
+            raise ValueError(f"class {cls} has {len(members)} samples, fewer than {folds} folds")
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + FOLD_STREAM * 1_009 + int(cls))
+        order = members[torch.randperm(len(members), generator=gen)]
+        out[order] = torch.arange(len(order)) % folds
+    return out
 
 
 def choose_l2(grid: Sequence[float], val_accuracy: Sequence[float]) -> float:

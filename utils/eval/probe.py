@@ -49,7 +49,7 @@ from utils.data.labels import labelled_subset
 from utils.errors import NonFiniteLossError, UserError
 from utils.eval.features import extract_features, feature_precision_used
 from utils.eval.knn import KNN_K, KNN_SETTINGS, KNN_TEMPERATURE, describe_knn, knn_accuracy
-from utils.eval.lbfgs_probe import choose_l2, fit_lbfgs
+from utils.eval.lbfgs_probe import DEFAULT_L2_REASON, choose_l2, fit_lbfgs, fold_count, stratified_folds
 from utils.runtime import LOG, autocast_context
 from utils.augment import BatchSupervisedAugment
 from utils.schedule import cosine_lr, cosine_scheduler
@@ -276,10 +276,22 @@ class ProbeData:
     val_index: np.ndarray | None = None
     all_train_images: np.ndarray | None = None
     all_train_labels: np.ndarray | None = None
+    # Under a label budget (a fraction < 1 or labels per class) the validation split is only *held out*:
+    # its images are never labelled and its labels are never read (val_* are None); its indices stay here.
+    held_out_index: np.ndarray | None = None
+    budget: bool = False
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def labels_read_index(self) -> np.ndarray:
+        """Sorted indices into the whole train split of every image whose label the probe can read: the
+        training rows, and the validation rows when their labels are used (every label), never under a budget."""
+        parts = [np.asarray(self.train_index, dtype=np.int64)]
+        if self.val_labels is not None and self.val_index is not None:
+            parts.append(np.asarray(self.val_index, dtype=np.int64))
+        return np.unique(np.concatenate(parts))
 
     @property
     def native_size(self) -> int:
@@ -287,6 +299,7 @@ class ProbeData:
 
     def sizes(self) -> dict:
         return {"num_train": len(self.train_labels), "num_val": 0 if self.val_labels is None else len(self.val_labels),
+                "num_held_out": 0 if self.held_out_index is None else len(self.held_out_index),
                 "num_test": len(self.test_labels), "num_classes": self.num_classes,
                 "native_image_size": self.native_size}
 
@@ -297,6 +310,9 @@ def load_probe_data(dataset: str, data_dir: str | Path, image_size: int, val_spl
 
     labels={"fraction": F} or {"per_class": N}: the train rows are then the labelled subset of
     utils.data.labels (drawn after the validation split, never from it); the test split is unchanged.
+    Below every label (F < 1, or N per class) that subset is the whole budget: the validation split
+    stays held out of it (so the subsets nest and match the study's), but its labels are dropped
+    (val_* None, `budget` True), so nothing downstream can choose, stop or fit on them.
     """
     if not 0 <= val_split < 1:
         raise UserError(f"--val_split must be in [0, 1), got {val_split}")
@@ -316,7 +332,17 @@ def load_probe_data(dataset: str, data_dir: str | Path, image_size: int, val_spl
         tr = labelled_subset(train.labels, train.num_classes, seed, labels.get("fraction"), labels.get("per_class"),
                              exclude=va, classes=list(train.classes))
         data.train_images, data.train_labels, data.train_index = train.images[tr], train.labels[tr], tr
+        if is_label_budget(labels):
+            data.held_out_index, data.budget = va, True
+            data.val_images = data.val_labels = data.val_index = None
     return data
+
+
+def is_label_budget(labels: dict | None) -> bool:
+    """True for a label budget ({"fraction": F < 1} or {"per_class": N}); False for every label (None, F = 1)."""
+    if not labels:
+        return False
+    return labels.get("per_class") is not None or (labels.get("fraction") is not None and labels["fraction"] < 1)
 
 
 def _images_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -482,9 +508,9 @@ def run_linear_probe(
     precomputed: {"train", "val", "test": (N, D), "seconds"} from utils/eval/feature_cache.py (no backbone pass).
 
     lbfgs={"l2_grid": [...], "max_iter": N} solves the convex probe of utils/eval/lbfgs_probe.py
-    instead of `config`'s SGD schedule (one linear layer, cached features only): l2 chosen on
-    the val split when there is one, then the head refit on train + val; one history row per
-    round of L-BFGS iterations.
+    instead of `config`'s SGD schedule (one linear layer, cached features only): l2 chosen on the val split
+    and the head refit on train + val; with no val (a label budget) by cross-validation on train, refit on
+    it alone; one history row per round of L-BFGS iterations.
 
     Default: features of every split are computed once with the evaluation transform and the
     head trains on them (cached). augment=True recomputes the train features every epoch with
@@ -522,7 +548,7 @@ def run_linear_probe(
     lbfgs_info = None
     if lbfgs is not None:
         history, lbfgs_info = _fit_lbfgs_probe(head, probe_head, train_h, train_y, val_h, val_y, test_h, test_y,
-                                               lbfgs["l2_grid"], lbfgs["max_iter"], on_epoch)
+                                               lbfgs["l2_grid"], lbfgs["max_iter"], on_epoch, seed=seed)
     else:
         gen = torch.Generator().manual_seed(seed)
         history = fit(params, lambda idx: head(current["h"][idx]), train_y, config,
@@ -623,8 +649,10 @@ def _backbone_guard(backbone: nn.Module, reference_state: dict[str, torch.Tensor
             "backbone_mode": "train" if backbone.training else "eval"}
 
 
-def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_y, l2_grid, max_iter, on_epoch):
-    """The L-BFGS probe: l2 chosen on val (if any), refit on train + val, test rows per round.
+def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_y, l2_grid, max_iter, on_epoch,
+                     seed: int = 0):
+    """The L-BFGS probe: l2 chosen on val (if any) and refit on train + val; with no val (a label budget), chosen
+    by stratified k-fold cross-validation on train and refit on train alone; test rows per round.
 
     The fits run on float64 copies of the head and the features (a gradient tolerance of 1e-6 is
     out of float32's reach); the solution is copied back into `linear` for evaluation.
@@ -646,22 +674,32 @@ def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_
         _copy_linear(linear64, linear)
         return info
 
-    selection = []
+    def log_choice(l2, what, acc, loss, fits):
+        worst = max(f["max_abs_gradient"] for f in fits)
+        LOG.info("L-BFGS probe, l2 %g: %s accuracy %.2f%% (loss %.4f), %d iterations, %s, largest gradient entry "
+                 "%.1e", l2, what, acc, loss, sum(f["iterations"] for f in fits),
+                 "converged" if all(f["converged"] for f in fits) else "not converged", worst)
+
+    selection, cv, default_reason = [], None, None
+    fit_h, fit_y, fit_on = train_h, train_y, "train"
     if val_h is not None:
         for l2 in l2_grid:
             info = fit_and_copy(train_h, train_y, l2)
             val = evaluate_head(head, val_h, val_y)
             selection.append({**info, "val_loss": val["loss"], "val_acc": val["acc"]})
-            LOG.info("L-BFGS probe, l2 %g: val accuracy %.2f%% (loss %.4f), %d iterations, %s, largest gradient "
-                     "entry %.1e", l2, val["acc"], val["loss"], info["iterations"],
-                     "converged" if info["converged"] else f"not converged ({info['stop']})", info["max_abs_gradient"])
+            log_choice(l2, "val", val["acc"], val["loss"], [info])
         chosen = choose_l2(list(l2_grid), [s["val_acc"] for s in selection])
-        fit_h, fit_y = torch.cat([train_h, val_h]), torch.cat([train_y, val_y])
+        fit_h, fit_y, fit_on = torch.cat([train_h, val_h]), torch.cat([train_y, val_y]), "train + val"
+        chosen_by = "validation accuracy"
     elif len(l2_grid) == 1:
-        chosen, fit_h, fit_y = l2_grid[0], train_h, train_y
+        chosen, chosen_by = l2_grid[0], "the only value given"
+    elif fold_count(train_y) < 2:
+        chosen, chosen_by, default_reason = max(l2_grid), "default", DEFAULT_L2_REASON
+        LOG.info("L-BFGS probe: l2 %g without cross-validation: %s", chosen, DEFAULT_L2_REASON)
     else:
-        raise UserError(f"choosing l2 among {len(l2_grid)} values needs a validation split (--val_split > 0); "
-                        "the test split is never used to choose")
+        selection, cv = _cross_validate(head, fit_and_copy, train_h, train_y, l2_grid, seed, log_choice)
+        chosen = choose_l2(list(l2_grid), [s["cv_acc"] for s in selection])
+        chosen_by = f"{cv['folds']}-fold stratified cross-validation accuracy on the labelled subset"
     history: list[dict] = []
 
     def on_round(iterations: int) -> None:
@@ -676,9 +714,34 @@ def _fit_lbfgs_probe(head, linear, train_h, train_y, val_h, val_y, test_h, test_
     final = fit_and_copy(fit_h, fit_y, chosen, on_round=on_round)
     if not history:  # converged before its first iteration (zero gradient at zero weights)
         on_round(0)
-    info = {"l2": chosen, "l2_grid": list(l2_grid), "selection": selection, "final_fit": final,
-            "fit_on": "train + val" if selection else "train", "max_iter": max_iter}
+    info = {"l2": chosen, "l2_grid": list(l2_grid), "chosen_by": chosen_by, "selection": selection,
+            "final_fit": final, "fit_on": fit_on, "fit_size": int(fit_y.shape[0]), "max_iter": max_iter}
+    if cv is not None:
+        info["cross_validation"] = cv
+    if default_reason is not None:
+        info["default_reason"] = default_reason
     return history, info
+
+
+def _cross_validate(head, fit_and_copy, train_h, train_y, l2_grid, seed: int, log_choice) -> tuple[list, dict]:
+    """Each l2 scored by stratified k-fold cross-validation on (train_h (N, D), train_y (N,)) alone: fit on k - 1
+    folds, score the held-out fold, pooled over the folds. Returns (one row per l2, the folds' description)."""
+    k = fold_count(train_y)
+    folds = stratified_folds(train_y, k, seed).to(train_y.device)
+    n, selection = int(train_y.shape[0]), []
+    for l2 in l2_grid:
+        correct, loss_sum, fits = 0.0, 0.0, []
+        for f in range(k):
+            inside, outside = folds != f, folds == f
+            fits.append(fit_and_copy(train_h[inside], train_y[inside], l2))
+            scored = evaluate_head(head, train_h[outside], train_y[outside])
+            correct += scored["acc"] * scored["count"] / 100.0
+            loss_sum += scored["loss"] * scored["count"]
+        selection.append({"l2": l2, "cv_acc": 100.0 * correct / n, "cv_loss": loss_sum / n,
+                          "iterations": [f["iterations"] for f in fits], "converged": all(f["converged"] for f in fits),
+                          "max_abs_gradient": max(f["max_abs_gradient"] for f in fits)})
+        log_choice(l2, f"{k}-fold cross-validation", selection[-1]["cv_acc"], selection[-1]["cv_loss"], fits)
+    return selection, {"folds": k, "seed": seed, "stratified": True, "fold_sizes": torch.bincount(folds.cpu()).tolist()}
 
 
 def _copy_linear(source: nn.Linear, target: nn.Linear) -> None:

@@ -6,12 +6,14 @@ training on `train` (STL-10: 5,000); every count a run length is derived from (t
 actually trained on. The images of a run are train.py's `training_subset` (the study counts with it, on
 `balanced_labels` where the data need not be read), so the two cannot disagree.
 
-    from utils.splits import split_size
+    from utils.data.splits import split_size
     split_size("stl10", "train+unlabeled")    # 105000
 """
 from __future__ import annotations
 
 import numpy as np
+
+from utils.data.registry import dataset_sizes
 
 # Splits whose size the registry's `sizes` (train, test) does not give. STL-10's unlabelled split: 100,000
 # images (the STL-10 README, Coates, Lee & Ng 2011, https://cs.stanford.edu/~acoates/stl10/).
@@ -21,9 +23,7 @@ UNLABELLED = -1  # the label of an unlabelled image (utils/data/stl10.py)
 
 def split_size(dataset: str, split: str) -> int | None:
     """Images in `split` of a built-in dataset ("a+b": the sum of its parts); None when unknown (folders)."""
-    from utils import sweep  # read at call time: tests shrink the synthetic set
-
-    sizes = sweep.dataset_sizes(dataset)
+    sizes = dataset_sizes(dataset)
     total = 0
     for part in split.split("+"):
         if (dataset, part) in EXTRA_SPLIT_SIZES:
@@ -38,9 +38,7 @@ def split_size(dataset: str, split: str) -> int | None:
 def balanced_labels(dataset: str, split: str, num_classes: int) -> np.ndarray | None:
     """Labels with the class counts of `split` of a class-balanced dataset, in class order (unlabelled
     images last, label -1): what subset sizes are counted on without reading the data; None when unknown."""
-    from utils import sweep
-
-    sizes = sweep.dataset_sizes(dataset)
+    sizes = dataset_sizes(dataset)
     if sizes is None:
         return None
     parts = []

@@ -1,0 +1,161 @@
+"""The results tables of README.md and docs/, written from committed results files so that they cannot drift.
+
+A generated table sits in a Markdown file between `<!-- table: NAME -->` and `<!-- /table -->`; NAME is a key of
+TABLES below, which says which committed results file (a study's results.csv under docs/results/) it is drawn
+from and how. Nothing between the markers is typed by hand.
+
+    python benchmarks/tables.py            # rewrite every generated table from its results file
+    python benchmarks/tables.py --check    # exit 1 naming each table that differs from what its file gives
+
+The test suite runs the check (tests/test_tables.py), so a hand edit inside a table, or a rerun whose results
+file was committed without its tables, fails the suite.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from utils import sweep  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.stats import compare, describe  # noqa: E402
+
+DOCS = ("README.md", "docs")  # where generated tables may sit (docs/: every .md below it)
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+ARMS = (("random", "random init"), ("simclr", "SimCLR"), ("supervised", "supervised"),
+        ("scratch", "supervised from scratch on the labels"))
+
+
+def _entries(path: str) -> list[dict]:
+    rows = sweep.read_results(ROOT / path)
+    if not rows:
+        raise UserError(f"{path}: no results rows")
+    return sweep.aggregate(rows)
+
+
+def _at(entries: Sequence[Mapping], kind: str, scale, fraction: float) -> Mapping | None:
+    return next((e for e in entries if sweep.kind_of(e) == kind and e["data_scale"] == scale
+                 and sweep.fraction_of(e) == fraction), None)
+
+
+def _cell(e: Mapping | None, key: str, best: float | None) -> str:
+    if e is None or e.get(f"{key}_mean") is None:
+        return ""
+    text = sweep._pm(e[f"{key}_mean"], e[f"{key}_std"], ".2f")
+    return f"**{text}**" if best is not None and round(e[f"{key}_mean"], 2) == round(best, 2) else text
+
+
+def preset_table(path: str, columns: Sequence[tuple[str, float, str]]) -> Callable[[], list[str]]:
+    """A preset's table: one row per arm and data scale, columns (title, label fraction, metric key) as mean ±
+    s.d. over seeds, the best mean of each column in bold; the steps and seeds of each row."""
+    def render() -> list[str]:
+        entries = _entries(path)
+        rows = []
+        for kind, label in ARMS:
+            scales = sorted({e["data_scale"] for e in entries if sweep.kind_of(e) == kind},
+                            key=lambda s: (s is not None, s or 0))
+            for scale in scales:
+                found = [_at(entries, kind, scale, f) for _, f, _ in columns]
+                some = next(e for e in found if e is not None) if any(found) else None
+                if some is not None:
+                    rows.append((label, scale, some, found))
+        best = [max((found[i][f"{key}_mean"] for *_, found in rows
+                     if found[i] is not None and found[i].get(f"{key}_mean") is not None), default=None)
+                for i, (_, _, key) in enumerate(columns)]
+        lines = ["| backbone | data scale | steps | seeds | " + " | ".join(t for t, _, _ in columns) + " |",
+                 "|---|---|---|---|" + "---|" * len(columns)]
+        for label, scale, some, found in rows:
+            cells = [_cell(e, key, b) for e, (_, _, key), b in zip(found, columns, best)]
+            lines.append(f"| {label} | {'–' if scale is None else f'{scale:g}'} | {sweep._g(some.get('steps'), ',d')} "
+                         f"| {some['n_seeds']} | " + " | ".join(cells) + " |")
+        return lines
+    return render
+
+
+def verdict_table(path: str, scale: float, against: Sequence[tuple[str, float, str]]) -> Callable[[], list[str]]:
+    """SimCLR at one data scale against each baseline: (baseline kind, label fraction, metric key) per row, the
+    difference of means ± its standard error and the verdict of utils/stats.py."""
+    names = dict(ARMS)
+    metrics = {"test_accuracy": "linear probe", "aug_test_acc": "probe on augmented views", "knn10_acc": "kNN k=10"}
+
+    def render() -> list[str]:
+        entries = _entries(path)
+        lines = ["| SimCLR against | labels | measure | seeds | difference (points) |", "|---|---|---|---|---|"]
+        for kind, fraction, key in against:
+            a = _at(entries, "simclr", scale, fraction)
+            b = _at(entries, kind, None if kind in ("random", "scratch") else scale, fraction)
+            if a is None or b is None or a.get(f"{key}_mean") is None or b.get(f"{key}_mean") is None:
+                raise UserError(f"{path}: no {kind} or SimCLR entry at label fraction {fraction:g} for {key}")
+            result = compare(a[f"{key}_mean"], a[f"{key}_std"], a["n_seeds"], b[f"{key}_mean"], b[f"{key}_std"],
+                             b["n_seeds"])
+            lines.append(f"| {names[kind]} | {'all' if fraction == 1 else f'{fraction * 100:g} %'} | {metrics[key]} "
+                         f"| {a['n_seeds']} vs {b['n_seeds']} | {describe(result)} |")
+        return lines
+    return render
+
+
+DIGITS = "docs/results/digits/results.csv"
+TABLES: dict[str, Callable[[], list[str]]] = {
+    "digits": preset_table(DIGITS, [("clean test acc (%)", 1.0, "test_accuracy"),
+                                    ("augmented test views (%)", 1.0, "aug_test_acc"),
+                                    ("kNN k=10 (%)", 1.0, "knn10_acc"),
+                                    ("10 % of the labels (%)", 0.1, "test_accuracy")]),
+    "digits-verdicts": verdict_table(DIGITS, 1.0, [
+        ("random", 0.1, "test_accuracy"), ("random", 1.0, "test_accuracy"), ("random", 1.0, "aug_test_acc"),
+        ("random", 1.0, "knn10_acc"), ("supervised", 0.1, "test_accuracy"), ("supervised", 1.0, "test_accuracy"),
+        ("supervised", 1.0, "aug_test_acc"), ("supervised", 1.0, "knn10_acc"), ("scratch", 0.1, "test_accuracy")]),
+}
+
+
+def markdown_files(root: Path = ROOT) -> list[Path]:
+    out = []
+    for name in DOCS:
+        path = root / name
+        out += sorted(path.rglob("*.md")) if path.is_dir() else [path] if path.exists() else []
+    return out
+
+
+def render_file(text: str, where: str, tables: Mapping[str, Callable[[], list[str]]] = TABLES) -> tuple[str, list[str]]:
+    """(text with every generated table written anew, the names of the tables that changed)."""
+    changed = []
+
+    def fill(m: re.Match) -> str:
+        name = m["name"]
+        if name not in tables:
+            raise UserError(f"{where}: unknown table {name!r}; known: {', '.join(sorted(tables))}")
+        body = "\n".join(tables[name]()) + "\n"
+        if body != m["body"]:
+            changed.append(name)
+        return m[1] + body + m[4]
+
+    return BLOCK.sub(fill, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each table that differs")
+    p.add_argument("--root", default=str(ROOT), help="the repository whose README.md and docs/ are read")
+    args = p.parse_args(argv)
+    stale, seen = [], 0
+    for path in markdown_files(Path(args.root)):
+        text = path.read_text(encoding="utf-8")
+        new, changed = render_file(text, str(path))
+        seen += len(BLOCK.findall(text))
+        stale += [f"{path.relative_to(args.root)}: {name}" for name in changed]
+        if changed and not args.check:
+            path.write_text(new, encoding="utf-8")
+    if args.check and stale:
+        for line in stale:
+            print(f"differs from its results file: {line}")
+        print("run `python benchmarks/tables.py` to rewrite them (and commit the results file they come from)")
+        return 1
+    print(f"{seen} generated tables, {len(stale)} {'stale' if args.check else 'rewritten'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda argv: sys.exit(main(argv)))
