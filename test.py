@@ -63,6 +63,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models import build_backbone, build_probe_head
@@ -77,6 +78,7 @@ from utils.errors import UserError, run_cli
 from utils.augment import BatchSimCLRAugment, SimCLRViewSpec
 from utils.eval.feature_cache import cached_features
 from utils.eval.features import FEATURE_PRECISIONS
+from utils.eval.neighbours import plot_neighbours
 from utils.eval.lbfgs_probe import DEFAULT_L2_GRID, DEFAULT_MAX_ITER, DEFAULT_VAL_SPLIT
 from utils.eval.measures import check_measure_args, evaluate_measures, measure_lines, measures_parser
 from utils.eval.probe import (FEATURE_NORMS, FINETUNE, LINEAR, OPTIMIZERS, SCHEDULES, Preprocess, ProbeConfig,
@@ -350,6 +352,8 @@ def _evaluate(args, protocol, stem_name, model_path, ckpt, sha, info, run_dir, t
     report = build_report(args, protocol, model_path, sha, info, data, config, result, device,
                           time.perf_counter() - t_start, argv)
     report.update(evaluate_measures(args, ckpt, backbone, reference, result, data, preprocess, device))
+    if "neighbours" in report:
+        draw_neighbours(run_dir / "neighbours.png", report, data, model_path)
     atomic_write_json(run_dir / f"{stem_name}.json", report)
     plot_curves(run_dir / f"{stem_name}_curves.png", report, model_path)
     prefix = "fine-tune " if args.finetune else ""
@@ -498,6 +502,24 @@ def build_report(args, protocol, model_path, sha, info, data, config, result, de
     report["torch"] = torch.__version__
     report["runtime"] = runtime_info()  # threads, determinism: the evaluation's numbers depend on them
     return report
+
+
+def draw_neighbours(path: Path, report: dict, data, model_path: Path) -> None:
+    """neighbours.png (--knn): the fixed test queries and their nearest train images by the backbone's features."""
+    found = report["neighbours"]
+    queries, rows = found["queries"], np.asarray(found["train_rows"])
+    plot_neighbours(path, data.test_images[queries], data.train_images[rows], data.test_labels[queries],
+                    data.train_labels[rows], data.classes,
+                    f"{backbone_name(report['checkpoint'])} ({model_path.name}): nearest {report['dataset']['name']} "
+                    f"train images by cosine of its features (green: same label as the query)")
+    found["picture"] = path.name
+
+
+def backbone_name(checkpoint: dict) -> str:
+    """'random init', 'ImageNet weights' or '<train type> backbone, epoch N': what a picture's title calls it."""
+    if not checkpoint.get("epoch"):
+        return "ImageNet weights" if checkpoint.get("imagenet_weights") else "random init"
+    return f"{checkpoint['train_type']} backbone, epoch {checkpoint['epoch']}"
 
 
 def plot_curves(path: Path, report: dict, model_path: Path) -> None:

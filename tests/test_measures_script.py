@@ -71,7 +71,7 @@ def test_eval_views_and_knn_add_keys_and_lines_and_match_a_naive_loop(tmp_path, 
 
     # K=0 (the default) leaves eval.json as it was; the measures only add keys, the probe is untouched
     added = {"augmented_test_accuracy", "augmented_test_loss", "augmented_test", "knn10_accuracy", "knn200_accuracy",
-             "knn10"}
+             "knn10", "neighbours"}  # neighbours: the picture neighbours.png draws (utils/eval/neighbours.py)
     assert test_script.parse_args(["--model_path", "X.pth"]).eval_views == 0
     assert not added & set(plain) and len(plain_lines) == 1
     assert set(full) - set(plain) == added

@@ -38,6 +38,7 @@ GRID_KEYS = ("data_scales", "batch_sizes", "learning_rates", "epochs", "seeds")
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
 PLOT_SCALE, PLOT_HEATMAP = "accuracy_vs_data_scale.png", "heatmap_lr_batch.png"
 PLOT_LABELS = "accuracy_vs_label_fraction.png"
+PLOT_NEIGHBOURS = "neighbours.png"  # test.py --knn's pictures of one backbone per kind, side by side
 PLOT_SCRATCH = "scratch_training.png"  # the scratch cells' training loss per epoch: did the baseline converge?
 RECORD = "record.json"  # one per (cell, eval epoch), written after test.main returns
 RUNS = "runs"  # out_dir/runs/<cell>/ is the cell's train.py --run_dir
@@ -971,7 +972,47 @@ def write_report(out_dir: Path, rows: Sequence[Mapping], plots: bool = True) -> 
             written.append(plot_accuracy_vs_label_fraction(aggregate(rows), out_dir / PLOT_LABELS))
         if any(kind_of(r) == "scratch" for r in rows) and plot_scratch_training(out_dir, out_dir / PLOT_SCRATCH):
             written.append(out_dir / PLOT_SCRATCH)
+        if plot_neighbours_side_by_side(out_dir, rows, out_dir / PLOT_NEIGHBOURS):
+            written.append(out_dir / PLOT_NEIGHBOURS)
     return written
+
+
+def neighbour_pictures(out_dir: Path, rows: Sequence[Mapping]) -> list[tuple[str, Path]]:
+    """(title, neighbours.png) of one backbone per kind, side by side in the report: the lowest seed's, with every
+    label, at the largest data scale (test.py --knn draws each; utils/eval/neighbours.py)."""
+    found = []
+    for kind in ("random", *[k for k in KINDS if k != "random"]):  # random init on the left, the reference
+        pool = [r for r in rows if kind_of(r) == kind and fraction_of(r) == 1.0 and r.get("checkpoint")]
+        if not pool:
+            continue
+        row = min(pool, key=lambda r: (int(r["seed"]), -(r["data_scale"] or 0), -int(r["eval_epoch"] or 0)))
+        run_dir = Path(out_dir) / Path(row["checkpoint"]).parent  # an absolute path stays itself
+        hits = sorted(run_dir.glob(f"eval-*-epoch{int(row['eval_epoch']):04d}/neighbours.png"))
+        if hits:
+            scale = "" if row["data_scale"] is None else f", data scale {row['data_scale']:g}"
+            found.append((f"{KIND_LABELS[kind]}{scale}, seed {row['seed']}", hits[0]))
+    return found
+
+
+def plot_neighbours_side_by_side(out_dir: Path, rows: Sequence[Mapping], path: Path) -> Path | None:
+    """The backbones' neighbours.png pictures in one row (random init, SimCLR, supervised, ...); None without two."""
+    pictures = neighbour_pictures(out_dir, rows)
+    if len(pictures) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pictures), figsize=(5.5 * len(pictures), 6.5), squeeze=False)
+    for ax, (title, picture) in zip(axes[0], pictures):
+        ax.imshow(plt.imread(picture))
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.suptitle("The same test images, their nearest train images by each backbone's features "
+                 "(green: same label)", fontsize=11)
+    _save(fig, path)
+    return path
 
 
 def plot_scratch_training(out_dir: Path, path: Path, title: str | None = None) -> Path | None:

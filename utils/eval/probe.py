@@ -49,6 +49,7 @@ from utils.data.labels import labelled_subset
 from utils.errors import NonFiniteLossError, UserError
 from utils.eval.features import extract_features, feature_precision_used
 from utils.eval.knn import KNN_K, KNN_SETTINGS, KNN_TEMPERATURE, describe_knn, knn_accuracy
+from utils.eval.neighbours import nearest_neighbours, query_indices
 from utils.eval.lbfgs_probe import DEFAULT_L2_REASON, choose_l2, fit_lbfgs, fold_count, stratified_folds
 from utils.runtime import LOG, autocast_context
 from utils.augment import BatchSupervisedAugment
@@ -576,6 +577,9 @@ def _knn_reports(train_h, train_y, test_h, test_y, num_classes: int, knn10: bool
         k, votes = KNN_SETTINGS["knn10"]
         out["knn10"] = {**describe_knn("knn10"), "features": features,
                         "test_acc": knn_accuracy(train_h, train_y, test_h, test_y, num_classes, k=k, votes=votes)}
+        queries = query_indices(test_y)  # what the picture of neighbours.png shows (utils/eval/neighbours.py)
+        rows, sims = nearest_neighbours(train_h, test_h[queries])
+        out["neighbours"] = {"queries": queries, "train_rows": rows.tolist(), "similarity": sims.tolist()}
     return out
 
 
