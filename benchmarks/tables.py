@@ -76,24 +76,27 @@ def preset_table(path: str, columns: Sequence[tuple[str, float, str]]) -> Callab
     return render
 
 
-def verdict_table(path: str, scale: float, against: Sequence[tuple[str, float, str]]) -> Callable[[], list[str]]:
-    """SimCLR at one data scale against each baseline: (baseline kind, label fraction, metric key) per row, the
+def verdict_table(path: str, scales: Sequence[float], against: Sequence[tuple[str, float, str]]
+                  ) -> Callable[[], list[str]]:
+    """SimCLR at each data scale against each baseline: (baseline kind, label fraction, metric key) per row, the
     difference of means ± its standard error and the verdict of utils/stats.py."""
     names = dict(ARMS)
     metrics = {"test_accuracy": "linear probe", "aug_test_acc": "probe on augmented views", "knn10_acc": "kNN k=10"}
 
     def render() -> list[str]:
         entries = _entries(path)
-        lines = ["| SimCLR against | labels | measure | seeds | difference (points) |", "|---|---|---|---|---|"]
-        for kind, fraction, key in against:
-            a = _at(entries, "simclr", scale, fraction)
-            b = _at(entries, kind, None if kind in ("random", "scratch") else scale, fraction)
-            if a is None or b is None or a.get(f"{key}_mean") is None or b.get(f"{key}_mean") is None:
-                raise UserError(f"{path}: no {kind} or SimCLR entry at label fraction {fraction:g} for {key}")
-            result = compare(a[f"{key}_mean"], a[f"{key}_std"], a["n_seeds"], b[f"{key}_mean"], b[f"{key}_std"],
-                             b["n_seeds"])
-            lines.append(f"| {names[kind]} | {'all' if fraction == 1 else f'{fraction * 100:g} %'} | {metrics[key]} "
-                         f"| {a['n_seeds']} vs {b['n_seeds']} | {describe(result)} |")
+        lines = ["| SimCLR, data scale | against | labels | measure | seeds | difference (points) |",
+                 "|---|---|---|---|---|---|"]
+        for scale in scales:
+            for kind, fraction, key in against:
+                a = _at(entries, "simclr", scale, fraction)
+                b = _at(entries, kind, None if kind in ("random", "scratch") else scale, fraction)
+                if a is None or b is None or a.get(f"{key}_mean") is None or b.get(f"{key}_mean") is None:
+                    raise UserError(f"{path}: no {kind} or SimCLR entry at label fraction {fraction:g} for {key}")
+                result = compare(a[f"{key}_mean"], a[f"{key}_std"], a["n_seeds"], b[f"{key}_mean"],
+                                 b[f"{key}_std"], b["n_seeds"])
+                lines.append(f"| {scale:g} | {names[kind]} | {'all' if fraction == 1 else f'{fraction * 100:g} %'} "
+                             f"| {metrics[key]} | {a['n_seeds']} vs {b['n_seeds']} | {describe(result)} |")
         return lines
     return render
 
@@ -104,11 +107,21 @@ TABLES: dict[str, Callable[[], list[str]]] = {
                                     ("augmented test views (%)", 1.0, "aug_test_acc"),
                                     ("kNN k=10 (%)", 1.0, "knn10_acc"),
                                     ("10 % of the labels (%)", 0.1, "test_accuracy")]),
-    "digits-verdicts": verdict_table(DIGITS, 1.0, [
+    "digits-verdicts": verdict_table(DIGITS, [1.0], [
         ("random", 0.1, "test_accuracy"), ("random", 1.0, "test_accuracy"), ("random", 1.0, "aug_test_acc"),
         ("random", 1.0, "knn10_acc"), ("supervised", 0.1, "test_accuracy"), ("supervised", 1.0, "test_accuracy"),
         ("supervised", 1.0, "aug_test_acc"), ("supervised", 1.0, "knn10_acc"), ("scratch", 0.1, "test_accuracy")]),
 }
+FASHION = "docs/results/fashion_mnist/results.csv"
+TABLES.update({
+    "fashion": preset_table(FASHION, [("10 % of the labels (5,400), L-BFGS (%)", 0.1, "test_accuracy"),
+                                      ("all labels, Adam (%)", 1.0, "test_accuracy"),
+                                      ("kNN k=10, all labels (%)", 1.0, "knn10_acc")]),
+    "fashion-verdicts": verdict_table(FASHION, [0.1, 1.0], [
+        ("random", 0.1, "test_accuracy"), ("random", 1.0, "test_accuracy"), ("random", 1.0, "knn10_acc"),
+        ("supervised", 0.1, "test_accuracy"), ("supervised", 1.0, "test_accuracy"), ("supervised", 1.0, "knn10_acc"),
+        ("scratch", 0.1, "test_accuracy")]),
+})
 
 
 def markdown_files(root: Path = ROOT) -> list[Path]:
