@@ -1004,13 +1004,16 @@ def plot_neighbours_side_by_side(out_dir: Path, rows: Sequence[Mapping], path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(pictures), figsize=(5.5 * len(pictures), 6.5), squeeze=False)
-    for ax, (title, picture) in zip(axes[0], pictures):
-        ax.imshow(plt.imread(picture))
+    images = [plt.imread(picture) for _, picture in pictures]
+    aspect = max(image.shape[0] / image.shape[1] for image in images)  # no empty bands above and below
+    fig, axes = plt.subplots(1, len(pictures), figsize=(6.0 * len(pictures), 6.0 * aspect + 0.9), squeeze=False)
+    for ax, (title, _), image in zip(axes[0], pictures, images):
+        ax.imshow(image)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.suptitle("The same test images, their nearest train images by each backbone's features "
                  "(green: same label)", fontsize=11)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.03)
     _save(fig, path)
     return path
 
