@@ -79,7 +79,7 @@ import test
 import train
 from utils import launch, sweep
 from utils.cli import HelpFormatter, common_parser, fraction, positive_int, thread_count
-from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset
+from utils.data.registry import DATASET_CHOICES, DATASETS, canonical_dataset, dataset_sizes
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_json, read_csv
 from utils.runtime import resolve_device, run_settings
@@ -412,7 +412,7 @@ def build_cells(args: argparse.Namespace, announce: bool = True) -> list[sweep.C
         if announce:
             print(f"imagenet baseline skipped: no ImageNet weights at {missing} (offline); place "
                   f"{missing.name} there to include it", flush=True)
-    needs_sizes = "steps" in args.budget or sweep.dataset_sizes(args.dataset) is not None
+    needs_sizes = "steps" in args.budget or dataset_sizes(args.dataset) is not None
     sizes = kind_sizes(args) if needs_sizes else None
     sup_batch = None
     if "supervised" in baselines:
@@ -768,7 +768,7 @@ def dry_run(args: argparse.Namespace, cells: list[sweep.Cell], out_dir: Path) ->
         device = resolve_device("auto")
         print(f"{wanted} is not on this machine: the step time is measured on {device}", flush=True)
     image_size = train_flags(args).image_size or DATASETS[args.dataset].default_image_size or 64
-    pre, post = sweep.dataset_sizes(args.dataset), sweep.dataset_sizes(args.eval_dataset)
+    pre, post = dataset_sizes(args.dataset), dataset_sizes(args.eval_dataset)
     sizes = kind_sizes(args) if pre is not None or "steps" in args.budget else None
     trained = [c for c in cells if c.kind in sweep.METHOD_KINDS + ("supervised",)]
     cap = sweep.MEASURE_CAP.get(device.type, max([c.batch_size for c in trained] or [1]))

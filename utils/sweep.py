@@ -31,7 +31,6 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from utils.io import atomic_write
-from utils.data.registry import dataset_sizes  # noqa: F401  (the study's callers read it here too)
 from utils.stats import RULE_TEXT, compare, describe
 
 GRID_KEYS = ("data_scales", "batch_sizes", "learning_rates", "epochs", "seeds")

@@ -280,7 +280,11 @@ class ProbeData:
     # Under a label budget (a fraction < 1 or labels per class) the validation split is only *held out*:
     # its images are never labelled and its labels are never read (val_* are None); its indices stay here.
     held_out_index: np.ndarray | None = None
-    budget: bool = False
+
+    @property
+    def budget(self) -> bool:
+        """A label budget: the validation split is held out, its labels dropped (every label: None)."""
+        return self.held_out_index is not None
 
     @property
     def num_classes(self) -> int:
@@ -334,7 +338,7 @@ def load_probe_data(dataset: str, data_dir: str | Path, image_size: int, val_spl
                              exclude=va, classes=list(train.classes))
         data.train_images, data.train_labels, data.train_index = train.images[tr], train.labels[tr], tr
         if is_label_budget(labels):
-            data.held_out_index, data.budget = va, True
+            data.held_out_index = va
             data.val_images = data.val_labels = data.val_index = None
     return data
 
