@@ -22,7 +22,7 @@ Defaults come from --recipe's probe (utils/recipes.py), the same for every check
   tuned (and original): Adam lr 1e-3, batch 1000, 500 epochs, cosine to 0 stepped per
   iteration, weight decay 5e-6, standardised features, head initialised at zero.
 --probe_optimizer sgd, --schedule two-stage, --batch_size, --test_learning_rate, --test_final_lr
-reproduce the original's probes (README, Recipes); each flag overrides the recipe.
+reproduce the original's probes (docs/recipes.md); each flag overrides the recipe.
 
 --solver lbfgs (opt-in) replaces the minibatch schedule by a convex probe with no lr: multinomial
 logistic regression on the cached features, mean cross-entropy + l2 * ||W||^2 minimised by

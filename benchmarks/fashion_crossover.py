@@ -19,7 +19,7 @@ into --out, and reads finished runs back, so an interrupted run resumes where it
     python benchmarks/fashion_crossover.py --steps 1000 --arms simclr \
         --simclr_args "--crop_min_scale 0.3" --out benchmarks/results/fashion_chase/crop0.3   # one check of the chase
 
-Settings (README "Fashion-MNIST"): 16 px, batch 64 for every arm. SimCLR: the tuned recipe's views and head,
+Settings (docs/results.md, the crossover): 16 px, batch 64 for every arm. SimCLR: the tuned recipe's views and head,
 lr 0.125 at batch 64 (the digits preset's measured short-run value), cosine to 0, no warmup. Supervised: lr 0.05
 (weiaicunzai/pytorch-cifar100's 0.1 at batch 128, scaled to 64 as the tuned recipe does) with the same
 cosine instead of its multistep, so that both arms share one schedule shape at every step count. Scratch:

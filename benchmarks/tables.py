@@ -2,7 +2,9 @@
 
 A generated table sits in a Markdown file between `<!-- table: NAME -->` and `<!-- /table -->`; NAME is a key of
 TABLES below, which says which committed results file (a study's results.csv under docs/results/) it is drawn
-from and how. Nothing between the markers is typed by hand.
+from and how; or `records/NAME`, drawn from docs/results/records/NAME.csv: the table of a run whose output folder
+was not kept, with its source (command, date, machine) in the file's `#` lines. Nothing between the markers is typed
+by hand: to change a figure, change the results file (or rerun the study) and rewrite.
 
     python benchmarks/tables.py            # rewrite every generated table from its results file
     python benchmarks/tables.py --check    # exit 1 naming each table that differs from what its file gives
@@ -13,6 +15,7 @@ file was committed without its tables, fails the suite.
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 import sys
 from pathlib import Path
@@ -25,7 +28,8 @@ from utils.errors import UserError, run_cli  # noqa: E402
 from utils.stats import compare, describe  # noqa: E402
 
 DOCS = ("README.md", "docs")  # where generated tables may sit (docs/: every .md below it)
-BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w/-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+RECORDS = "docs/results/records"  # `<!-- table: records/NAME -->` is drawn from RECORDS/NAME.csv
 ARMS = (("random", "random init"), ("simclr", "SimCLR"), ("supervised", "supervised"),
         ("scratch", "supervised from scratch on the labels"))
 
@@ -124,6 +128,29 @@ TABLES.update({
 })
 
 
+def record_table(path: Path) -> list[str]:
+    """A record: the table of a run whose own output folder was not kept, as a CSV committed beside the study
+    results. Lines starting with `#` say where the figures come from (command, date, machine); the first other line
+    is the header; every cell is written as it stands (bold marked with ** in the file)."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    except FileNotFoundError:
+        raise UserError(f"no record {path.relative_to(ROOT)}") from None
+    rows = list(csv.reader(lines))
+    if len(rows) < 2 or any(len(r) != len(rows[0]) for r in rows):
+        raise UserError(f"{path}: a record needs a header and rows of as many fields")
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] + \
+        ["| " + " | ".join(r) + " |" for r in rows[1:]]
+
+
+def table_lines(name: str, where: str, tables: Mapping[str, Callable[[], list[str]]]) -> list[str]:
+    if name.startswith("records/"):
+        return record_table(ROOT / RECORDS / f"{name.removeprefix('records/')}.csv")
+    if name not in tables:
+        raise UserError(f"{where}: unknown table {name!r}; known: {', '.join(sorted(tables))}, records/<NAME>")
+    return tables[name]()
+
+
 def markdown_files(root: Path = ROOT) -> list[Path]:
     out = []
     for name in DOCS:
@@ -138,9 +165,7 @@ def render_file(text: str, where: str, tables: Mapping[str, Callable[[], list[st
 
     def fill(m: re.Match) -> str:
         name = m["name"]
-        if name not in tables:
-            raise UserError(f"{where}: unknown table {name!r}; known: {', '.join(sorted(tables))}")
-        body = "\n".join(tables[name]()) + "\n"
+        body = "\n".join(table_lines(name, where, tables)) + "\n"
         if body != m["body"]:
             changed.append(name)
         return m[1] + body + m[4]

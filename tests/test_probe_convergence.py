@@ -7,7 +7,7 @@ a few steps each), `test.py` with the default recipe's probe must
 - reach, over the 6 checkpoints, at least the mean test accuracy of `test.py --solver lbfgs` (l2
   chosen on a validation split, refit on train + val, that fit converged to its gradient
   tolerance) minus 1 point.
-The figures it prints are the ones in the README (Recipes, "the probe").
+The figures it prints are the ones in docs/recipes.md ("the probe").
 """
 from __future__ import annotations
 

@@ -302,7 +302,7 @@ def test_simclr_beats_random_init_on_augmented_views_of_real_digits(tmp_path):
     2 epochs of SimCLR on the 1,438 train digits (44 steps of batch 64 at 16 px, lr 0.125, the digits preset's
     views and head) against the same network at init (both from seed 0); both probed by the default probe on
     clean train features and scored on 2 seeded augmented views of every test image (the preset's views). On
-    clean test images random features are already near 98 % (README, Results), so the claim is on the views.
+    clean test images random features are already near 98 % (docs/results.md), so the claim is on the views.
     The same cell of the digits preset (seed 0, one thread, 2026-12-01) gave 62.3 % against 50.4 % on the views
     (loss 2.33 against 2.43) and 95.5 % against 98.3 % on clean images.
     """

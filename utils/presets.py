@@ -28,7 +28,7 @@ GRID = {
 # grayscale 0.2, no flips: a digit flipped is another symbol), head 512-512-BN-128; both arms without flips.
 # Batch 64 from a sweep scored on the test split (2026-12-01, docs/study.md: kept, not re-chosen); the lr from
 # a sweep scored on the probe's validation accuracy at these 44 steps (2026-12-03, docs/study.md).
-# --preset fashion_mnist: the study on real images past the crossover (README "Fashion-MNIST"; docs/study.md): the
+# --preset fashion_mnist: the study on real images past the crossover (docs/results.md; docs/study.md): the
 # 70,000 Fashion-MNIST images (Debian's dataset-fashion-mnist, offline) at 16 px, data scales 0.1 and 1 x seed 0 of
 # SimCLR and of supervised pretraining at equal steps (--budget steps: one epoch of batch 64 at scale 1, SimCLR 937
 # and supervised 843 steps, where benchmarks/fashion_crossover.py found SimCLR past random init with 10 % of the

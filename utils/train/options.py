@@ -49,7 +49,7 @@ def _add_what_to_train(p: argparse.ArgumentParser, by_type: str, datasets, metho
     g.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
                    help="auto: CIFAR stem (3x3 conv, no max-pool) up to 64 px, ImageNet stem above or when pretrained")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
-                   help="named values for everything below that is not given (utils/recipes.py, README Recipes): "
+                   help="named values for everything below that is not given (utils/recipes.py, docs/recipes.md): "
                         "tuned = published ResNet-18 CIFAR recipes, original = the course project's, bugs fixed")
     g.add_argument("--proj_hidden_dim", type=positive_int, default=None,
                    help="projection MLP hidden width (self-supervised methods)"
@@ -147,7 +147,7 @@ def _add_speed(p: argparse.ArgumentParser, by_type: str) -> None:
     s.add_argument("--aug", default="auto", choices=["auto", "gpu", "cpu"],
                    help="gpu: data resident on the training device (GPU or CPU), batched augmentation there; "
                         "cpu: per-image PIL transforms in DataLoader workers (the reference pipeline); auto: gpu, "
-                        "which measured faster on CUDA and on this 2-core CPU alike (README, Speed)")
+                        "which measured faster on CUDA and on this 2-core CPU alike (docs/speed.md)")
     s.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model; off by default: 1.04x on a 2-core CPU after 5-26 s of compilation, "
                    "not yet measured on a GPU (benchmarks/throughput.py --compile prints the break-even)")
     s.add_argument("--channels_last", type=str2bool, default=True, help="NHWC memory format (faster on CPU and GPU)")
