@@ -51,7 +51,7 @@ from utils.distributed import (all_reduce_sum, barrier, broadcast_object, cleanu
 from utils.errors import NonFiniteLossError, UserError, run_cli
 from utils.io import atomic_write_csv, atomic_write_json
 from utils.plotting import plot_panels
-from utils.runtime import (LOG, choose_precision, mixed_precision, resolve_device, rng_state, run_settings,
+from utils.runtime import (LOG, choose_precision, cpu_bf16_native, mixed_precision, resolve_device, rng_state, run_settings,
                            seed_everything, set_rng_state, setup_logging)
 from utils.augment import (SIMCLR_BLUR_P, BatchSimCLRAugment, BatchSupervisedAugment, SimCLRViewSpec,
                            SupervisedAugSpec, TwoViews, simclr_view_transform, supervised_train_transform)
@@ -385,8 +385,11 @@ def _train(args, device, env) -> dict:
         device = torch.device("cuda", env.local_rank)
     local_bs = per_rank_batch_size(args.batch_size, env.world_size)
     precision = choose_precision(args.precision, device)
-    if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise UserError(f"--precision {precision} needs CUDA here (bf16 on this CPU was measured 17x slower)")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA (its GradScaler is CUDA's)")
+    if precision == "bf16" and device.type != "cuda" and not (device.type == "cpu" and cpu_bf16_native()):
+        raise UserError("--precision bf16 needs CUDA or a CPU with native bf16 (avx512_bf16 or amx_bf16 in "
+                        "/proc/cpuinfo): emulated, it was measured 17x slower than fp32")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or f"checkpoints/{args.train_type}-{args.dataset}-{stamp}")
     args.run_dir = str(run_dir)

@@ -48,7 +48,7 @@ from utils.cli import ArgumentParser, HelpFormatter, non_negative_int, positive_
 from utils.cli import seed as seed_type  # noqa: E402
 from utils.data.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.runtime import autocast_context, bf16_native, resolve_device  # noqa: E402
+from utils.runtime import autocast_context, bf16_native, cpu_bf16_native, resolve_device  # noqa: E402
 from utils.augment import (  # noqa: E402
     BatchSimCLRAugment,
     TwoViews,
@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=non_negative_int, default=None,
                    help="DataLoader workers of the baseline [all CPU cores, at most 16]")
     p.add_argument("--compile", action="store_true", help="torch.compile the model on the fast path")
+    p.add_argument("--cpu_bf16", action="store_true",
+                   help="on a CPU with native bf16 (avx512_bf16 / amx_bf16), time the fast path again under bf16 "
+                        "autocast, side by side with fp32 in the same run")
     p.add_argument("--peak_tflops", type=positive_float, default=None,
                    help="peak TFLOP/s for the utilisation [bf16 table for H100/H200/A100; none on CPU]")
     p.add_argument("--num_images", type=positive_int, default=CIFAR10_TRAIN_IMAGES,
@@ -301,8 +304,10 @@ def run_baseline(args, images_hwc: np.ndarray, device: torch.device) -> dict:
     return result
 
 
-def run_fast(args, data: torch.Tensor, device: torch.device, compile_model: bool | None = None) -> dict:
-    """Device-resident uint8 data, device shuffle, batched augmentation, channels_last, bf16 on CUDA.
+def run_fast(args, data: torch.Tensor, device: torch.device, compile_model: bool | None = None,
+             cpu_bf16: bool = False) -> dict:
+    """Device-resident uint8 data, device shuffle, batched augmentation, channels_last, bf16 on CUDA (and, with
+    cpu_bf16, on a CPU with native bf16).
 
     compile_model (default: --compile) wraps the model in torch.compile; compilation happens in
     the warm-up steps, so their seconds include it.
@@ -317,7 +322,7 @@ def run_fast(args, data: torch.Tensor, device: torch.device, compile_model: bool
     net = torch.compile(model) if compile_model else model
     sampler = DeviceIndexSampler(len(data), args.batch_size, device, g)
     loss_sum = torch.zeros((), device=device)  # accumulated on the device, read once at the end
-    autocast = autocast_context(device)
+    autocast = autocast_context(device, cpu=cpu_bf16)
 
     def step():
         nonlocal loss_sum
@@ -519,6 +524,12 @@ def notes(res: dict) -> list[str]:
         lines.append(f"torch.compile: fast path {eager['images_per_s']:,.1f} -> {res['fast']['images_per_s']:,.1f} "
                      f"images/s ({cost['speedup']:.2f}x), {cost['extra_warmup_s']:,.1f} s of extra warm-up "
                      f"(compilation); {pays}")
+    bf = res.get("fast_cpu_bf16")
+    if bf is not None:
+        f = res["fast"]
+        lines.append(f"bf16 autocast on this CPU: fast path {f['images_per_s']:,.1f} -> {bf['images_per_s']:,.1f} "
+                     f"images/s ({bf['images_per_s'] / f['images_per_s']:.2f}x); mean loss of the timed run "
+                     f"{f['mean_loss']:.4f} (fp32) and {bf['mean_loss']:.4f} (bf16)")
     one = a.get("batched_views_per_s_one_thread")
     if one is not None:
         lines.append("batched augmentation on one thread vs PIL per core: "
@@ -537,6 +548,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was requested but no CUDA GPU is available (use --device cpu)")
     device = resolve_device(args.device)
+    if args.cpu_bf16 and device.type == "cpu" and not cpu_bf16_native():
+        raise UserError("--cpu_bf16: this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo); "
+                        "emulated bf16 was measured 17x slower than fp32, so there is nothing to compare")
     bs, steps, warmup = DEFAULTS[device.type]
     args.batch_size = args.batch_size or bs
     args.steps = args.steps or steps
@@ -561,7 +575,11 @@ def main(argv: list[str] | None = None) -> dict:
     print("[2/4] fast SimCLR step" + (" (uncompiled, then compiled)" if args.compile else ""), flush=True)
     eager = run_fast(args, data, device, compile_model=False) if args.compile else None
     fast = run_fast(args, data, device)
-    for r in (baseline, fast) + ((eager,) if eager else ()):
+    fast_bf16 = None
+    if args.cpu_bf16 and device.type == "cpu":
+        print("[2/4] fast SimCLR step again, under bf16 autocast (CPU with native bf16)", flush=True)
+        fast_bf16 = run_fast(args, data, device, cpu_bf16=True)
+    for r in (baseline, fast) + tuple(x for x in (eager, fast_bf16) if x):
         r["images_per_s"] = args.batch_size * args.steps / r["seconds"]
         r["epoch_seconds"] = CIFAR10_TRAIN_IMAGES / r["images_per_s"]
         r["tflops"] = flops * r["images_per_s"] / 1e12
@@ -594,6 +612,8 @@ def main(argv: list[str] | None = None) -> dict:
         "augmentation": aug,
         "probe_features": feats,
     }
+    if fast_bf16 is not None:
+        res["fast_cpu_bf16"] = fast_bf16
     if eager is not None:
         res["fast_uncompiled"] = eager
         res["compile_cost"] = compile_cost(eager, fast, args.batch_size)

@@ -8,6 +8,7 @@ without paying for a Python start per row); a few rows also run as real subproce
 """
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -70,7 +71,7 @@ BAD_INPUTS = {
     "device cuda without GPU": (["--device", "cuda"], None, "no CUDA GPU is available"),
     "device cuda:7 without GPU": (["--device", "cuda:7"], None, "no CUDA GPU is available"),
     "device typo": (["--device", "cpux"], None, "--device 'cpux' is not a device name"),
-    "bf16 on CPU": (["--precision", "bf16"], None, "--precision bf16 needs CUDA"),
+    "fp16 on CPU": (["--precision", "fp16"], None, "--precision fp16 needs CUDA"),
     "run_dir under a file": ([], lambda t: ["--run_dir", _file_in_the_way(t)], "cannot create run directory"),
     "run_dir in /proc": ([], lambda t: ["--run_dir", "/proc/simclr-run"], "cannot create run directory"),
     "resume with nothing there": (["--resume"], None, "--resume: no last.pth in"),
@@ -100,6 +101,17 @@ BAD_INPUTS = {
     "min_lr inf": (["--min_lr", "inf"], None, "argument --min_lr: expected a finite number"),
     "data_scale inf": (["--data_scale", "inf"], None, "--data_scale must be in (0, 1]"),
 }
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_and_with_it_trains(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "cpu_bf16_native", lambda: False)
+    code, out, err = _run_in_process(TINY + ["--run_dir", str(tmp_path / "no"), "--precision", "bf16"], capsys)
+    assert code == 2 and "--precision bf16 needs CUDA or a CPU with native bf16" in _error_line(err)
+    assert not (tmp_path / "no").exists()
+    monkeypatch.setattr(train, "cpu_bf16_native", lambda: True)  # emulated here if the CPU lacks it: slow, not wrong
+    run_cli(train.cli, TINY + ["--run_dir", str(tmp_path / "yes"), "--precision", "bf16"])
+    assert (tmp_path / "yes" / "final.pth").exists()
+    assert json.loads((tmp_path / "yes" / "config.json").read_text())["precision"] == "bf16"
 
 
 def _run_in_process(argv, capsys) -> tuple[int, str, str]:

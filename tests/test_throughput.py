@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,3 +60,36 @@ def test_compile_flag_times_both_fast_paths(tmp_path, capsys, monkeypatch):
     cost = saved["compile_cost"]
     assert abs(cost["speedup"] - saved["fast"]["images_per_s"] / saved["fast_uncompiled"]["images_per_s"]) < 1e-9
     assert "torch.compile: fast path" in capsys.readouterr().out
+
+
+def test_cpu_bf16_runs_the_fast_path_twice_side_by_side(tmp_path, capsys, monkeypatch):
+    """--cpu_bf16 on a CPU with native bf16 times the fast path under bf16 autocast beside fp32 (the CPU check is
+    stubbed: on a CPU without it autocast still runs, only slowly); on one without, one line and no run."""
+    bench = _load_benchmark()
+    used = []
+    real = bench.autocast_context
+    monkeypatch.setattr(bench, "autocast_context", lambda device, cpu=False: used.append(cpu) or real(device))
+    monkeypatch.setattr(bench, "cpu_bf16_native", lambda: True)
+    out = tmp_path / "bench.json"
+    bench.main(["--device", "cpu", "--batch_size", "4", "--steps", "1", "--warmup", "0", "--cpu_bf16",
+                "--num_images", "64", "--workers", "0", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert used[:2] == [False, True]
+    assert saved["fast_cpu_bf16"]["images_per_s"] > 0 and saved["fast"]["images_per_s"] > 0
+    assert "bf16 autocast on this CPU: fast path" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "cpu_bf16_native", lambda: False)
+    with pytest.raises(bench.UserError, match="no native bf16"):
+        bench.main(["--device", "cpu", "--cpu_bf16", "--json", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_cpu_bf16_native_reads_the_flags_line(tmp_path):
+    from utils.runtime import cpu_bf16_native
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_bf16_native(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_tile amx_bf16\n")
+    assert cpu_bf16_native(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not cpu_bf16_native(str(info))
+    assert not cpu_bf16_native(str(tmp_path / "missing"))

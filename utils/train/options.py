@@ -135,7 +135,8 @@ def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
                    help="linear warmup length in epochs" + recipe_help("warmup_epochs") + by_type)
     o.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto: bf16 autocast on a GPU with native bf16 (Ampere and later), fp16 + GradScaler on older "
-                        "GPUs (V100, T4: bf16 there is emulated), fp32 on CPU")
+                        "GPUs (V100, T4: bf16 there is emulated), fp32 on CPU; bf16 also runs on a CPU with native "
+                        "bf16 (avx512_bf16 / amx_bf16; docs/speed.md)")
     o.add_argument("--nan_policy", default="stop", choices=["stop", "skip"],
                    help="on a NaN/inf loss: stop (keep the last good last.pth) or skip the step")
     o.add_argument("--max_nan_skips", type=positive_int, default=10, help="with skip: stop after this many in a row")
