@@ -77,7 +77,7 @@ RECIPE_FLAGS = {
     "proj_hidden_dim": "proj_hidden_dim", "proj_dim": "proj_dim", "proj_bn": "proj_bn",
     "crop_min_scale": "crop_min_scale", "hflip_prob": "hflip_prob", "jitter": "jitter", "jitter_prob": "jitter_prob",
     "gray_prob": "gray_prob", "blur_prob": "blur_prob", "normalize": "normalize",
-    "crop_padding": "crop_padding", "pad_mode": "pad_mode", "rotation": "rotation",
+    "crop_padding": "crop_padding", "pad_mode": "pad_mode", "rotation": "rotation", "lr_1d_scale": "lr_1d_scale",
     **{flag: flag for flag in METHOD_FLAGS},  # utils/methods/__init__.py's flags, named as their recipe keys
 }
 # step: the cumulative training steps at the end of the epoch row (the lr schedule's position; skipped_steps
@@ -282,9 +282,24 @@ def build_batches(args, arrays, indices, data, env, device, local_bs):
     return LoaderBatches(arrays, indices, transform, local_bs, args.seed, env, device, args.workers, args.channels_last)
 
 
+def one_d_lr_groups(groups: list[dict], scale: float) -> list[dict]:
+    """Each parameter group split in two: its tensors of two or more dimensions, and its one-dimensional ones (biases,
+    BatchNorm weights) with `lr_scale` x `scale`, which utils.schedule.make_scheduler applies to the group's lr."""
+    out = []
+    for group in groups:
+        rest = {k: v for k, v in group.items() if k != "params"}
+        many = [p for p in group["params"] if p.ndim > 1]
+        one = [p for p in group["params"] if p.ndim <= 1]
+        out += [{**rest, "params": many}] if many else []
+        out += [{**rest, "params": one, "lr_scale": rest.get("lr_scale", 1.0) * scale}] if one else []
+    return out
+
+
 def make_optimizer(args, model, device):
     raw = model.module if isinstance(model, DistributedDataParallel) else model
     params = raw.param_groups()  # trainable parameters only (never an EMA target's); SimSiam: a fixed-lr group
+    if getattr(args, "lr_1d_scale", None) not in (None, 1.0):
+        params = one_d_lr_groups(params, args.lr_1d_scale)
     if args.optimizer == "lars":
         return LARS(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay,
                     eta=args.lars_eta, clip_lr=args.lars_clip_lr)

@@ -563,3 +563,49 @@ def test_a_short_run_warms_up_over_a_tenth_of_it_and_decays():
     assert lr(39) == pytest.approx(peak * 40 / 60)  # still rising: what the user asked for
     warned = [r.getMessage() for r in seen if "covers the whole run" in r.getMessage()]
     assert len(warned) == 1 and "60 steps" in warned[0] and "40 steps" in warned[0]
+
+
+def test_lr_1d_scale_puts_every_one_dimensional_parameter_at_that_share_of_the_lr():
+    """--lr_1d_scale (facebookresearch/barlowtwins: biases and BatchNorm at 0.0048 / 0.2 of the weights' lr): each
+    parameter in exactly one group, the 1-D ones at scale x the scheduled lr at every step, SimSiam's fixed-lr
+    predictor still fixed (its 1-D part at scale x the fixed lr)."""
+    from models import build_backbone
+    from utils.schedule import make_scheduler
+    spec = {"proj_hidden_dim": 32, "proj_dim": 16, "barlow_lambda": 0.0051, "scale_loss": 1.0}
+    model = build_method("barlow_twins", build_backbone("cifar"), spec)
+    groups = train.one_d_lr_groups(model.param_groups(), 0.024)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters() if p.requires_grad) and len(set(ids)) == len(ids)
+    assert all((p.ndim <= 1) == ("lr_scale" in g) for g in groups for p in g["params"])
+    optimizer = LARS(groups, lr=0.3, momentum=0.9, weight_decay=1e-6, eta=0.001)
+    lr_fn = lambda step: 0.3 * (1 - step / 10)  # noqa: E731
+    scheduler = make_scheduler(optimizer, lr_fn, 0.3)
+    for step in range(4):
+        lrs = [(g.get("lr_scale", 1.0), g["lr"]) for g in optimizer.param_groups]
+        assert all(math.isclose(lr, scale * lr_fn(step)) for scale, lr in lrs) and {s for s, _ in lrs} == {1.0, 0.024}
+        optimizer.step()
+        scheduler.step()
+    simsiam = build_method("simsiam", build_backbone("cifar"), {"proj_hidden_dim": 32, "proj_dim": 16,
+                                                                 "pred_hidden_dim": 8})
+    split = train.one_d_lr_groups(simsiam.param_groups(), 0.5)
+    optimizer = torch.optim.SGD(split, lr=0.1)
+    scheduler = make_scheduler(optimizer, lambda step: 0.1 * 0.5 ** step, 0.1)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    fixed = [(g.get("lr_scale", 1.0), g["lr"]) for g in optimizer.param_groups if g.get("fixed_lr")]
+    assert sorted(fixed) == [(0.5, 0.05), (1.0, 0.1)]
+
+
+def test_lr_1d_scale_reaches_the_run_and_its_config(tmp_path):
+    """A Barlow Twins run with --lr_1d_scale records it; without it the config says None (so runs made before the
+    flag existed still resume) and every parameter sits in the one group of before."""
+    argv = TINY + ["--train_type", "barlow_twins", "--proj_hidden_dim", "32", "--proj_dim", "16"]
+    train.main(argv + ["--lr_1d_scale", "0.024", "--run_dir", str(tmp_path / "scaled")])
+    train.main(argv + ["--run_dir", str(tmp_path / "plain")])
+    scaled = load_checkpoint(tmp_path / "scaled" / "last.pth")
+    plain = load_checkpoint(tmp_path / "plain" / "last.pth")
+    assert scaled["config"]["lr_1d_scale"] == 0.024 and plain["config"]["lr_1d_scale"] is None
+    groups = scaled["train_state"]["optimizer"]["param_groups"]
+    assert sorted({g.get("lr_scale", 1.0) for g in groups}) == [0.024, 1.0]
+    assert len(plain["train_state"]["optimizer"]["param_groups"]) == 1

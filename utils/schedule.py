@@ -142,12 +142,13 @@ def lr_schedule(
 
 def make_scheduler(optimizer: torch.optim.Optimizer, lr_fn: Callable[[int], float], base_lr: float) -> LambdaLR:
     """A LambdaLR following lr_fn (step -> absolute lr); it returns lr_fn(step) / base_lr, a multiplier.
-    A param group marked `fixed_lr` stays at base_lr throughout (SimSiam's predictor)."""
+    A param group marked `fixed_lr` stays at base_lr throughout (SimSiam's predictor); a group with `lr_scale` s
+    runs at s x that lr (train.py --lr_1d_scale)."""
     if base_lr <= 0:
         raise ValueError(f"base_lr must be > 0, got {base_lr}")
     for group in optimizer.param_groups:
-        group["lr"] = base_lr
-        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * group.get("lr_scale", 1.0)
+        group["initial_lr"] = group["lr"]
     scheduled = lambda step: lr_fn(step) / base_lr  # noqa: E731
     fixed = lambda step: 1.0  # noqa: E731
     return LambdaLR(optimizer, [fixed if group.get("fixed_lr") else scheduled for group in optimizer.param_groups])

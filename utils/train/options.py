@@ -114,6 +114,10 @@ def _add_optimisation(p: argparse.ArgumentParser, by_type: str) -> None:
                    help="SGD with momentum, Adam, AdamW, or LARS (utils/lars.py: --lars_eta, --lars_clip_lr)"
                    + recipe_help("optimizer") + by_type)
     o.add_argument("--momentum", type=momentum, default=None, help="SGD momentum" + recipe_help("momentum") + by_type)
+    o.add_argument("--lr_1d_scale", type=positive_float, default=None,
+                   help="lr of the one-dimensional parameters (biases, BatchNorm weights) as a multiple of the lr, "
+                        "in its own parameter group under the same schedule [1: every recipe; facebookresearch/"
+                        "barlowtwins @ 8e8d284 main.py gives them 0.0048 / 0.2 = 0.024 of the weights' lr]")
     o.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help="weight decay on all parameters" + recipe_help("weight_decay") + by_type)
     o.add_argument("--schedule", default=None, choices=list(SCHEDULE_KINDS),
