@@ -105,6 +105,35 @@ def verdict_table(path: str, scales: Sequence[float], against: Sequence[tuple[st
     return render
 
 
+def verdict_matrix(path: str, scales: Sequence[float], measures: Sequence[tuple[str, float, str]],
+                   against: Sequence[str]) -> Callable[[], list[str]]:
+    """The answer in one small table: a row per SimCLR data scale and measure (title, label fraction, metric key), a
+    column per baseline, each cell the difference of means ± its standard error and the verdict of utils/stats.py;
+    blank where the baseline has no such measure (the scratch network is probed with its own labels only)."""
+    names = dict(ARMS)
+
+    def render() -> list[str]:
+        entries = _entries(path)
+        lines = ["| SimCLR, data scale | measure | seeds | " + " | ".join(f"against {names[k]}" for k in against) + " |",
+                 "|---|---|---|" + "---|" * len(against)]
+        for scale in scales:
+            for title, fraction, key in measures:
+                a = _at(entries, "simclr", scale, fraction)
+                if a is None or a.get(f"{key}_mean") is None:
+                    raise UserError(f"{path}: no SimCLR entry at data scale {scale:g}, label fraction {fraction:g}")
+                cells = []
+                for kind in against:
+                    b = _at(entries, kind, None if kind in ("random", "scratch") else scale, fraction)
+                    if b is None or b.get(f"{key}_mean") is None:
+                        cells.append("")
+                        continue
+                    cells.append(describe(compare(a[f"{key}_mean"], a[f"{key}_std"], a["n_seeds"],
+                                                  b[f"{key}_mean"], b[f"{key}_std"], b["n_seeds"])))
+                lines.append(f"| {scale:g} | {title} | {a['n_seeds']} | " + " | ".join(cells) + " |")
+        return lines
+    return render
+
+
 DIGITS = "docs/results/digits/results.csv"
 TABLES: dict[str, Callable[[], list[str]]] = {
     "digits": preset_table(DIGITS, [("clean test acc (%)", 1.0, "test_accuracy"),
@@ -125,6 +154,9 @@ TABLES.update({
         ("random", 0.1, "test_accuracy"), ("random", 1.0, "test_accuracy"), ("random", 1.0, "knn10_acc"),
         ("supervised", 0.1, "test_accuracy"), ("supervised", 1.0, "test_accuracy"), ("supervised", 1.0, "knn10_acc"),
         ("scratch", 0.1, "test_accuracy")]),
+    "fashion-answer": verdict_matrix(FASHION, [0.1, 1.0], [
+        ("linear probe, 10 % of the labels", 0.1, "test_accuracy"), ("linear probe, every label", 1.0, "test_accuracy"),
+        ("kNN k=10, every label", 1.0, "knn10_acc")], ["random", "supervised", "scratch"]),
 })
 
 
