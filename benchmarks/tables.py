@@ -134,6 +134,34 @@ def verdict_matrix(path: str, scales: Sequence[float], measures: Sequence[tuple[
     return render
 
 
+def probes_table(path: str, arm: str) -> Callable[[], list[str]]:
+    """benchmarks/fashion_crossover.py's rows of one arm: the L-BFGS and Adam probes at each label fraction below
+    every label, mean ± s.d. over seeds, the labels each read, and Adam - L-BFGS by the two-standard-error rule."""
+    def render() -> list[str]:
+        with open(ROOT / path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r["arm"] == arm and float(r["label_fraction"]) < 1]
+        if not rows:
+            raise UserError(f"{path}: no {arm} rows below every label")
+        lines = ["| labels | seeds | L-BFGS, l2 by cross-validation (%) | Adam probe (%) | labels_used (each) "
+                 "| Adam - L-BFGS (points) |", "|---|---|---|---|---|---|"]
+        for fraction in sorted({float(r["label_fraction"]) for r in rows}):
+            by = {solver: [r for r in rows if float(r["label_fraction"]) == fraction and r["solver"] == solver]
+                  for solver in ("lbfgs", "adam")}
+            acc = {k: [float(r["test_accuracy"]) for r in v] for k, v in by.items()}
+            if not acc["lbfgs"] or len(acc["lbfgs"]) != len(acc["adam"]):
+                raise UserError(f"{path}: {arm} at {fraction:g} lacks one probe for some seed")
+            stats = {k: (sum(v) / len(v), (sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)) ** 0.5
+                         if len(v) > 1 else None, len(v)) for k, v in acc.items()}
+            used = {r["labels_used"] for r in by["lbfgs"] + by["adam"]}
+            seeds = ", ".join(sorted({r["seed"] for r in by["lbfgs"]}))
+            cells = [sweep._pm(m, sd, ".2f") for m, sd, _ in (stats["lbfgs"], stats["adam"])]
+            lines.append(f"| {fraction * 100:g} % | {seeds} | {cells[0]} | {cells[1]} | "
+                         f"{', '.join(f'{int(u):,}' for u in sorted(used, key=int))} | "
+                         f"{describe(compare(*stats['adam'], *stats['lbfgs']))} |")
+        return lines
+    return render
+
+
 DIGITS = "docs/results/digits/results.csv"
 TABLES: dict[str, Callable[[], list[str]]] = {
     "digits": preset_table(DIGITS, [("clean test acc (%)", 1.0, "test_accuracy"),
@@ -154,6 +182,7 @@ TABLES.update({
         ("random", 0.1, "test_accuracy"), ("random", 1.0, "test_accuracy"), ("random", 1.0, "knn10_acc"),
         ("supervised", 0.1, "test_accuracy"), ("supervised", 1.0, "test_accuracy"), ("supervised", 1.0, "knn10_acc"),
         ("scratch", 0.1, "test_accuracy")]),
+    "crossover-probes": probes_table("docs/results/fashion_crossover/results.csv", "random"),
     "fashion-answer": verdict_matrix(FASHION, [0.1, 1.0], [
         ("linear probe, 10 % of the labels", 0.1, "test_accuracy"), ("linear probe, every label", 1.0, "test_accuracy"),
         ("kNN k=10, every label", 1.0, "knn10_acc")], ["random", "supervised", "scratch"]),
