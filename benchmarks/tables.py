@@ -46,6 +46,17 @@ def _at(entries: Sequence[Mapping], kind: str, scale, fraction: float) -> Mappin
                  and sweep.fraction_of(e) == fraction), None)
 
 
+def _difference(entries: Sequence[Mapping], scale, kind: str, fraction: float, key: str) -> dict | None:
+    """SimCLR at `scale` minus baseline `kind` (random init and scratch have no data scale) on metric `key` at label
+    fraction `fraction`, by utils/stats.compare, with SimCLR's seed count; None where either has no such figure."""
+    a = _at(entries, "simclr", scale, fraction)
+    b = _at(entries, kind, None if kind in ("random", "scratch") else scale, fraction)
+    if a is None or b is None or a.get(f"{key}_mean") is None or b.get(f"{key}_mean") is None:
+        return None
+    return {**compare(a[f"{key}_mean"], a[f"{key}_std"], a["n_seeds"], b[f"{key}_mean"], b[f"{key}_std"],
+                      b["n_seeds"]), "seeds": (a["n_seeds"], b["n_seeds"])}
+
+
 def _cell(e: Mapping | None, key: str, best: float | None) -> str:
     if e is None or e.get(f"{key}_mean") is None:
         return ""
@@ -93,14 +104,11 @@ def verdict_table(path: str, scales: Sequence[float], against: Sequence[tuple[st
                  "|---|---|---|---|---|---|"]
         for scale in scales:
             for kind, fraction, key in against:
-                a = _at(entries, "simclr", scale, fraction)
-                b = _at(entries, kind, None if kind in ("random", "scratch") else scale, fraction)
-                if a is None or b is None or a.get(f"{key}_mean") is None or b.get(f"{key}_mean") is None:
+                result = _difference(entries, scale, kind, fraction, key)
+                if result is None:
                     raise UserError(f"{path}: no {kind} or SimCLR entry at label fraction {fraction:g} for {key}")
-                result = compare(a[f"{key}_mean"], a[f"{key}_std"], a["n_seeds"], b[f"{key}_mean"],
-                                 b[f"{key}_std"], b["n_seeds"])
                 lines.append(f"| {scale:g} | {names[kind]} | {'all' if fraction == 1 else f'{fraction * 100:g} %'} "
-                             f"| {metrics[key]} | {a['n_seeds']} vs {b['n_seeds']} | {describe(result)} |")
+                             f"| {metrics[key]} | {result['seeds'][0]} vs {result['seeds'][1]} | {describe(result)} |")
         return lines
     return render
 
@@ -121,14 +129,8 @@ def verdict_matrix(path: str, scales: Sequence[float], measures: Sequence[tuple[
                 a = _at(entries, "simclr", scale, fraction)
                 if a is None or a.get(f"{key}_mean") is None:
                     raise UserError(f"{path}: no SimCLR entry at data scale {scale:g}, label fraction {fraction:g}")
-                cells = []
-                for kind in against:
-                    b = _at(entries, kind, None if kind in ("random", "scratch") else scale, fraction)
-                    if b is None or b.get(f"{key}_mean") is None:
-                        cells.append("")
-                        continue
-                    cells.append(describe(compare(a[f"{key}_mean"], a[f"{key}_std"], a["n_seeds"],
-                                                  b[f"{key}_mean"], b[f"{key}_std"], b["n_seeds"])))
+                results = [_difference(entries, scale, kind, fraction, key) for kind in against]
+                cells = ["" if r is None else describe(r) for r in results]
                 lines.append(f"| {scale:g} | {title} | {a['n_seeds']} | " + " | ".join(cells) + " |")
         return lines
     return render
@@ -150,8 +152,7 @@ def probes_table(path: str, arm: str) -> Callable[[], list[str]]:
             acc = {k: [float(r["test_accuracy"]) for r in v] for k, v in by.items()}
             if not acc["lbfgs"] or len(acc["lbfgs"]) != len(acc["adam"]):
                 raise UserError(f"{path}: {arm} at {fraction:g} lacks one probe for some seed")
-            stats = {k: (sum(v) / len(v), (sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)) ** 0.5
-                         if len(v) > 1 else None, len(v)) for k, v in acc.items()}
+            stats = {k: (*sweep._mean_std(v), len(v)) for k, v in acc.items()}
             used = {r["labels_used"] for r in by["lbfgs"] + by["adam"]}
             seeds = ", ".join(sorted({r["seed"] for r in by["lbfgs"]}))
             cells = [sweep._pm(m, sd, ".2f") for m, sd, _ in (stats["lbfgs"], stats["adam"])]

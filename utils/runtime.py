@@ -67,16 +67,23 @@ def bf16_native() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
+def _cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The value of the first `name : value` line of /proc/cpuinfo (Linux); None where there is none."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith(name):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True on a CPU with bf16 in hardware: avx512_bf16 (AVX-512 BF16 dot products) or amx_bf16 (AMX tiles) among
     its flags. Elsewhere oneDNN emulates bf16, measured 17x slower than fp32 here; False where /proc/cpuinfo is
     missing (not Linux)."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return bool({"avx512_bf16", "amx_bf16"} & set((_cpuinfo_field("flags", cpuinfo) or "").split()))
 
 
 def choose_precision(requested: str, device: torch.device) -> str:
@@ -124,14 +131,7 @@ def run_settings(threads: int | None, deterministic: bool):
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor()); '' where neither says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return _cpuinfo_field("model name") or platform.processor()
 
 
 def runtime_info() -> dict:
